@@ -1,0 +1,14 @@
+//! x86_64 guest platform.
+
+pub mod boot;
+pub mod cpuid;
+pub mod layout;
+pub mod memory;
+pub mod mptable;
+pub mod regs;
+
+pub use boot::{write_pvh_info, write_zero_page, BootInfo};
+pub use cpuid::setup_cpuid;
+pub use memory::{low_ram_end, memory_map, ram_regions, MemoryMapEntry, E820_RAM};
+pub use mptable::setup_mptable;
+pub use regs::{boot_fpu, boot_msrs, boot_regs, setup_sregs, write_boot_tables, EntryMode};
