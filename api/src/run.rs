@@ -1,0 +1,124 @@
+//! `strato run`: one microVM in the foreground.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use vmm::{ExitReason, SerialInput, SerialOutput, Vm, VmConfig, DEFAULT_CMDLINE};
+
+use crate::terminal::RawTerminal;
+
+/// Exit status when the guest failed (triple fault, KVM error, ...).
+pub const EXIT_GUEST_FAILED: i32 = 3;
+/// Exit status when the VM could not be created.
+pub const EXIT_VMM_ERROR: i32 = 1;
+
+/// Options of `strato run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initrd / initramfs image.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    /// Write the serial console to this file instead of stdout.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Do not forward stdin to the guest.
+    #[arg(long)]
+    no_stdin: bool,
+}
+
+/// Boots the VM, waits for it and returns the process exit status.
+pub fn run(args: RunArgs) -> i32 {
+    let signals = match block_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strato: cannot set up signal handling: {e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let mut config = VmConfig::new(args.kernel, args.vcpus, args.memory);
+    config.initrd = args.initrd;
+    config.cmdline = args.cmdline;
+    if let Some(path) = args.serial_log {
+        config.serial_out = SerialOutput::File(path);
+    }
+    config.serial_in = if args.no_stdin {
+        SerialInput::None
+    } else {
+        SerialInput::Stdin
+    };
+    let interactive = !args.no_stdin;
+
+    let vm = match Vm::start(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let _raw = interactive.then(RawTerminal::stdin).flatten();
+    let controller = vm.controller();
+    let signal = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    {
+        let signal = signal.clone();
+        // Stops the VM on SIGINT/SIGTERM so terminal and threads are cleaned up.
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `signals` is a valid set blocked in every thread;
+                // sigwait writes the received signal into `sig`.
+                if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                    signal.store(sig, std::sync::atomic::Ordering::SeqCst);
+                    controller.stop();
+                }
+            });
+    }
+    let reason = vm.wait();
+    drop(_raw);
+    let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+    match reason {
+        ExitReason::Stopped if sig != 0 => {
+            eprintln!("strato: stopped by signal {sig}");
+            128 + sig
+        }
+        r if r.is_success() => {
+            log::info!("{r}");
+            0
+        }
+        r => {
+            eprintln!("strato: {r}");
+            EXIT_GUEST_FAILED
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and all threads it starts, so
+/// one thread can wait for them.
+fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls only edit it and this
+    // thread's signal mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}

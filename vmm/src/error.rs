@@ -1,0 +1,93 @@
+//! Errors of the VMM library, one enum per concern.
+
+use std::path::PathBuf;
+
+/// A configuration the VMM cannot boot.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// vCPUs = 0.
+    #[error("--vcpus must be at least 1")]
+    NoVcpus,
+    /// More vCPUs than the host or the platform allows.
+    #[error("{0} vCPUs requested, the maximum here is {1}")]
+    TooManyVcpus(u32, u32),
+    /// Less memory than a guest needs.
+    #[error("{0} MiB of memory is too small, the minimum is {min} MiB", min = crate::config::MIN_MEMORY_MIB)]
+    MemoryTooSmall(u64),
+    /// More memory than the host has.
+    #[error("{0} MiB of memory requested, the host has {1} MiB")]
+    MemoryTooLarge(u64, u64),
+    /// The command line is too long.
+    #[error("the kernel command line is {0} bytes, the maximum is {1}")]
+    CmdlineTooLong(usize, usize),
+    /// A file cannot be used.
+    #[error("{0} {1}: {2}")]
+    File(&'static str, PathBuf, #[source] std::io::Error),
+    /// A path is not a regular file.
+    #[error("{0} {1}: not a regular file")]
+    NotAFile(&'static str, PathBuf),
+}
+
+/// Errors while loading the kernel, initrd and command line.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Reading a file failed.
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// The kernel is neither an ELF nor a bzImage.
+    #[error("{0} is not a kernel (neither an x86_64 ELF nor a bzImage)")]
+    NotAKernel(PathBuf),
+    /// linux-loader rejected the image.
+    #[error("cannot load kernel {0}: {1}")]
+    Load(PathBuf, linux_loader::loader::Error),
+    /// A bzImage without a 64-bit entry point.
+    #[error("{0}: this bzImage has no 64-bit entry point")]
+    No64BitEntry(PathBuf),
+    /// The initrd does not fit below the kernel's limit.
+    #[error("initrd {0} ({1} bytes) does not fit in guest memory")]
+    InitrdTooLarge(PathBuf, u64),
+    /// The command line is rejected.
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(String),
+    /// Writing a boot structure failed.
+    #[error(transparent)]
+    BootInfo(#[from] arch::boot::Error),
+    /// Writing the boot CPU tables failed.
+    #[error(transparent)]
+    Regs(#[from] arch::regs::Error),
+    /// Writing the MP table failed.
+    #[error(transparent)]
+    MpTable(#[from] arch::mptable::Error),
+}
+
+/// Everything that can stop a VM from being created or started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// /dev/kvm cannot be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user use it?)")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// KVM lacks a capability strato needs.
+    #[error("KVM lacks a required capability: {0}")]
+    KvmCap(&'static str),
+    /// A KVM call failed.
+    #[error("KVM {0} failed: {1}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// Allocating guest memory failed.
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Memory(u64, String),
+    /// Loading the kernel failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Device setup failed.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// An OS resource (eventfd, thread, file) failed.
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] std::io::Error),
+}
+
+/// Result type of the VMM library.
+pub type Result<T> = std::result::Result<T, Error>;

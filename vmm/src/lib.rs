@@ -1,0 +1,18 @@
+//! strato's virtual machine monitor as a library: a [`VmConfig`] in, a
+//! running [`Vm`] out.
+//!
+//! The `strato` binary and the daemon are thin users of this crate; a host
+//! agent can embed it the same way.
+
+pub mod boot;
+pub mod config;
+pub mod error;
+mod events;
+pub mod exit;
+mod vcpu;
+mod vm;
+
+pub use config::{SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE};
+pub use error::{Error, Result};
+pub use exit::ExitReason;
+pub use vm::{Vm, VmController};

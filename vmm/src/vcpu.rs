@@ -1,0 +1,292 @@
+//! vCPU threads: configuration, the KVM_RUN loop and exit handling.
+
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+
+use devices::Bus;
+use kvm_bindings::{
+    kvm_run, CpuId, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, warn};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::boot::KernelEntry;
+use crate::error::{Error, Result};
+use crate::exit::{ExitReason, ExitState};
+
+/// Longest x86 instruction.
+const MAX_INSN_LEN: usize = 15;
+
+/// One vCPU, owned by its thread once started.
+pub struct Vcpu {
+    id: u32,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitState>,
+}
+
+/// What the run loop does after an exit whose data borrows the vCPU.
+enum Next {
+    Continue,
+    PortIo,
+    InternalError(u32),
+    Exit(ExitReason),
+}
+
+impl Vcpu {
+    /// Wraps a created vCPU fd.
+    pub fn new(
+        id: u32,
+        fd: VcpuFd,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        mem: GuestMemoryMmap,
+        exit: Arc<ExitState>,
+    ) -> Self {
+        Vcpu {
+            id,
+            fd,
+            pio,
+            mmio,
+            mem,
+            exit,
+        }
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the entry
+    /// state. The others wait for INIT/SIPI from the guest, as KVM's
+    /// in-kernel LAPIC keeps them until then.
+    pub fn configure(
+        &self,
+        supported_cpuid: &CpuId,
+        vcpus: u32,
+        tsc_deadline: bool,
+        boot: Option<&KernelEntry>,
+    ) -> Result<()> {
+        let mut cpuid = supported_cpuid.clone();
+        arch::setup_cpuid(&mut cpuid, self.id as u8, vcpus as u8, tsc_deadline);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+
+        let msrs = arch::boot_msrs().map_err(|e| Error::Device(e.to_string()))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(|e| Error::Kvm("KVM_SET_MSRS", e))?;
+        if set != msrs.as_slice().len() {
+            // KVM stops at the first MSR it refuses; the rest keep their
+            // reset values, which a guest copes with.
+            warn!(
+                "vCPU {}: KVM refused MSR {:#x}",
+                self.id,
+                msrs.as_slice()[set].index
+            );
+        }
+        self.fd
+            .set_fpu(&arch::boot_fpu())
+            .map_err(|e| Error::Kvm("KVM_SET_FPU", e))?;
+
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(|e| Error::Kvm("KVM_GET_LAPIC", e))?;
+        arch::setup_lint(&mut lapic);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(|e| Error::Kvm("KVM_SET_LAPIC", e))?;
+
+        if let Some(boot) = boot {
+            let mut sregs = self
+                .fd
+                .get_sregs()
+                .map_err(|e| Error::Kvm("KVM_GET_SREGS", e))?;
+            arch::setup_sregs(&mut sregs, boot.mode);
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(|e| Error::Kvm("KVM_SET_SREGS", e))?;
+            self.fd
+                .set_regs(&arch::boot_regs(boot.mode, boot.entry, boot.boot_info))
+                .map_err(|e| Error::Kvm("KVM_SET_REGS", e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the vCPU on its own thread.
+    pub fn start(self) -> Result<JoinHandle<()>> {
+        install_kick_handler();
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || self.run())
+            .map_err(|e| Error::Io("cannot start a vCPU thread", e))
+    }
+
+    fn run(mut self) {
+        while !self.exit.stopping() {
+            let next = match self.fd.run() {
+                Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => Next::PortIo,
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio.read(addr, data) {
+                        debug!("vCPU {}: unclaimed MMIO read at {addr:#x}", self.id);
+                        data.fill(0xff);
+                    }
+                    Next::Continue
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if !self.mmio.write(addr, data) {
+                        debug!("vCPU {}: unclaimed MMIO write at {addr:#x}", self.id);
+                    }
+                    Next::Continue
+                }
+                Ok(VcpuExit::Shutdown) => Next::Exit(ExitReason::TripleFault { cpu: self.id }),
+                Ok(VcpuExit::FailEntry(reason, _)) => Next::Exit(ExitReason::FailEntry {
+                    cpu: self.id,
+                    reason,
+                }),
+                Ok(VcpuExit::InternalError) => {
+                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so
+                    // `internal` is the union member KVM filled in.
+                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal }
+                        .suberror;
+                    Next::InternalError(suberror)
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => Next::Exit(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestCrash { cpu: self.id },
+                    other => ExitReason::UnhandledExit {
+                        cpu: self.id,
+                        what: format!("system event {other}"),
+                    },
+                }),
+                Ok(VcpuExit::Intr) => Next::Continue,
+                Ok(other) => Next::Exit(ExitReason::UnhandledExit {
+                    cpu: self.id,
+                    what: format!("{other:?}"),
+                }),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
+                Err(e) => Next::Exit(ExitReason::VmmError(format!(
+                    "KVM_RUN on vCPU {} failed: {e}",
+                    self.id
+                ))),
+            };
+            match next {
+                Next::Continue => {}
+                Next::PortIo => self.port_io(),
+                Next::InternalError(suberror) => {
+                    let reason = self.internal_error(suberror);
+                    self.exit.request(reason);
+                }
+                Next::Exit(reason) => self.exit.request(reason),
+            }
+        }
+    }
+
+    /// Dispatches a port I/O exit, one access of `size` bytes per repetition
+    /// so string I/O (`rep outsb`) reaches the device byte by byte.
+    fn port_io(&mut self) {
+        let run: &mut kvm_run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_IO, so `io` is the union member
+        // KVM filled in.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size * io.count as usize;
+        if size == 0 {
+            return;
+        }
+        let base = run as *mut kvm_run as *mut u8;
+        // SAFETY: KVM puts `count * size` bytes of port data at `data_offset`
+        // inside the kvm_run mapping, which lives as long as the vCPU fd that
+        // we borrow mutably here.
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        for access in data.chunks_exact_mut(size) {
+            if u32::from(io.direction) == KVM_EXIT_IO_IN {
+                if !self.pio.read(u64::from(io.port), access) {
+                    access.fill(0xff);
+                }
+            } else {
+                self.pio.write(u64::from(io.port), access);
+            }
+        }
+    }
+
+    /// Describes an internal error with the faulting RIP and its bytes.
+    fn internal_error(&mut self, suberror: u32) -> ExitReason {
+        // SAFETY: called right after a KVM_EXIT_INTERNAL_ERROR exit, so
+        // `internal` is the union member KVM filled in.
+        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+        let mut insn = Vec::new();
+        if suberror == KVM_INTERNAL_ERROR_EMULATION
+            && internal.ndata >= 2
+            && internal.data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                != 0
+        {
+            let n = (internal.data[1] as usize).min(16);
+            let bytes: Vec<u8> = internal.data[2..4]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            insn.extend_from_slice(&bytes[..n]);
+        }
+        let rip = self.fd.get_regs().ok().map(|r| r.rip);
+        if insn.is_empty() {
+            if let (Some(rip), Ok(sregs)) = (rip, self.fd.get_sregs()) {
+                insn = self.read_insn(sregs.cs.base.wrapping_add(rip));
+            }
+        }
+        ExitReason::InternalError {
+            cpu: self.id,
+            suberror,
+            rip,
+            insn,
+        }
+    }
+
+    /// Reads the instruction bytes at a guest linear address, as many as
+    /// are mapped in guest memory.
+    fn read_insn(&self, linear: u64) -> Vec<u8> {
+        let Ok(t) = self.fd.translate_gva(linear) else {
+            return Vec::new();
+        };
+        if t.valid == 0 {
+            return Vec::new();
+        }
+        let mut buf = [0u8; MAX_INSN_LEN];
+        match self.mem.read(&mut buf, GuestAddress(t.physical_address)) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Signal used to knock a vCPU thread out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = register_signal_handler(kick_signal(), handle_kick) {
+            log::error!("cannot install the vCPU kick handler: {e}");
+        }
+    });
+}
+
+/// Interrupts KVM_RUN on a vCPU thread so it sees the stop request.
+pub fn kick(thread: &JoinHandle<()>) {
+    if thread.is_finished() {
+        return;
+    }
+    if let Err(e) = thread.kill(kick_signal()) {
+        debug!("cannot kick a vCPU thread: {e}");
+    }
+}

@@ -1,0 +1,327 @@
+//! A running microVM: KVM setup, guest memory, devices, vCPU threads, and
+//! the handle a user of the library holds.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arch::layout::{BOOT_TIMER_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MAX_VCPUS};
+use devices::legacy::{
+    BootTimer, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT,
+};
+use devices::Bus;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use log::info;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{host_memory_mib, SerialInput as InputCfg, SerialOutput, VmConfig};
+use crate::error::{ConfigError, Error, Result};
+use crate::events::{EventLoop, SerialInput};
+use crate::exit::{ExitReason, ExitState, ResetTrigger};
+use crate::vcpu::{kick, Vcpu};
+
+/// Size of the boot timer's MMIO window.
+const BOOT_TIMER_LEN: u64 = 0x1000;
+/// Width of the 8250's register window.
+const SERIAL_LEN: u64 = 8;
+/// How often a stopping VM re-kicks vCPUs still inside KVM_RUN.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Stops a VM from any thread.
+#[derive(Clone)]
+pub struct VmController {
+    exit: Arc<ExitState>,
+}
+
+impl VmController {
+    /// Asks the VM to stop; `Vm::wait` then returns [`ExitReason::Stopped`]
+    /// unless the guest ended first.
+    pub fn stop(&self) {
+        self.exit.request(ExitReason::Stopped);
+    }
+}
+
+/// A running microVM.
+///
+/// ```no_run
+/// use vmm::{Vm, VmConfig};
+///
+/// let mut config = VmConfig::new("vmlinux", 2, 256);
+/// config.cmdline = "console=ttyS0 reboot=k panic=1".into();
+/// let vm = Vm::start(config).expect("boot");
+/// let reason = vm.wait();
+/// println!("guest ended: {reason}, boot time {:?}", vm_boot_time(&reason));
+/// # fn vm_boot_time(_: &vmm::ExitReason) {}
+/// ```
+pub struct Vm {
+    // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
+    _vm_fd: VmFd,
+    exit: Arc<ExitState>,
+    vcpus: Vec<JoinHandle<()>>,
+    events: EventLoop,
+    boot_time_us: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Vm {
+    /// Validates `config`, builds the VM and starts its vCPUs.
+    pub fn start(config: VmConfig) -> Result<Vm> {
+        let started = Instant::now();
+        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::KvmCap(name));
+            }
+        }
+        let max_vcpus = (kvm.get_max_vcpus() as u32).min(MAX_VCPUS);
+        let host_mib = host_memory_mib().unwrap_or(u64::MAX);
+        config.validate(max_vcpus, host_mib)?;
+
+        let vm_fd = kvm.create_vm().map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            vm_fd
+                .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+                .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+        }
+        vm_fd
+            .create_irq_chip()
+            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+
+        let mem = create_memory(&vm_fd, config.memory_mib)?;
+        let entry = crate::boot::load(
+            &mem,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &config.cmdline,
+            config.vcpus,
+        )?;
+
+        let exit_evt = new_eventfd()?;
+        let exit = Arc::new(ExitState::new(exit_evt));
+        let boot_time_us = Arc::new(AtomicU64::new(0));
+
+        // Devices.
+        let serial_irq = new_eventfd()?;
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let buffer_empty = new_eventfd()?;
+        let serial = Arc::new(Mutex::new(Serial::new(
+            serial_irq,
+            SerialInputEvents::new(clone_eventfd(&buffer_empty)?),
+            serial_writer(config.serial_out)?,
+        )));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_PORT, SERIAL_LEN)
+            .map_err(|e| Error::Device(e.to_string()))?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(ResetTrigger(exit.clone())))),
+            I8042_PORT,
+            I8042_LEN,
+        )
+        .map_err(|e| Error::Device(e.to_string()))?;
+        let mut mmio = Bus::new();
+        mmio.insert(
+            Arc::new(Mutex::new(BootTimer::new(started, boot_time_us.clone()))),
+            BOOT_TIMER_ADDR,
+            BOOT_TIMER_LEN,
+        )
+        .map_err(|e| Error::Device(e.to_string()))?;
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+        let mut subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>> =
+            Vec::new();
+        let input = match config.serial_in {
+            InputCfg::Stdin => Some(
+                std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Error::Io("cannot use stdin", e))?,
+            ),
+            InputCfg::Fd(fd) => Some(fd),
+            InputCfg::None => None,
+        };
+        if let Some(fd) = input {
+            subscribers.push(Arc::new(Mutex::new(SerialInput::new(
+                fd,
+                serial,
+                buffer_empty,
+            ))));
+        }
+
+        // vCPUs: all created and configured before any runs.
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+            let vcpu = Vcpu::new(id, fd, pio.clone(), mmio.clone(), mem.clone(), exit.clone());
+            vcpu.configure(
+                &supported,
+                config.vcpus,
+                tsc_deadline,
+                (id == 0).then_some(&entry),
+            )?;
+            vcpus.push(vcpu);
+        }
+
+        let events = EventLoop::start(subscribers)?;
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            match vcpu.start() {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    exit.request(ExitReason::VmmError(e.to_string()));
+                    stop_vcpus(&threads);
+                    return Err(e);
+                }
+            }
+        }
+        info!(
+            "started {} vCPU(s), {} MiB, {:?} entry at {:#x} in {:?}",
+            config.vcpus,
+            config.memory_mib,
+            entry.mode,
+            entry.entry,
+            started.elapsed()
+        );
+        Ok(Vm {
+            _vm_fd: vm_fd,
+            exit,
+            vcpus: threads,
+            events,
+            boot_time_us,
+            started,
+        })
+    }
+
+    /// A handle that can stop this VM from another thread.
+    pub fn controller(&self) -> VmController {
+        VmController {
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// Asks the VM to stop.
+    pub fn stop(&self) {
+        self.exit.request(ExitReason::Stopped);
+    }
+
+    /// Time from VM creation to the guest's boot-timer write, if it wrote.
+    pub fn boot_time(&self) -> Option<Duration> {
+        match self.boot_time_us.load(Ordering::SeqCst) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Time since the VM was created.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Blocks until the VM ends, stops every thread and returns why.
+    pub fn wait(mut self) -> ExitReason {
+        while !self.exit.stopping() {
+            // A blocking read: the exit eventfd is written exactly when a
+            // reason is recorded.
+            let _ = self.exit.event().read();
+        }
+        stop_vcpus(&self.vcpus);
+        for t in self.vcpus.drain(..) {
+            let _ = t.join();
+        }
+        self.events.stop();
+        self.exit
+            .reason()
+            .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
+    }
+}
+
+/// Kicks vCPU threads until every one has left its run loop.
+fn stop_vcpus(threads: &[JoinHandle<()>]) {
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads {
+            kick(t);
+        }
+        std::thread::sleep(KICK_INTERVAL);
+    }
+}
+
+fn new_eventfd() -> Result<EventFd> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("cannot create an eventfd", e))
+}
+
+fn clone_eventfd(evt: &EventFd) -> Result<EventFd> {
+    evt.try_clone()
+        .map_err(|e| Error::Io("cannot clone an eventfd", e))
+}
+
+fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
+    Ok(match out {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::Config(ConfigError::File("serial output", path, e)))?,
+        ),
+        SerialOutput::Writer(w) => w,
+        SerialOutput::Sink => Box::new(std::io::sink()),
+    })
+}
+
+/// Maps guest RAM and registers it with KVM.
+fn create_memory(vm_fd: &VmFd, memory_mib: u64) -> Result<GuestMemoryMmap> {
+    let bytes = memory_mib << 20;
+    let ranges: Vec<(GuestAddress, usize)> = arch::ram_regions(bytes)
+        .into_iter()
+        .map(|(start, len)| (start, len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| Error::Memory(memory_mib, e.to_string()))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::Memory(memory_mib, e.to_string()))?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem` of exactly
+        // `memory_size` bytes; `mem` is kept by the vCPUs (and so outlives
+        // any guest access) for as long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(mem)
+}
