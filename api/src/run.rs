@@ -60,7 +60,7 @@ pub fn run(args: RunArgs) -> i32 {
     };
     let interactive = !args.no_stdin;
 
-    let vm = match Vm::start(config) {
+    let mut vm = match Vm::start(config) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("strato: {e}");
@@ -87,6 +87,9 @@ pub fn run(args: RunArgs) -> i32 {
     }
     let reason = vm.wait();
     drop(_raw);
+    if let Some(t) = vm.boot_time() {
+        log::info!("guest boot time: {} ms", t.as_millis());
+    }
     let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
     match reason {
         ExitReason::Stopped if sig != 0 => {

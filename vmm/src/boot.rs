@@ -56,12 +56,17 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootE
                 header: None,
             });
         }
-        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {}
+        // Not an ELF (or too short to be one): maybe a bzImage.
+        Err(loader::Error::Elf(
+            loader::elf::Error::InvalidElfMagicNumber | loader::elf::Error::ReadElfHeader,
+        )) => {}
         Err(e) => return Err(BootError::Load(path.into(), e)),
     }
     match BzImage::load(mem, None, &mut file, himem) {
         Ok(r) => {
-            let header = r.setup_header.ok_or_else(|| BootError::NotAKernel(path.into()))?;
+            let header = r
+                .setup_header
+                .ok_or_else(|| BootError::NotAKernel(path.into()))?;
             if header.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(BootError::No64BitEntry(path.into()));
             }
@@ -72,10 +77,12 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootE
                 header: Some(header),
             })
         }
-        Err(loader::Error::Bzimage(loader::bzimage::Error::InvalidBzImage))
-        | Err(loader::Error::Bzimage(loader::bzimage::Error::ReadBzImageHeader)) => {
-            Err(BootError::NotAKernel(path.into()))
-        }
+        Err(loader::Error::Bzimage(
+            loader::bzimage::Error::InvalidBzImage
+            | loader::bzimage::Error::ReadBzImageHeader
+            | loader::bzimage::Error::SeekBzImageHeader
+            | loader::bzimage::Error::Underflow,
+        )) => Err(BootError::NotAKernel(path.into())),
         Err(e) => Err(BootError::Load(path.into(), e)),
     }
 }
@@ -148,7 +155,10 @@ pub fn load(
     let memory_map = arch::memory_map(&regions);
     let info = BootInfo {
         memory_map: &memory_map,
-        cmdline_size: cl.as_cstring().map(|c| c.as_bytes_with_nul().len()).unwrap_or(1),
+        cmdline_size: cl
+            .as_cstring()
+            .map(|c| c.as_bytes_with_nul().len())
+            .unwrap_or(1),
         initrd,
         setup_header: k.header,
     };

@@ -131,23 +131,44 @@ mod tests {
         c.vcpus = 0;
         assert!(matches!(c.validate(4, 1024), Err(ConfigError::NoVcpus)));
         c.vcpus = 5;
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::TooManyVcpus(5, 4))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::TooManyVcpus(5, 4))
+        ));
         c.vcpus = 1;
         c.memory_mib = 0;
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::MemoryTooSmall(0))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::MemoryTooSmall(0))
+        ));
         c.memory_mib = 2048;
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::MemoryTooLarge(..))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::MemoryTooLarge(..))
+        ));
         c.memory_mib = 64;
         c.cmdline = "x".repeat(4096);
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::CmdlineTooLong(..))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::CmdlineTooLong(..))
+        ));
         c.cmdline = String::new();
         c.kernel = "/nonexistent/kernel".into();
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::File("kernel", ..))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::File("kernel", ..))
+        ));
         c.kernel = "/tmp".into();
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::NotAFile(..))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::NotAFile(..))
+        ));
         c.kernel = exe;
         c.initrd = Some("/nonexistent/initrd".into());
-        assert!(matches!(c.validate(4, 1024), Err(ConfigError::File("initrd", ..))));
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::File("initrd", ..))
+        ));
     }
 
     #[test]

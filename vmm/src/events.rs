@@ -129,8 +129,8 @@ impl EventLoop {
     pub fn start(subscribers: Vec<Subscriber>) -> Result<Self> {
         let mut em: EventManager<Subscriber> =
             EventManager::new().map_err(|e| Error::Device(format!("event manager: {e:?}")))?;
-        let stop_evt =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("cannot create an eventfd", e))?;
+        let stop_evt = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| Error::Io("cannot create an eventfd", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         em.add_subscriber(Arc::new(Mutex::new(StopSubscriber {
             evt: stop_evt

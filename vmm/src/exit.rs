@@ -58,7 +58,10 @@ pub enum ExitReason {
 impl ExitReason {
     /// True for the reasons a user sees as a clean end (exit status 0).
     pub fn is_success(&self) -> bool {
-        matches!(self, ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped)
+        matches!(
+            self,
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped
+        )
     }
 }
 
@@ -93,7 +96,10 @@ impl fmt::Display for ExitReason {
                 Ok(())
             }
             ExitReason::FailEntry { cpu, reason } => {
-                write!(f, "vCPU {cpu} failed to enter the guest (reason {reason:#x})")
+                write!(
+                    f,
+                    "vCPU {cpu} failed to enter the guest (reason {reason:#x})"
+                )
             }
             ExitReason::UnhandledExit { cpu, what } => {
                 write!(f, "unhandled exit on vCPU {cpu}: {what}")

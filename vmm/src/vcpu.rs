@@ -152,8 +152,8 @@ impl Vcpu {
                 Ok(VcpuExit::InternalError) => {
                     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so
                     // `internal` is the union member KVM filled in.
-                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal }
-                        .suberror;
+                    let suberror =
+                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal }.suberror;
                     Next::InternalError(suberror)
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => Next::Exit(match kind {
@@ -204,7 +204,8 @@ impl Vcpu {
         // SAFETY: KVM puts `count * size` bytes of port data at `data_offset`
         // inside the kvm_run mapping, which lives as long as the vCPU fd that
         // we borrow mutably here.
-        let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
         for access in data.chunks_exact_mut(size) {
             if u32::from(io.direction) == KVM_EXIT_IO_IN {
                 if !self.pio.read(u64::from(io.port), access) {

@@ -14,7 +14,9 @@ use devices::legacy::{
     BootTimer, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT,
 };
 use devices::Bus;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use log::info;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -54,10 +56,9 @@ impl VmController {
 ///
 /// let mut config = VmConfig::new("vmlinux", 2, 256);
 /// config.cmdline = "console=ttyS0 reboot=k panic=1".into();
-/// let vm = Vm::start(config).expect("boot");
+/// let mut vm = Vm::start(config).expect("boot");
 /// let reason = vm.wait();
-/// println!("guest ended: {reason}, boot time {:?}", vm_boot_time(&reason));
-/// # fn vm_boot_time(_: &vmm::ExitReason) {}
+/// println!("guest ended: {reason}; boot time {:?}", vm.boot_time());
 /// ```
 pub struct Vm {
     // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
@@ -89,7 +90,9 @@ impl Vm {
         let host_mib = host_memory_mib().unwrap_or(u64::MAX);
         config.validate(max_vcpus, host_mib)?;
 
-        let vm_fd = kvm.create_vm().map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+        let vm_fd = kvm
+            .create_vm()
+            .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
@@ -246,7 +249,7 @@ impl Vm {
     }
 
     /// Blocks until the VM ends, stops every thread and returns why.
-    pub fn wait(mut self) -> ExitReason {
+    pub fn wait(&mut self) -> ExitReason {
         while !self.exit.stopping() {
             // A blocking read: the exit eventfd is written exactly when a
             // reason is recorded.

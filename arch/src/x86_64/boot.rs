@@ -166,9 +166,8 @@ mod tests {
         assert_eq!(s.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(s.memmap_entries as usize, map.len());
         assert_eq!(s.nr_modules, 1);
-        let e: hvm_memmap_table_entry = m
-            .read_obj(GuestAddress(PVH_MEMMAP_START + 2 * 24))
-            .unwrap();
+        let e: hvm_memmap_table_entry =
+            m.read_obj(GuestAddress(PVH_MEMMAP_START + 2 * 24)).unwrap();
         assert_eq!((e.addr, e.type_), (HIMEM_START, 1));
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
         assert_eq!(module.paddr, 0x1f0_0000);

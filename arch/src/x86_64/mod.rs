@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod lapic;
 pub mod layout;
 pub mod memory;
 pub mod mptable;
@@ -9,6 +10,7 @@ pub mod regs;
 
 pub use boot::{write_pvh_info, write_zero_page, BootInfo};
 pub use cpuid::setup_cpuid;
+pub use lapic::setup_lint;
 pub use memory::{low_ram_end, memory_map, ram_regions, MemoryMapEntry, E820_RAM};
 pub use mptable::setup_mptable;
 pub use regs::{boot_fpu, boot_msrs, boot_regs, setup_sregs, write_boot_tables, EntryMode};

@@ -68,10 +68,28 @@ pub fn build(base: u64, vcpus: u32) -> Result<Vec<u8>, Error> {
     entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     count += 1;
     // ISA IRQ n is IOAPIC pin n: KVM's default GSI routing.
-    entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, ioapic_id, 0]);
+    entries.extend_from_slice(&[
+        ENTRY_IO_INTERRUPT,
+        INT_TYPE_EXTINT,
+        0,
+        0,
+        0,
+        0,
+        ioapic_id,
+        0,
+    ]);
     count += 1;
     for irq in 1..IOAPIC_PINS {
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);

@@ -1,0 +1,203 @@
+//! Boots the tiny test guests with `strato run` and checks what they report.
+
+use std::time::Duration;
+use strato_tests::{guest, run_guest, strato};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn hello_prints_and_resets_cleanly() {
+    let r = run_guest("hello", &["--memory", "64"]);
+    r.assert_ok();
+    assert_eq!(r.lines(), vec!["Hello from strato test guest"]);
+}
+
+/// Parses the `mem:` lines of the bootinfo guest.
+fn memory_map(lines: &[&str]) -> Vec<(u64, u64, u32)> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("mem: "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                u64::from_str_radix(f[0], 16).unwrap(),
+                u64::from_str_radix(f[1], 16).unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn check_bootinfo(name: &str, proto: &str) {
+    let cmdline = "console=ttyS0 strato.test=1 quoted=\"a b\" end";
+    let r = run_guest(name, &["--memory", "256", "--cmdline", cmdline]);
+    r.assert_ok();
+    let lines = r.lines();
+    assert_eq!(lines[0], format!("proto: {proto}"));
+    assert_eq!(lines[1], format!("cmdline: {cmdline}"));
+    let map = memory_map(&lines);
+    assert_eq!(
+        map,
+        vec![
+            (0, 0x9fc00, 1),
+            (0x9fc00, 0x100000, 2),
+            (0x100000, 256 * MIB, 1),
+        ]
+    );
+    assert!(lines.contains(&"ram-mib: 255"), "{lines:?}");
+}
+
+#[test]
+fn pvh_entry_gets_cmdline_and_memory_map() {
+    check_bootinfo("bootinfo", "pvh");
+}
+
+#[test]
+fn linux_64bit_entry_gets_cmdline_and_e820() {
+    check_bootinfo("bootinfo-64", "linux64");
+}
+
+#[test]
+fn memory_above_4g_is_mapped_around_the_mmio_gap() {
+    let r = run_guest("bootinfo", &["--memory", "5120"]);
+    r.assert_ok();
+    let map = memory_map(&r.lines());
+    assert_eq!(
+        map.last(),
+        Some(&(0x1_0000_0000, 0x1_0000_0000 + 2048 * MIB, 1))
+    );
+    assert_eq!(map[2], (0x100000, 0xc000_0000, 1));
+}
+
+#[test]
+fn every_mib_of_ram_is_usable() {
+    for (mem, expect_highest) in [("64", 63 * MIB), ("5120", 0x1_0000_0000 + 2047 * MIB)] {
+        let r = run_guest("memory", &["--memory", mem]);
+        r.assert_ok();
+        let mib: u64 = mem.parse().unwrap();
+        // The guest skips the first 2 MiB, where it lives.
+        assert!(
+            r.stdout.contains(&format!("memory: {} MiB ok", mib - 2)),
+            "{r:#?}"
+        );
+        assert!(
+            r.stdout
+                .contains(&format!("memory: highest {expect_highest:016x}")),
+            "{r:#?}"
+        );
+    }
+}
+
+#[test]
+fn smp_aps_start_with_init_sipi() {
+    for vcpus in [1u32, 2, 4] {
+        let r = run_guest("smp", &["--vcpus", &vcpus.to_string(), "--memory", "64"]);
+        r.assert_ok();
+        let out = &r.stdout;
+        assert!(out.contains("smp: bsp apic 0"), "{r:#?}");
+        assert!(
+            out.contains(&format!("smp: {vcpus} cpus in mp table")),
+            "{r:#?}"
+        );
+        for ap in 1..vcpus {
+            assert!(out.contains(&format!("smp: ap {ap} up")), "{r:#?}");
+        }
+        assert!(out.contains(&format!("smp: {vcpus} cpus online")), "{r:#?}");
+    }
+}
+
+#[test]
+fn serial_input_reaches_the_guest() {
+    let kernel = guest("echo");
+    let r = strato(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64",
+        ],
+        Some(b"strato says hi\n"),
+        Duration::from_secs(60),
+    );
+    r.assert_ok();
+    assert_eq!(r.lines(), vec!["echo: ready", "echo: strato says hi"]);
+}
+
+#[test]
+fn long_serial_input_is_not_dropped() {
+    // Longer than the UART's 64-byte FIFO: flow control must hold the rest.
+    let line: String = (0..120).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let kernel = guest("echo");
+    let r = strato(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64",
+        ],
+        Some(format!("{line}\n").as_bytes()),
+        Duration::from_secs(60),
+    );
+    r.assert_ok();
+    assert_eq!(r.lines()[1], format!("echo: {line}"));
+}
+
+#[test]
+fn triple_fault_is_an_error_exit() {
+    let r = run_guest("triple-fault", &["--memory", "64", "--vcpus", "2"]);
+    assert_eq!(r.code(), 3, "{r:#?}");
+    assert!(r.stdout.contains("triple-fault: now"));
+    assert!(r.stderr.contains("triple fault on vCPU 0"), "{r:#?}");
+    assert_eq!(r.stderr.lines().count(), 1, "one clear line: {r:#?}");
+}
+
+#[test]
+fn boot_timer_is_recorded() {
+    let r = run_guest("boot-timer", &["--memory", "64", "--log-level", "info"]);
+    r.assert_ok();
+    assert!(r.stdout.contains("boot-timer: done"));
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("guest boot time:") && l.ends_with(" ms"))
+        .unwrap_or_else(|| panic!("no boot time logged: {r:#?}"));
+    let ms: u64 = line
+        .rsplit(' ')
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("boot time value");
+    assert!(ms < r.elapsed.as_millis() as u64);
+}
+
+#[test]
+fn sigterm_stops_the_vm_and_reports_it() {
+    let kernel = guest("idle");
+    let mut child = std::process::Command::new(strato_tests::strato_bin())
+        .args([
+            "run",
+            "--no-stdin",
+            "--memory",
+            "64",
+            "--vcpus",
+            "2",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the guest to come up, then stop it.
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 12];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"idle: ready\n");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stopped by signal"), "{err}");
+}

@@ -1,0 +1,138 @@
+//! Bad input: one clear error line, a non-zero exit, and no guest started.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use strato_tests::{guest, strato, strato_bin, Run};
+
+fn run(args: &[&str]) -> Run {
+    let mut all = vec!["run", "--no-stdin"];
+    all.extend_from_slice(args);
+    strato(&all, None, Duration::from_secs(30))
+}
+
+/// Asserts exit status 1, nothing from the guest, and one stderr line that
+/// contains `needle`.
+fn assert_rejected(args: &[&str], needle: &str) {
+    let r = run(args);
+    assert_eq!(r.code(), 1, "{args:?}: {r:#?}");
+    assert!(r.stdout.is_empty(), "a guest ran: {r:#?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {r:#?}");
+    assert!(lines[0].starts_with("strato: "), "{r:#?}");
+    assert!(lines[0].contains(needle), "{args:?}: {r:#?}");
+}
+
+fn scratch(name: &str, contents: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("strato-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn missing_or_unusable_files() {
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    assert_rejected(&["--kernel", "/nonexistent/vmlinux"], "No such file");
+    assert_rejected(&["--kernel", "/tmp"], "not a regular file");
+    assert_rejected(
+        &["--kernel", hello, "--initrd", "/nonexistent/initrd"],
+        "initrd",
+    );
+    let text = scratch("text", b"not a kernel\n");
+    assert_rejected(&["--kernel", &text], "is not a kernel");
+    let noise: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let noise = scratch("noise", &noise);
+    assert_rejected(&["--kernel", &noise], "is not a kernel");
+    let empty = scratch("empty", b"");
+    assert_rejected(&["--kernel", &empty], "is not a kernel");
+}
+
+#[test]
+fn initrd_larger_than_memory() {
+    let hello = guest("hello");
+    let big = scratch("big-initrd", &vec![0u8; 40 << 20]);
+    assert_rejected(
+        &[
+            "--kernel",
+            hello.to_str().unwrap(),
+            "--memory",
+            "32",
+            "--initrd",
+            &big,
+        ],
+        "does not fit",
+    );
+}
+
+#[test]
+fn bad_sizes() {
+    let hello = guest("hello");
+    let k = hello.to_str().unwrap();
+    assert_rejected(&["--kernel", k, "--memory", "0"], "too small");
+    assert_rejected(&["--kernel", k, "--memory", "4"], "too small");
+    assert_rejected(&["--kernel", k, "--memory", "100000000"], "the host has");
+    assert_rejected(&["--kernel", k, "--vcpus", "0"], "at least 1");
+    assert_rejected(&["--kernel", k, "--vcpus", "100000"], "maximum");
+    let long = "x".repeat(4000);
+    assert_rejected(&["--kernel", k, "--cmdline", &long], "command line");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let r = run(&["--kernel", "x", "--memory", "lots"]);
+    assert_eq!(r.code(), 2, "{r:#?}");
+    assert!(r.stderr.contains("invalid value 'lots'"), "{r:#?}");
+    let r = run(&["--no-such-flag"]);
+    assert_eq!(r.code(), 2, "{r:#?}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn kvm_not_permitted_or_missing() {
+    if !is_root() {
+        eprintln!("kvm_not_permitted_or_missing: not run: needs root to drop privileges");
+        return;
+    }
+    let hello = guest("hello");
+    // An unprivileged user cannot open a root-only /dev/kvm.
+    let meta = std::fs::metadata("/dev/kvm").unwrap();
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o006 == 0 {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(strato_bin())
+            .args(["run", "--no-stdin", "--kernel"])
+            .arg(&hello)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot open /dev/kvm: Permission denied"),
+            "{err}"
+        );
+    }
+    // A /dev without kvm, in a private mount namespace.
+    assert!(Path::new("/usr/bin/unshare").exists());
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /dev && exec {} run --no-stdin --kernel {}",
+            strato_bin().display(),
+            hello.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open /dev/kvm: No such file"), "{err}");
+}
