@@ -224,16 +224,18 @@ impl Vcpu {
         let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
         let mut insn = Vec::new();
         if suberror == KVM_INTERNAL_ERROR_EMULATION
-            && internal.ndata >= 2
+            && internal.ndata >= 3
             && internal.data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
                 != 0
         {
-            let n = (internal.data[1] as usize).min(16);
-            let bytes: Vec<u8> = internal.data[2..4]
+            // struct emulation_failure: flags (data[0]), then a u8 length
+            // and up to 15 instruction bytes packed in data[1..3].
+            let raw: Vec<u8> = internal.data[1..3]
                 .iter()
                 .flat_map(|w| w.to_le_bytes())
                 .collect();
-            insn.extend_from_slice(&bytes[..n]);
+            let n = usize::from(raw[0]).min(MAX_INSN_LEN);
+            insn.extend_from_slice(&raw[1..1 + n]);
         }
         let rip = self.fd.get_regs().ok().map(|r| r.rip);
         if insn.is_empty() {
