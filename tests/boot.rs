@@ -106,28 +106,8 @@ fn smp_aps_start_with_init_sipi() {
     }
 }
 
-#[test]
-fn serial_input_reaches_the_guest() {
-    let kernel = guest("echo");
-    let r = strato(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--memory",
-            "64",
-        ],
-        Some(b"strato says hi\n"),
-        Duration::from_secs(60),
-    );
-    r.assert_ok();
-    assert_eq!(r.lines(), vec!["echo: ready", "echo: strato says hi"]);
-}
-
-#[test]
-fn long_serial_input_is_not_dropped() {
-    // Longer than the UART's 64-byte FIFO: flow control must hold the rest.
-    let line: String = (0..120).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+/// Feeds `line` to the echo guest and returns what it printed.
+fn echo(line: &str) -> Vec<String> {
     let kernel = guest("echo");
     let r = strato(
         &[
@@ -141,7 +121,22 @@ fn long_serial_input_is_not_dropped() {
         Duration::from_secs(60),
     );
     r.assert_ok();
-    assert_eq!(r.lines()[1], format!("echo: {line}"));
+    r.lines().iter().map(|l| l.to_string()).collect()
+}
+
+#[test]
+fn serial_input_reaches_the_guest() {
+    assert_eq!(
+        echo("strato says hi"),
+        vec!["echo: ready", "echo: strato says hi"]
+    );
+}
+
+#[test]
+fn long_serial_input_is_not_dropped() {
+    // Longer than the UART's 64-byte FIFO: flow control must hold the rest.
+    let line: String = (0..120).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    assert_eq!(echo(&line)[1], format!("echo: {line}"));
 }
 
 #[test]
