@@ -6,6 +6,8 @@
 #include "guest.h"
 #define MIB 0x100000
 #define FIRST_MIB (2 * MIB)
+#define GIB 0x40000000
+#define PATTERN 0x5a17c3e1d2b4f6a9
     .text
     .code64
     .globl guest_main
@@ -29,8 +31,9 @@ guest_main:
     PUTHEX %r14
     PUTS "\n"
     jmp 2f
-1:  PUTS "memory: mismatch at "
-    PUTHEX %rax
+1:  mov %rax, %rbx
+    PUTS "memory: mismatch at "
+    PUTHEX %rbx
     PUTS "\n"
 2:  pop %r15
     pop %r14
@@ -43,6 +46,7 @@ guest_main:
 /*
  * walk: %r15 = 1 write / 0 verify.  Returns %rax = 0 or the mismatching
  * address; %r13 = MiBs touched, %r14 = highest MiB address touched.
+ * Each region is done one GiB at a time (map_gib maps GiBs >= 4).
  */
 walk:
     xor %r13d, %r13d
@@ -50,48 +54,56 @@ walk:
     call mm_count
     mov %rax, %r12
     xor %ebx, %ebx
-1:  cmp %r12, %rbx
-    jae 6f
+1:  cmp %r12, %rbx                  /* next memory map entry */
+    jae 8f
     mov %rbx, %rdi
     call mm_entry
     inc %rbx
     cmp $1, %ecx
     jne 1b
-    lea (%rax,%rdx), %rbp           /* end, round down to MiB */
+    lea (%rax,%rdx), %rbp           /* end, rounded down to MiB */
     and $-MIB, %rbp
-    add $(MIB - 1), %rax            /* start, round up to MiB */
+    add $(MIB - 1), %rax            /* start, rounded up to MiB */
     and $-MIB, %rax
     cmp $FIRST_MIB, %rax
     jae 2f
     mov $FIRST_MIB, %eax
-2:  mov $-1, %r9                    /* GiB currently known mapped */
-3:  cmp %rbp, %rax
+2:  cmp %rbp, %rax                  /* next GiB chunk of the region */
     jae 1b
-    mov %rax, %rcx
-    shr $30, %rcx
-    cmp %r9, %rcx
-    je 9f
-    mov %rcx, %r9
     mov %rax, %r8
     mov %rax, %rdi
-    call map_gib                    /* GiBs >= 4 via the window PD */
+    call map_gib
     test %eax, %eax
+    jnz 1b                          /* beyond 512 GiB: skip */
     mov %r8, %rax
-    jnz 1b                          /* beyond 512 GiB: skip the rest */
-9:  movabs $0x5a17c3e1d2b4f6a9, %rsi
-    mov %rax, %rcx
-    xor %rsi, %rcx                  /* value = address ^ constant */
+    mov %rax, %rdx                  /* %rdx = min(end, next GiB) */
+    or $(GIB - 1), %rdx
+    inc %rdx
+    cmp %rbp, %rdx
+    jbe 3f
+    mov %rbp, %rdx
+3:  mov %rdx, %rcx                  /* count and highest */
+    sub %rax, %rcx
+    shr $20, %rcx
+    add %rcx, %r13
+    lea -MIB(%rdx), %r14
+    movabs $PATTERN, %rsi
     test %r15d, %r15d
-    jz 4f
+    jz 5f
+4:  mov %rax, %rcx                  /* write: value = address ^ PATTERN */
+    xor %rsi, %rcx
     mov %rcx, (%rax)
-    jmp 5f
-4:  cmp %rcx, (%rax)
-    jne 7f
-5:  inc %r13
-    cmp %r14, %rax
-    jb 8f
-    mov %rax, %r14
-8:  add $MIB, %rax
-    jmp 3b
-6:  xor %eax, %eax
-7:  ret
+    add $MIB, %rax
+    cmp %rdx, %rax
+    jb 4b
+    jmp 2b
+5:  mov %rax, %rcx                  /* verify */
+    xor %rsi, %rcx
+    cmp %rcx, (%rax)
+    jne 9f
+    add $MIB, %rax
+    cmp %rdx, %rax
+    jb 5b
+    jmp 2b
+8:  xor %eax, %eax
+9:  ret

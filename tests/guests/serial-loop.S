@@ -39,11 +39,19 @@ guest_main:
 5:  mov %rbx, %rcx
     mov $COM1_SCR, %edx
     mov $0x55, %al
-    test %rcx, %rcx
-    jz 8f
-7:  out %al, %dx
+    test $7, %cl                    /* n % 8 single writes ... */
+    jz 7f
+6:  out %al, %dx
     dec %rcx
-    jnz 7b
+    test $7, %cl
+    jnz 6b
+7:  test %rcx, %rcx                 /* ... then blocks of 8 */
+    jz 8f
+    .rept 8
+    out %al, %dx
+    .endr
+    sub $8, %rcx
+    jmp 7b
 8:  PUTS "serial-loop: "
     PUTDEC %rbx
     PUTS " writes done\n"

@@ -9,7 +9,7 @@
 #define ICR_HIGH        (LAPIC_BASE + 0x310)
 #define MAX_APS         255
 #define DELAY           300             /* iterations between IPIs */
-#define WAIT_LOOPS      4000000         /* bound on the final wait */
+#define WAIT_LOOPS      2000000         /* bound on the final wait (~8M insns) */
 
     .text
     .code64
