@@ -1,0 +1,275 @@
+//! virtio-block over a raw image file.
+//!
+//! Data moves between the file and guest memory with pread/pwrite straight
+//! into the guest's buffers; FLUSH is fdatasync, so a completed flush means
+//! the data is on stable storage.
+
+mod request;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    read_config_bytes, DeviceSignals, LogOnce, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+};
+pub use request::{execute, Outcome, SECTOR_SIZE};
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Length of the GET_ID serial.
+pub const ID_BYTES: usize = virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
+
+/// Errors creating a block device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The image cannot be opened.
+    #[error("cannot open drive {0}: {1}")]
+    Open(PathBuf, #[source] std::io::Error),
+    /// The image is not a regular file or block device.
+    #[error("drive {0} is not a regular file or block device")]
+    NotAFile(PathBuf),
+    /// The serial is longer than GET_ID can carry.
+    #[error("drive serial {0:?} is longer than {ID_BYTES} bytes")]
+    SerialTooLong(String),
+}
+
+/// How to build a block device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Advertise VIRTIO_BLK_F_RO and fail writes.
+    pub read_only: bool,
+    /// Serial returned by GET_ID (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+}
+
+/// A virtio-block device.
+pub struct Block {
+    file: File,
+    read_only: bool,
+    capacity: u64,
+    id: [u8; ID_BYTES],
+    config: Vec<u8>,
+    queue_evt: EventFd,
+    signals: Arc<DeviceSignals>,
+    active: Option<Active>,
+    early_notify: LogOnce,
+    bad_request: LogOnce,
+    descs: Vec<virtio_queue::desc::split::Descriptor>,
+}
+
+impl Block {
+    /// Opens the image; `queue_evt` is the queue's ioeventfd and `signals`
+    /// the interrupt shared with the transport.
+    pub fn new(
+        cfg: &BlockConfig,
+        queue_evt: EventFd,
+        signals: Arc<DeviceSignals>,
+    ) -> Result<Block, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!cfg.read_only)
+            .open(&cfg.path)
+            .map_err(|e| Error::Open(cfg.path.clone(), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::Open(cfg.path.clone(), e))?;
+        use std::os::unix::fs::FileTypeExt;
+        let len = if meta.is_file() {
+            meta.len()
+        } else if meta.file_type().is_block_device() {
+            use std::io::Seek;
+            (&file)
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(|e| Error::Open(cfg.path.clone(), e))?
+        } else {
+            return Err(Error::NotAFile(cfg.path.clone()));
+        };
+        let mut id = [0u8; ID_BYTES];
+        if let Some(serial) = &cfg.serial {
+            if serial.len() > ID_BYTES {
+                return Err(Error::SerialTooLong(serial.clone()));
+            }
+            id[..serial.len()].copy_from_slice(serial.as_bytes());
+        }
+        let capacity = len / SECTOR_SIZE;
+        // capacity (u64), size_max (u32, unused), seg_max (u32).
+        let mut config = Vec::with_capacity(16);
+        config.extend_from_slice(&capacity.to_le_bytes());
+        config.extend_from_slice(&0u32.to_le_bytes());
+        config.extend_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+        Ok(Block {
+            file,
+            read_only: cfg.read_only,
+            capacity,
+            id,
+            config,
+            queue_evt,
+            signals,
+            active: None,
+            early_notify: LogOnce::default(),
+            bad_request: LogOnce::default(),
+            descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queue;
+        let mut used = false;
+        loop {
+            if queue.disable_notification(mem).is_err() {
+                break;
+            }
+            loop {
+                let chain = match queue.iter(mem) {
+                    Ok(mut iter) => iter.next(),
+                    Err(e) => {
+                        // E.g. an available index more than a queue ahead.
+                        self.bad_request
+                            .warn(format_args!("virtio-block: broken available ring: {e}"));
+                        self.signals.set_needs_reset();
+                        self.active = None;
+                        return;
+                    }
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                self.descs.clear();
+                self.descs.extend(chain);
+                let outcome = execute(
+                    mem,
+                    &self.file,
+                    self.read_only,
+                    self.capacity,
+                    &self.id,
+                    &self.descs,
+                );
+                let len = match outcome {
+                    Outcome::Done { used_len } => used_len,
+                    Outcome::Malformed(why) => {
+                        self.bad_request
+                            .warn(format_args!("virtio-block: malformed request: {why}"));
+                        self.signals.set_needs_reset();
+                        0
+                    }
+                };
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    error!("virtio-block: cannot return a request: {e}");
+                    self.signals.set_needs_reset();
+                }
+                used = true;
+                if self.signals.needs_reset() {
+                    // Stop touching the rings until the driver resets us.
+                    break;
+                }
+            }
+            if self.signals.needs_reset() || !queue.enable_notification(mem).unwrap_or(false) {
+                break;
+            }
+        }
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            self.signals.signal_used_queue();
+        }
+        if self.signals.needs_reset() {
+            self.active = None;
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | VIRTIO_RING_F_EVENT_IDX;
+        if self.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        if !read_config_bytes(&self.config, offset, data) {
+            self.bad_request
+                .warn(format_args!("virtio-block: config read out of range at {offset:#x}"));
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        features: u64,
+        mut queues: Vec<Queue>,
+    ) -> Result<(), String> {
+        let mut queue = queues.pop().ok_or("no queue")?;
+        queue.set_event_idx(features & VIRTIO_RING_F_EVENT_IDX != 0);
+        self.active = Some(Active { mem, queue });
+        // Requests posted before DRIVER_OK wait in the ring: serve them.
+        self.process_queue();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.queue_evt, EventSet::IN)) {
+            error!("virtio-block: cannot watch the queue: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() != self.queue_evt.as_raw_fd() {
+            return;
+        }
+        let _ = self.queue_evt.read();
+        if self.active.is_none() {
+            self.early_notify
+                .warn(format_args!("virtio-block: queue notified while not running"));
+            return;
+        }
+        self.process_queue();
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if !self.read_only {
+            if let Err(e) = self.file.sync_data() {
+                warn!("virtio-block: final sync failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! One virtio-block request: parsing a descriptor chain and doing the I/O.
+//!
+//! Every guest-controlled value (addresses, lengths, sector numbers, flags)
+//! is checked here; guest memory is only reached through vm-memory.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Bytes per sector.
+pub const SECTOR_SIZE: u64 = 512;
+
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct RequestHeader {
+    kind: u32,
+    _reserved: u32,
+    sector: u64,
+}
+
+// SAFETY: RequestHeader is plain data of integers, any bit pattern is valid.
+unsafe impl ByteValued for RequestHeader {}
+
+/// How a request ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A status byte was written; `used_len` bytes went to the guest.
+    Done {
+        /// Bytes written into device-writable buffers, status included.
+        used_len: u32,
+    },
+    /// No status could be written: the device needs a reset.
+    Malformed(&'static str),
+}
+
+/// Executes the request made of `descs` (the whole chain, in order)
+/// against `file` of `capacity` sectors.
+pub fn execute(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    read_only: bool,
+    capacity: u64,
+    id: &[u8],
+    descs: &[Descriptor],
+) -> Outcome {
+    let Some((status_desc, body)) = descs.split_last() else {
+        return Outcome::Malformed("empty descriptor chain");
+    };
+    if status_desc.has_next() {
+        // The chain was cut short: it loops or is longer than the queue.
+        return Outcome::Malformed("descriptor chain loops or exceeds the queue size");
+    }
+    if !status_desc.is_write_only() || status_desc.len() < 1 {
+        return Outcome::Malformed("no writable status byte at the end of the chain");
+    }
+    let (status, data_len) = match run(mem, file, read_only, capacity, id, body) {
+        Ok(written) => (VIRTIO_BLK_S_OK, written),
+        Err(status) => (status, 0),
+    };
+    if mem.write_obj(status as u8, status_desc.addr()).is_err() {
+        return Outcome::Malformed("status byte outside guest memory");
+    }
+    Outcome::Done {
+        used_len: data_len.saturating_add(1),
+    }
+}
+
+/// Runs the request; Ok(bytes written to the guest) or Err(status).
+fn run(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    read_only: bool,
+    capacity: u64,
+    id: &[u8],
+    body: &[Descriptor],
+) -> Result<u32, u32> {
+    let (hdr_desc, data) = body.split_first().ok_or(VIRTIO_BLK_S_IOERR)?;
+    if hdr_desc.is_write_only() || (hdr_desc.len() as usize) < std::mem::size_of::<RequestHeader>() {
+        return Err(VIRTIO_BLK_S_IOERR);
+    }
+    let hdr: RequestHeader = mem
+        .read_obj(hdr_desc.addr())
+        .map_err(|_| VIRTIO_BLK_S_IOERR)?;
+    match hdr.kind {
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+            let write = hdr.kind == VIRTIO_BLK_T_OUT;
+            if write && read_only {
+                return Err(VIRTIO_BLK_S_IOERR);
+            }
+            // Data buffers must be device-writable for reads and
+            // device-readable for writes.
+            if data.iter().any(|d| d.is_write_only() == write) {
+                return Err(VIRTIO_BLK_S_IOERR);
+            }
+            let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+            let start = hdr
+                .sector
+                .checked_mul(SECTOR_SIZE)
+                .ok_or(VIRTIO_BLK_S_IOERR)?;
+            let end = start.checked_add(total).ok_or(VIRTIO_BLK_S_IOERR)?;
+            if end > capacity * SECTOR_SIZE {
+                return Err(VIRTIO_BLK_S_IOERR);
+            }
+            let mut offset = start;
+            for d in data {
+                transfer(mem, file, d.addr(), d.len() as usize, offset, write)
+                    .map_err(|_| VIRTIO_BLK_S_IOERR)?;
+                offset += u64::from(d.len());
+            }
+            Ok(if write { 0 } else { total as u32 })
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if !read_only {
+                file.sync_data().map_err(|_| VIRTIO_BLK_S_IOERR)?;
+            }
+            Ok(0)
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            let d = data.first().ok_or(VIRTIO_BLK_S_IOERR)?;
+            if !d.is_write_only() {
+                return Err(VIRTIO_BLK_S_IOERR);
+            }
+            let n = id.len().min(d.len() as usize);
+            mem.write_slice(&id[..n], d.addr())
+                .map_err(|_| VIRTIO_BLK_S_IOERR)?;
+            Ok(n as u32)
+        }
+        _ => Err(VIRTIO_BLK_S_UNSUPP),
+    }
+}
+
+/// Moves `len` bytes between the file at `offset` and guest memory at
+/// `addr`, without an intermediate buffer.
+fn transfer(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    addr: GuestAddress,
+    len: usize,
+    offset: u64,
+    to_file: bool,
+) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // Fails unless [addr, addr + len) lies inside one guest RAM region.
+    let slice = mem
+        .get_slice(addr, len)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let guard = slice.ptr_guard_mut();
+    let base = guard.as_ptr();
+    let mut done = 0usize;
+    while done < len {
+        let off = libc::off64_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `base..base + len` is a live mapping of guest memory
+        // (checked by get_slice and kept mapped by `guard`); the kernel
+        // reads or writes at most `len - done` bytes from `base + done`.
+        let n = unsafe {
+            let p = base.add(done) as *mut libc::c_void;
+            if to_file {
+                libc::pwrite64(file.as_raw_fd(), p, len - done, off)
+            } else {
+                libc::pread64(file.as_raw_fd(), p, len - done, off)
+            }
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_utils::mem;
+    use std::io::{Read, Seek, Write};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const HDR: u64 = 0x1000;
+    const DATA: u64 = 0x2000;
+    const STATUS: u64 = 0x3000;
+
+    fn image(sectors: u64) -> File {
+        let mut f = tempfile();
+        let data: Vec<u8> = (0..sectors * SECTOR_SIZE).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        f
+    }
+
+    fn tempfile() -> File {
+        let p = std::env::temp_dir().join(format!(
+            "strato-blk-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f
+    }
+
+    fn header(m: &GuestMemoryMmap, kind: u32, sector: u64) {
+        m.write_obj(
+            RequestHeader {
+                kind,
+                _reserved: 0,
+                sector,
+            },
+            GuestAddress(HDR),
+        )
+        .unwrap();
+    }
+
+    fn chain(data: Descriptor) -> Vec<Descriptor> {
+        vec![
+            Descriptor::new(HDR, 16, NEXT, 1),
+            data,
+            Descriptor::new(STATUS, 1, WRITE, 0),
+        ]
+    }
+
+    fn status(m: &GuestMemoryMmap) -> u32 {
+        u32::from(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap())
+    }
+
+    fn exec(m: &GuestMemoryMmap, f: &File, ro: bool, descs: &[Descriptor]) -> Outcome {
+        m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        execute(m, f, ro, 8, b"serial-1", descs)
+    }
+
+    #[test]
+    fn read_write_flush_get_id() {
+        let m = mem();
+        let mut f = image(8);
+        header(&m, VIRTIO_BLK_T_IN, 1);
+        let out = exec(&m, &f, false, &chain(Descriptor::new(DATA, 512, NEXT | WRITE, 2)));
+        assert_eq!(out, Outcome::Done { used_len: 513 });
+        assert_eq!(status(&m), VIRTIO_BLK_S_OK);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(DATA)).unwrap(), (512 % 251) as u8);
+
+        m.write_slice(&[7u8; 1024], GuestAddress(DATA)).unwrap();
+        header(&m, VIRTIO_BLK_T_OUT, 6);
+        let out = exec(&m, &f, false, &chain(Descriptor::new(DATA, 1024, NEXT, 2)));
+        assert_eq!(out, Outcome::Done { used_len: 1 });
+        assert_eq!(status(&m), VIRTIO_BLK_S_OK);
+        let mut back = [0u8; 1024];
+        f.seek(std::io::SeekFrom::Start(6 * 512)).unwrap();
+        f.read_exact(&mut back).unwrap();
+        assert_eq!(back, [7u8; 1024]);
+
+        header(&m, VIRTIO_BLK_T_FLUSH, 0);
+        let flush = vec![
+            Descriptor::new(HDR, 16, NEXT, 1),
+            Descriptor::new(STATUS, 1, WRITE, 0),
+        ];
+        assert_eq!(exec(&m, &f, false, &flush), Outcome::Done { used_len: 1 });
+        assert_eq!(status(&m), VIRTIO_BLK_S_OK);
+
+        header(&m, VIRTIO_BLK_T_GET_ID, 0);
+        exec(&m, &f, false, &chain(Descriptor::new(DATA, 20, NEXT | WRITE, 2)));
+        let mut id = [0u8; 8];
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"serial-1");
+
+        header(&m, 99, 0);
+        exec(&m, &f, false, &flush);
+        assert_eq!(status(&m), VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn bad_requests_fail_with_ioerr() {
+        let m = mem();
+        let f = image(8);
+        let cases: Vec<(u32, u64, Descriptor, bool)> = vec![
+            // Past the end, and a sector number whose byte offset overflows.
+            (VIRTIO_BLK_T_IN, 8, Descriptor::new(DATA, 512, NEXT | WRITE, 2), false),
+            (VIRTIO_BLK_T_IN, 7, Descriptor::new(DATA, 1024, NEXT | WRITE, 2), false),
+            (VIRTIO_BLK_T_IN, u64::MAX / 2, Descriptor::new(DATA, 512, NEXT | WRITE, 2), false),
+            // A read into a device-readable buffer.
+            (VIRTIO_BLK_T_IN, 0, Descriptor::new(DATA, 512, NEXT, 2), false),
+            // A write from a device-writable buffer; a write to a RO disk.
+            (VIRTIO_BLK_T_OUT, 0, Descriptor::new(DATA, 512, NEXT | WRITE, 2), false),
+            (VIRTIO_BLK_T_OUT, 0, Descriptor::new(DATA, 512, NEXT, 2), true),
+            // Buffers outside guest memory or wrapping the address space.
+            (VIRTIO_BLK_T_IN, 0, Descriptor::new(0x7f00_0000_0000, 512, NEXT | WRITE, 2), false),
+            (VIRTIO_BLK_T_IN, 0, Descriptor::new(u64::MAX - 100, 512, NEXT | WRITE, 2), false),
+            (VIRTIO_BLK_T_OUT, 0, Descriptor::new((16 << 20) - 256, 512, NEXT, 2), false),
+        ];
+        for (i, (kind, sector, data, ro)) in cases.into_iter().enumerate() {
+            header(&m, kind, sector);
+            assert_eq!(
+                exec(&m, &f, ro, &chain(data)),
+                Outcome::Done { used_len: 1 },
+                "case {i}"
+            );
+            assert_eq!(status(&m), VIRTIO_BLK_S_IOERR, "case {i}");
+        }
+        // A header that is too short or device-writable.
+        let short = vec![
+            Descriptor::new(HDR, 8, NEXT, 1),
+            Descriptor::new(STATUS, 1, WRITE, 0),
+        ];
+        exec(&m, &f, false, &short);
+        assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn chains_without_status_are_malformed() {
+        let m = mem();
+        let f = image(8);
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        assert!(matches!(exec(&m, &f, false, &[]), Outcome::Malformed(_)));
+        // Cut short by the iterator (a loop): the last descriptor has NEXT.
+        let looped = vec![
+            Descriptor::new(HDR, 16, NEXT, 0),
+            Descriptor::new(STATUS, 1, WRITE | NEXT, 0),
+        ];
+        assert!(matches!(exec(&m, &f, false, &looped), Outcome::Malformed(_)));
+        // Status not writable, or outside memory.
+        let ro_status = vec![Descriptor::new(HDR, 16, NEXT, 1), Descriptor::new(STATUS, 1, 0, 0)];
+        assert!(matches!(exec(&m, &f, false, &ro_status), Outcome::Malformed(_)));
+        let far_status = vec![
+            Descriptor::new(HDR, 16, NEXT, 1),
+            Descriptor::new(1 << 40, 1, WRITE, 0),
+        ];
+        assert!(matches!(exec(&m, &f, false, &far_status), Outcome::Malformed(_)));
+    }
+
+    #[test]
+    fn host_io_errors_become_ioerr() {
+        let m = mem();
+        // A file opened read-only makes pwrite fail with EBADF.
+        let p = std::env::temp_dir().join(format!("strato-blk-ro-{}", std::process::id()));
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let f = File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        header(&m, VIRTIO_BLK_T_OUT, 0);
+        exec(&m, &f, false, &chain(Descriptor::new(DATA, 512, NEXT, 2)));
+        assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
+    }
+}
