@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vmm::{ExitReason, SerialInput, SerialOutput, Vm, VmConfig, DEFAULT_CMDLINE};
+use vmm::config::{parse_drive, parse_net};
+use vmm::{ConsoleKind, ExitReason, SerialInput, SerialOutput, Vm, VmConfig, DEFAULT_CMDLINE};
 
 use crate::terminal::RawTerminal;
 
@@ -36,6 +37,24 @@ pub struct RunArgs {
     /// Do not forward stdin to the guest.
     #[arg(long)]
     no_stdin: bool,
+    /// A virtio-block drive: path=FILE[,readonly=on][,serial=ID]; repeat
+    /// for more (vda, vdb, ...).
+    #[arg(long = "drive", value_name = "SPEC")]
+    drives: Vec<String>,
+    /// A virtio-net NIC on a host tap: tap=NAME[,mac=xx:xx:xx:xx:xx:xx];
+    /// repeat for more.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
+    /// Console device for input: serial (ttyS0) or virtio (hvc0).
+    #[arg(long, value_enum, default_value = "serial")]
+    console: ConsoleArg,
+}
+
+/// `--console` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsoleArg {
+    Serial,
+    Virtio,
 }
 
 /// Boots the VM, waits for it and returns the process exit status.
@@ -59,6 +78,23 @@ pub fn run(args: RunArgs) -> i32 {
         SerialInput::Stdin
     };
     let interactive = !args.no_stdin;
+    config.console = match args.console {
+        ConsoleArg::Serial => ConsoleKind::Serial,
+        ConsoleArg::Virtio => ConsoleKind::Virtio,
+    };
+    let devices = (|| -> Result<(), vmm::error::ConfigError> {
+        for d in &args.drives {
+            config.drives.push(parse_drive(d)?);
+        }
+        for (i, n) in args.nets.iter().enumerate() {
+            config.nets.push(parse_net(n, i)?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = devices {
+        eprintln!("strato: {e}");
+        return EXIT_VMM_ERROR;
+    }
 
     let mut vm = match Vm::start(config) {
         Ok(vm) => vm,

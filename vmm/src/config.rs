@@ -5,6 +5,9 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+pub use devices::virtio::block::BlockConfig;
+pub use devices::virtio::net::NetConfig;
+
 use crate::error::ConfigError;
 
 /// Smallest guest memory we accept: boot structures, a kernel and an initrd.
@@ -35,6 +38,18 @@ pub enum SerialInput {
     None,
 }
 
+/// Which device carries the interactive console (stdin and the console
+/// output): the 8250 UART (ttyS0) or virtio-console (hvc0). The UART is
+/// always present for early boot output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleKind {
+    /// Input goes to ttyS0.
+    #[default]
+    Serial,
+    /// A virtio-console device is added and input goes to hvc0.
+    Virtio,
+}
+
 /// Everything needed to boot a microVM.
 pub struct VmConfig {
     /// Number of vCPUs, at least 1.
@@ -51,6 +66,12 @@ pub struct VmConfig {
     pub serial_out: SerialOutput,
     /// Serial console input.
     pub serial_in: SerialInput,
+    /// Block devices, in the order the guest sees them (vda, vdb, ...).
+    pub drives: Vec<BlockConfig>,
+    /// Network interfaces, in order (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
+    /// Which device the console input goes to.
+    pub console: ConsoleKind,
 }
 
 impl VmConfig {
@@ -64,6 +85,9 @@ impl VmConfig {
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial_out: SerialOutput::Stdout,
             serial_in: SerialInput::None,
+            drives: Vec::new(),
+            nets: Vec::new(),
+            console: ConsoleKind::Serial,
         }
     }
 
@@ -92,8 +116,121 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_readable(initrd, "initrd")?;
         }
+        let virtio = self.drives.len()
+            + self.nets.len()
+            + usize::from(self.console == ConsoleKind::Virtio);
+        if virtio > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(virtio, MAX_VIRTIO_DEVICES));
+        }
+        for d in &self.drives {
+            let meta = std::fs::metadata(&d.path)
+                .map_err(|e| ConfigError::File("drive", d.path.clone(), e))?;
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.is_file() && !meta.file_type().is_block_device() {
+                return Err(ConfigError::NotAFile("drive", d.path.clone()));
+            }
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            if self.nets[..i].iter().any(|m| m.tap == n.tap) {
+                return Err(ConfigError::Duplicate("tap", n.tap.clone()));
+            }
+            if self.nets[..i].iter().any(|m| m.mac == n.mac) {
+                return Err(ConfigError::Duplicate("MAC", format_mac(&n.mac)));
+            }
+        }
         Ok(())
     }
+}
+
+/// Most virtio devices one VM can have: one IRQ each, 5 to 23.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
+/// Parses a `--drive` value: `path=FILE[,readonly=on|off][,serial=ID]`.
+pub fn parse_drive(s: &str) -> Result<BlockConfig, ConfigError> {
+    let mut cfg = BlockConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        serial: None,
+    };
+    for (key, value) in key_values("--drive", s)? {
+        match key {
+            "path" => cfg.path = PathBuf::from(value),
+            "readonly" | "ro" => cfg.read_only = parse_switch("--drive", key, value)?,
+            "serial" => {
+                if value.len() > devices::virtio::block::ID_BYTES {
+                    return Err(ConfigError::Option("--drive", format!("serial {value:?} is longer than 20 bytes")));
+                }
+                cfg.serial = Some(value.to_string());
+            }
+            _ => return Err(ConfigError::Option("--drive", format!("unknown key {key:?} (path, readonly, serial)"))),
+        }
+    }
+    if cfg.path.as_os_str().is_empty() {
+        return Err(ConfigError::Option("--drive", "path=FILE is required".into()));
+    }
+    Ok(cfg)
+}
+
+/// Parses a `--net` value: `tap=NAME[,mac=xx:xx:xx:xx:xx:xx]`. Without a
+/// MAC, one is derived from `index` (locally administered, unicast).
+pub fn parse_net(s: &str, index: usize) -> Result<NetConfig, ConfigError> {
+    let mut tap = None;
+    let mut mac = None;
+    for (key, value) in key_values("--net", s)? {
+        match key {
+            "tap" => tap = Some(value.to_string()),
+            "mac" => mac = Some(parse_mac(value)?),
+            _ => return Err(ConfigError::Option("--net", format!("unknown key {key:?} (tap, mac)"))),
+        }
+    }
+    let tap = tap.ok_or_else(|| ConfigError::Option("--net", "tap=NAME is required".into()))?;
+    if tap.is_empty() || tap.len() > 15 {
+        return Err(ConfigError::Option("--net", format!("tap name {tap:?} must be 1 to 15 bytes")));
+    }
+    let idx = index.to_be_bytes();
+    let mac = mac.unwrap_or([0x06, 0x00, 0xac, 0x10, idx[6], idx[7]]);
+    Ok(NetConfig { tap, mac })
+}
+
+fn key_values<'a>(opt: &'static str, s: &'a str) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
+    s.split(',')
+        .map(|kv| {
+            kv.split_once('=')
+                .ok_or_else(|| ConfigError::Option(opt, format!("expected key=value, got {kv:?}")))
+        })
+        .collect()
+}
+
+fn parse_switch(opt: &'static str, key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(ConfigError::Option(opt, format!("{key}={value}: expected on or off"))),
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::Option("--net", format!("bad MAC address {s:?} (xx:xx:xx:xx:xx:xx)"));
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(ConfigError::Option("--net", format!("MAC {s} is a multicast address")));
+    }
+    Ok(mac)
+}
+
+/// Formats a MAC address as xx:xx:xx:xx:xx:xx.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn check_readable(path: &PathBuf, what: &'static str) -> Result<(), ConfigError> {
@@ -169,6 +306,26 @@ mod tests {
             c.validate(4, 1024),
             Err(ConfigError::File("initrd", ..))
         ));
+    }
+
+    #[test]
+    fn drive_and_net_options() {
+        let d = parse_drive("path=/a.img,readonly=on,serial=disk-1").unwrap();
+        assert_eq!(d.path, PathBuf::from("/a.img"));
+        assert!(d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("disk-1"));
+        assert!(!parse_drive("path=/a.img").unwrap().read_only);
+        for bad in ["", "readonly=on", "path=/a,ro=maybe", "path=/a,x=1", "path", "path=/a,serial=123456789012345678901"] {
+            assert!(parse_drive(bad).is_err(), "{bad}");
+        }
+        let n = parse_net("tap=tap0,mac=06:00:ac:10:00:02", 0).unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, [6, 0, 0xac, 0x10, 0, 2]);
+        assert_eq!(parse_net("tap=tap1", 3).unwrap().mac, [6, 0, 0xac, 0x10, 0, 3]);
+        for bad in ["", "mac=06:00:00:00:00:01", "tap=t,mac=01:00:00:00:00:00", "tap=t,mac=zz:00:00:00:00:00", "tap=averyveryverylongname", "tap=t,mac=06:00"] {
+            assert!(parse_net(bad, 0).is_err(), "{bad}");
+        }
+        assert_eq!(format_mac(&[6, 0, 0xac, 0x10, 0, 2]), "06:00:ac:10:00:02");
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub enum ConfigError {
     /// A path is not a regular file.
     #[error("{0} {1}: not a regular file")]
     NotAFile(&'static str, PathBuf),
+    /// A malformed option value.
+    #[error("{0}: {1}")]
+    Option(&'static str, String),
+    /// More devices than IRQs.
+    #[error("{0} virtio devices requested, at most {1} are supported")]
+    TooManyDevices(usize, usize),
+    /// Two devices share what must be unique.
+    #[error("{0} {1} is used by two network interfaces")]
+    Duplicate(&'static str, String),
 }
 
 /// Errors while loading the kernel, initrd and command line.
@@ -84,6 +93,12 @@ pub enum Error {
     /// Device setup failed.
     #[error("device setup: {0}")]
     Device(String),
+    /// A drive cannot be used.
+    #[error(transparent)]
+    Block(#[from] devices::virtio::block::Error),
+    /// A tap cannot be used.
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::net::TapError),
     /// An OS resource (eventfd, thread, file) failed.
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),

@@ -6,13 +6,16 @@
 
 pub mod boot;
 pub mod config;
+mod device_manager;
 pub mod error;
 mod events;
 pub mod exit;
 mod vcpu;
 mod vm;
 
-pub use config::{SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE};
+pub use config::{
+    BlockConfig, ConsoleKind, NetConfig, SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE,
+};
 pub use error::{Error, Result};
 pub use exit::ExitReason;
 pub use vm::{Vm, VmController};

@@ -13,6 +13,9 @@ use arch::layout::{BOOT_TIMER_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MAX_VCP
 use devices::legacy::{
     BootTimer, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT,
 };
+use devices::virtio::block::Block;
+use devices::virtio::console::Console;
+use devices::virtio::net::Net;
 use devices::Bus;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -22,7 +25,10 @@ use log::info;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{host_memory_mib, SerialInput as InputCfg, SerialOutput, VmConfig};
+use crate::config::{
+    host_memory_mib, ConsoleKind, SerialInput as InputCfg, SerialOutput, VmConfig,
+};
+use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
@@ -112,19 +118,30 @@ impl Vm {
             .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
 
         let mem = create_memory(&vm_fd, config.memory_mib)?;
-        let entry = crate::boot::load(
-            &mem,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-            config.vcpus,
-        )?;
 
         let exit_evt = new_eventfd()?;
         let exit = Arc::new(ExitState::new(exit_evt));
         let boot_time_us = Arc::new(AtomicU64::new(0));
 
-        // Devices.
+        // The console output is shared by the UART and virtio-console; the
+        // input goes to whichever carries the console.
+        let out = SharedWriter(Arc::new(Mutex::new(serial_writer(config.serial_out)?)));
+        let input = match config.serial_in {
+            InputCfg::Stdin => Some(
+                std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Error::Io("cannot use stdin", e))?,
+            ),
+            InputCfg::Fd(fd) => Some(fd),
+            InputCfg::None => None,
+        };
+        let (serial_input, console_input) = match config.console {
+            ConsoleKind::Serial => (input, None),
+            ConsoleKind::Virtio => (None, input),
+        };
+
+        // Legacy devices.
         let serial_irq = new_eventfd()?;
         vm_fd
             .register_irqfd(&serial_irq, COM1_IRQ)
@@ -133,7 +150,7 @@ impl Vm {
         let serial = Arc::new(Mutex::new(Serial::new(
             serial_irq,
             SerialInputEvents::new(clone_eventfd(&buffer_empty)?),
-            serial_writer(config.serial_out)?,
+            Box::new(out.clone()),
         )));
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, SERIAL_LEN)
@@ -151,27 +168,45 @@ impl Vm {
             BOOT_TIMER_LEN,
         )
         .map_err(|e| Error::Device(e.to_string()))?;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
-        let mut subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>> =
-            Vec::new();
-        let input = match config.serial_in {
-            InputCfg::Stdin => Some(
-                std::io::stdin()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| Error::Io("cannot use stdin", e))?,
-            ),
-            InputCfg::Fd(fd) => Some(fd),
-            InputCfg::None => None,
-        };
-        if let Some(fd) = input {
+        // virtio devices, in the order the guest enumerates them.
+        let mut dm = DeviceManager::new(&vm_fd, mem.clone());
+        for drive in &config.drives {
+            let mut slot = dm.slot(1)?;
+            let evt = slot.queue_evts.remove(0);
+            let block = Block::new(drive, evt, slot.signals.clone())?;
+            dm.add(&mut mmio, slot, block)?;
+        }
+        for nic in &config.nets {
+            let mut slot = dm.slot(2)?;
+            let evts = two(std::mem::take(&mut slot.queue_evts))?;
+            let net = Net::new(nic, evts, slot.signals.clone())?;
+            dm.add(&mut mmio, slot, net)?;
+        }
+        if config.console == ConsoleKind::Virtio {
+            let mut slot = dm.slot(2)?;
+            let evts = two(std::mem::take(&mut slot.queue_evts))?;
+            let console = Console::new(Box::new(out.clone()), console_input, evts, slot.signals.clone());
+            dm.add(&mut mmio, slot, console)?;
+        }
+        let cmdline = format!("{}{}", config.cmdline, dm.cmdline);
+        let mut subscribers = std::mem::take(&mut dm.subscribers);
+        if let Some(fd) = serial_input {
             subscribers.push(Arc::new(Mutex::new(SerialInput::new(
                 fd,
                 serial,
                 buffer_empty,
             ))));
         }
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+        let entry = crate::boot::load(
+            &mem,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &cmdline,
+            config.vcpus,
+        )?;
 
         // vCPUs: all created and configured before any runs.
         let supported = kvm
@@ -278,6 +313,10 @@ fn stop_vcpus(threads: &[JoinHandle<()>]) {
 
 fn new_eventfd() -> Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("cannot create an eventfd", e))
+}
+
+fn two(evts: Vec<EventFd>) -> Result<[EventFd; 2]> {
+    <[EventFd; 2]>::try_from(evts).map_err(|_| Error::Device("expected two queue events".into()))
 }
 
 fn clone_eventfd(evt: &EventFd) -> Result<EventFd> {

@@ -1,0 +1,378 @@
+//! virtio-net over a TAP device.
+//!
+//! RX: a frame read from the tap is written into the guest's posted
+//! buffers (several with VIRTIO_NET_F_MRG_RXBUF); while the guest has no
+//! buffers the tap leaves the interest list, so there is no busy polling
+//! and no frame larger than the posted buffers is written. TX: each chain
+//! is one frame written to the tap. Offloads the driver accepts are set on
+//! the tap.
+
+mod tap;
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::error;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use tap::{Error as TapError, Tap};
+
+use super::{read_config_bytes, DeviceSignals, LogOnce, VirtioDevice};
+
+/// Size of `struct virtio_net_hdr_v1` (virtio 1.x always has num_buffers).
+pub const VNET_HDR_LEN: usize = 12;
+/// Queue size of both queues.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest frame: a 64 KiB GSO packet, its Ethernet header and our header.
+const MAX_FRAME: usize = 65536 + 14 + VNET_HDR_LEN;
+const RX: usize = 0;
+const TX: usize = 1;
+/// Offset of num_buffers in the header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// How to build a NIC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Host tap interface.
+    pub tap: String,
+    /// Guest MAC address.
+    pub mac: [u8; 6],
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    mrg_rxbuf: bool,
+}
+
+/// A virtio-net device.
+pub struct Net {
+    tap: Tap,
+    mac: [u8; 6],
+    queue_evts: [EventFd; 2],
+    signals: Arc<DeviceSignals>,
+    active: Option<Active>,
+    rx_frame: Box<[u8]>,
+    rx_len: usize,
+    tap_paused: bool,
+    tx_frame: Box<[u8]>,
+    early_notify: LogOnce,
+    bad_request: LogOnce,
+    host_error: LogOnce,
+}
+
+impl Net {
+    /// Opens the tap of `cfg`; `queue_evts` are the ioeventfds of the
+    /// receive and transmit queues.
+    pub fn new(
+        cfg: &NetConfig,
+        queue_evts: [EventFd; 2],
+        signals: Arc<DeviceSignals>,
+    ) -> Result<Net, TapError> {
+        let tap = Tap::open(&cfg.tap)?;
+        // No offloads until the driver accepts them.
+        tap.set_offload(0)?;
+        Ok(Net {
+            tap,
+            mac: cfg.mac,
+            queue_evts,
+            signals,
+            active: None,
+            rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            rx_len: 0,
+            tap_paused: false,
+            tx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            early_notify: LogOnce::default(),
+            bad_request: LogOnce::default(),
+            host_error: LogOnce::default(),
+        })
+    }
+
+    fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[TX];
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let mut len = 0usize;
+            let mut ok = true;
+            for d in chain {
+                let n = d.len() as usize;
+                if d.is_write_only() || len + n > self.tx_frame.len() {
+                    ok = false;
+                    break;
+                }
+                if mem.read_slice(&mut self.tx_frame[len..len + n], d.addr()).is_err() {
+                    ok = false;
+                    break;
+                }
+                len += n;
+            }
+            if ok && len > VNET_HDR_LEN {
+                if let Err(e) = self.tap.write_frame(&self.tx_frame[..len]) {
+                    self.host_error
+                        .warn(format_args!("virtio-net: frame to {} lost: {e}", self.tap.name()));
+                }
+            } else {
+                self.bad_request
+                    .warn(format_args!("virtio-net: malformed transmit chain dropped"));
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                self.signals.set_needs_reset();
+                break;
+            }
+            used = true;
+        }
+        if used {
+            self.signals.signal_used_queue();
+        }
+    }
+
+    /// Writes the pending frame into receive buffers. Returns false when
+    /// the guest has not posted enough buffers (the frame stays pending).
+    fn deliver(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            // Link down until the driver is running: drop.
+            self.rx_len = 0;
+            return true;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[RX];
+        let frame = &mut self.rx_frame[..self.rx_len];
+        // Gather enough chains, without writing, so a shortage leaves the
+        // ring untouched.
+        let mut chains: Vec<(u16, Vec<(vm_memory::GuestAddress, usize)>)> = Vec::new();
+        let mut room = 0usize;
+        while room < frame.len() {
+            if chains.len() == 1 && !active.mrg_rxbuf {
+                // One buffer must hold the whole frame: drop it instead.
+                self.bad_request
+                    .warn(format_args!("virtio-net: receive buffer too small, frame dropped"));
+                let (head, _) = chains.pop().unwrap_or_default();
+                let _ = queue.add_used(mem, head, 0);
+                self.signals.signal_used_queue();
+                self.rx_len = 0;
+                return true;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                for _ in 0..chains.len() {
+                    queue.go_to_previous_position();
+                }
+                return false;
+            };
+            let head = chain.head_index();
+            let bufs: Vec<_> = chain
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr(), d.len() as usize))
+                .collect();
+            room += bufs.iter().map(|b| b.1).sum::<usize>();
+            chains.push((head, bufs));
+        }
+        let n_chains = chains.len() as u16;
+        frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&n_chains.to_le_bytes());
+        let mut pos = 0usize;
+        for (head, bufs) in chains {
+            let mut written = 0u32;
+            for (addr, len) in bufs {
+                if pos == frame.len() {
+                    break;
+                }
+                let n = len.min(frame.len() - pos);
+                if mem.write_slice(&frame[pos..pos + n], addr).is_err() {
+                    self.bad_request
+                        .warn(format_args!("virtio-net: receive buffer outside guest memory"));
+                    pos = frame.len();
+                    break;
+                }
+                pos += n;
+                written += n as u32;
+            }
+            if queue.add_used(mem, head, written).is_err() {
+                self.signals.set_needs_reset();
+            }
+        }
+        self.signals.signal_used_queue();
+        self.rx_len = 0;
+        true
+    }
+
+    fn process_rx(&mut self, ops: &mut EventOps) {
+        loop {
+            if self.rx_len == 0 {
+                match self.tap.read_frame(&mut self.rx_frame) {
+                    Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        self.host_error
+                            .warn(format_args!("virtio-net: reading {}: {e}", self.tap.name()));
+                        return;
+                    }
+                }
+            }
+            if !self.deliver() {
+                if !self.tap_paused {
+                    let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
+                    self.tap_paused = true;
+                }
+                return;
+            }
+        }
+    }
+
+    fn resume_rx(&mut self, ops: &mut EventOps) {
+        if self.tap_paused {
+            if ops.add(Events::new(&self.tap, EventSet::IN)).is_err() {
+                error!("virtio-net: cannot resume receiving on {}", self.tap.name());
+                return;
+            }
+            self.tap_paused = false;
+        }
+        self.process_rx(ops);
+    }
+}
+
+/// Tap offload flags for the features the driver accepted.
+fn tap_offloads(features: u64) -> u32 {
+    let mut flags = 0;
+    if features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0 {
+        flags |= tap::TUN_F_CSUM;
+    }
+    if features & bit(VIRTIO_NET_F_GUEST_TSO4) != 0 {
+        flags |= tap::TUN_F_TSO4;
+    }
+    if features & bit(VIRTIO_NET_F_GUEST_TSO6) != 0 {
+        flags |= tap::TUN_F_TSO6;
+    }
+    if features & bit(VIRTIO_NET_F_GUEST_ECN) != 0 {
+        flags |= tap::TUN_F_TSO_ECN;
+    }
+    flags
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        bit(VIRTIO_NET_F_MAC)
+            | bit(VIRTIO_NET_F_CSUM)
+            | bit(VIRTIO_NET_F_GUEST_CSUM)
+            | bit(VIRTIO_NET_F_GUEST_TSO4)
+            | bit(VIRTIO_NET_F_GUEST_TSO6)
+            | bit(VIRTIO_NET_F_GUEST_ECN)
+            | bit(VIRTIO_NET_F_HOST_TSO4)
+            | bit(VIRTIO_NET_F_HOST_TSO6)
+            | bit(VIRTIO_NET_F_HOST_ECN)
+            | bit(VIRTIO_NET_F_MRG_RXBUF)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        if !read_config_bytes(&config, offset, data) {
+            self.bad_request
+                .warn(format_args!("virtio-net: config read out of range"));
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        features: u64,
+        queues: Vec<Queue>,
+    ) -> Result<(), String> {
+        if queues.len() != 2 {
+            return Err("virtio-net needs two queues".into());
+        }
+        self.tap
+            .set_offload(tap_offloads(features))
+            .map_err(|e| e.to_string())?;
+        self.active = Some(Active {
+            mem,
+            queues,
+            mrg_rxbuf: features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
+        });
+        self.rx_len = 0;
+        self.process_tx();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.rx_len = 0;
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                error!("virtio-net: cannot watch a queue: {e:?}");
+            }
+        }
+        if let Err(e) = ops.add(Events::new(&self.tap, EventSet::IN)) {
+            error!("virtio-net: cannot watch {}: {e:?}", self.tap.name());
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.tap.as_raw_fd() {
+            self.process_rx(ops);
+            return;
+        }
+        let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) else {
+            return;
+        };
+        let _ = self.queue_evts[q].read();
+        if self.active.is_none() {
+            self.early_notify
+                .warn(format_args!("virtio-net: queue notified while not running"));
+            return;
+        }
+        if q == TX {
+            self.process_tx();
+        } else {
+            self.resume_rx(ops);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offloads_follow_features() {
+        assert_eq!(tap_offloads(0), 0);
+        let all = bit(VIRTIO_NET_F_GUEST_CSUM)
+            | bit(VIRTIO_NET_F_GUEST_TSO4)
+            | bit(VIRTIO_NET_F_GUEST_TSO6)
+            | bit(VIRTIO_NET_F_GUEST_ECN);
+        assert_eq!(
+            tap_offloads(all),
+            tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_TSO_ECN
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! A TAP interface opened through /dev/net/tun with a virtio-net header on
+//! every frame (IFF_VNET_HDR), non-blocking.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
+use vmm_sys_util::ioctl_iow_nr;
+
+const TUNTAP: u32 = b'T' as u32;
+ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
+ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
+ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
+
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// Offload flags for [`Tap::set_offload`].
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TSO for IPv4.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TSO for IPv6.
+pub const TUN_F_TSO6: u32 = 0x04;
+/// TSO with ECN.
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+
+/// Errors opening a tap.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The name does not fit in an interface name.
+    #[error("tap name {0:?} is empty or longer than 15 bytes")]
+    BadName(String),
+    /// /dev/net/tun cannot be opened.
+    #[error("cannot open /dev/net/tun: {0}")]
+    OpenTun(#[source] io::Error),
+    /// TUNSETIFF failed (no such tap and no right to create it, or busy).
+    #[error("cannot attach to tap {0}: {1}")]
+    SetIff(String, #[source] io::Error),
+    /// Another ioctl failed.
+    #[error("tap {0}: {1} failed: {2}")]
+    Ioctl(String, &'static str, #[source] io::Error),
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TAP device.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Attaches to (or, with CAP_NET_ADMIN, creates) the tap `name`.
+    pub fn open(name: &str) -> Result<Tap, Error> {
+        if name.is_empty() || name.len() > 15 || name.contains('\0') {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(Error::OpenTun)?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
+        let rc = unsafe { ioctl_with_mut_ref(&file, TUNSETIFF(), &mut req) };
+        if rc < 0 {
+            return Err(Error::SetIff(name.to_string(), io::Error::last_os_error()));
+        }
+        let tap = Tap {
+            file,
+            name: name.to_string(),
+        };
+        let hdr_len: libc::c_int = super::VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        let rc = unsafe { ioctl_with_ref(&tap.file, TUNSETVNETHDRSZ(), &hdr_len) };
+        if rc < 0 {
+            return Err(tap.ioctl_error("TUNSETVNETHDRSZ"));
+        }
+        Ok(tap)
+    }
+
+    fn ioctl_error(&self, what: &'static str) -> Error {
+        Error::Ioctl(self.name.clone(), what, io::Error::last_os_error())
+    }
+
+    /// Tells the kernel which offloads the guest accepts on receive.
+    pub fn set_offload(&self, flags: u32) -> Result<(), Error> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe { ioctl_with_val(&self.file, TUNSETOFFLOAD(), libc::c_ulong::from(flags)) };
+        if rc < 0 {
+            return Err(self.ioctl_error("TUNSETOFFLOAD"));
+        }
+        Ok(())
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame (with its virtio-net header).
+    pub fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reads at most buf.len() bytes into buf.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes one frame (with its virtio-net header).
+    pub fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: writes frame.len() bytes from frame.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(matches!(Tap::open(""), Err(Error::BadName(_))));
+        assert!(matches!(Tap::open("a-name-too-long-for-linux"), Err(Error::BadName(_))));
+    }
+}
