@@ -127,6 +127,50 @@ pub fn strato(args: &[&str], stdin: Option<&[u8]>, deadline: Duration) -> Run {
     }
 }
 
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after `test`.
+    pub fn new(test: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("strato-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+
+    /// Path of `name` inside, as a string for command lines.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("utf-8 path").to_string()
+    }
+
+    /// Writes `data` to `name` and returns its path.
+    pub fn file(&self, name: &str, data: &[u8]) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, data).expect("write scratch file");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Boots test guest `name` with `strato run` and extra `args`.
 pub fn run_guest(name: &str, args: &[&str]) -> Run {
     let kernel = guest(name);
@@ -139,4 +183,91 @@ pub fn run_guest(name: &str, args: &[&str]) -> Run {
 /// user space cannot run.
 pub fn software_kvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Starts `strato` with `args` and reads its stdout until a line contains
+/// `marker` or `deadline` passes; then stops it with SIGTERM. Returns the
+/// output read so far, whether the marker was seen, and strato's stderr.
+pub fn boot_until(args: &[&str], marker: &str, deadline: Duration) -> (String, bool, String) {
+    boot_until_signal(args, marker, deadline, libc::SIGTERM)
+}
+
+/// [`boot_until`], ending strato with `signal` instead of SIGTERM.
+pub fn boot_until_signal(
+    args: &[&str],
+    marker: &str,
+    deadline: Duration,
+    signal: libc::c_int,
+) -> (String, bool, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(strato_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strato");
+    let pid = child.id() as libc::pid_t;
+    let stdout = child.stdout.take().expect("stdout pipe");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut out = String::new();
+    let mut seen = false;
+    while let Some(left) = deadline.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+                if line.contains(marker) {
+                    seen = true;
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, signal) };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let _ = child.wait();
+    (out, seen, stderr)
+}
+
+/// Paths of the Linux guest images built (or found in the cache) by
+/// `resources/build.sh`: VMLINUX, BZIMAGE, INITRAMFS, ROOTFS.
+pub fn linux_images() -> std::collections::HashMap<String, PathBuf> {
+    static IMAGES: std::sync::OnceLock<std::collections::HashMap<String, PathBuf>> =
+        std::sync::OnceLock::new();
+    IMAGES
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new("bash")
+                .arg(root.join("resources/build.sh"))
+                .arg("all")
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run resources/build.sh");
+            assert!(out.status.success(), "resources/build.sh failed");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+                .collect()
+        })
+        .clone()
 }
