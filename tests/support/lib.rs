@@ -77,8 +77,19 @@ impl Run {
 
 /// Runs `strato` with `args`, feeding `stdin`, killed after `deadline`.
 pub fn strato(args: &[&str], stdin: Option<&[u8]>, deadline: Duration) -> Run {
+    strato_cmd(&strato_bin(), args, stdin, deadline)
+}
+
+/// Runs `program` (strato itself or a wrapper such as `ip netns exec`) with
+/// `args`, feeding `stdin`, killed after `deadline`.
+pub fn strato_cmd(
+    program: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> Run {
     let start = Instant::now();
-    let mut child = Command::new(strato_bin())
+    let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -1,0 +1,241 @@
+//! virtio-net over a tap device in a network namespace the test creates.
+//! Frames use a local experimental EtherType and never leave the namespace.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::time::Duration;
+
+use strato_tests::{guest, strato_bin, strato_cmd};
+
+const ETHERTYPE: u16 = 0x88b5;
+
+/// A network namespace holding tap devices, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn new(tag: &str, taps: &[&str]) -> Netns {
+        let name = format!("strato-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        for tap in taps {
+            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+            // No IPv6 chatter: the guest should see only the test's frames.
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
+            ]);
+            ns.exec(&["ip", "link", "set", tap, "up"]);
+        }
+        ns
+    }
+
+    fn exec(&self, cmd: &[&str]) {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(cmd);
+        ip(&args);
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A raw packet socket bound to one interface and our EtherType.
+struct Packet {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl Packet {
+    fn open(ifname: &str) -> Packet {
+        let proto = ETHERTYPE.to_be() as i32;
+        // SAFETY: plain socket creation; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh socket we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: name is a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(ifindex > 0, "no interface {ifname}");
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETHERTYPE.to_be();
+        sll.sll_ifindex = ifindex;
+        // SAFETY: binds our socket to a correctly sized sockaddr_ll.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        // SAFETY: sets a receive timeout from a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Packet { fd, ifindex }
+    }
+
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: receives into a buffer of the given length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = self.ifindex;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: sends `frame` to a correctly sized sockaddr_ll.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n as usize,
+            frame.len(),
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(payload);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn frames_cross_the_tap_both_ways() {
+    let ns = Netns::new("net", &["tap0"]);
+    let guest_mac = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+    // The host side: wait for the guest's frame, answer it.
+    let host = ns.run(move || {
+        let sock = Packet::open("tap0");
+        let got = sock.recv().expect("no frame from the guest");
+        let reply = frame(guest_mac, [0x06, 0, 0, 0, 0, 1], b"strato-net-rx");
+        sock.send(&reply);
+        got
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let kernel = guest("net");
+    let strato = strato_bin();
+    let r = strato_cmd(
+        std::path::Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            strato.to_str().unwrap(),
+            "run",
+            "--no-stdin",
+            "--memory",
+            "64",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--net",
+            "tap=tap0,mac=06:00:ac:10:00:02",
+        ],
+        None,
+        Duration::from_secs(60),
+    );
+    let got = host.join().unwrap();
+    r.assert_ok();
+    assert_eq!(&got[0..6], &[0xff; 6], "broadcast destination");
+    assert_eq!(&got[6..12], &guest_mac, "guest MAC as source");
+    assert_eq!(&got[12..14], &ETHERTYPE.to_be_bytes());
+    assert!(got[14..].starts_with(b"strato-net-tx"), "{got:?}");
+    assert!(r.stdout.contains("net: mac 06:00:ac:10:00:02"), "{r:#?}");
+    assert!(r.stdout.contains("net: rx strato-net-rx"), "{r:#?}");
+}
+
+#[test]
+fn a_missing_tap_is_a_clear_error() {
+    let ns = Netns::new("net-missing", &[]);
+    let hello = guest("hello");
+    // /dev/net/tun would create the tap as root; a name with a bad
+    // character is refused by the kernel instead.
+    let r = strato_cmd(
+        std::path::Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            strato_bin().to_str().unwrap(),
+            "run",
+            "--no-stdin",
+            "--kernel",
+            hello.to_str().unwrap(),
+            "--net",
+            "tap=bad/name",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code(), 1, "{r:#?}");
+    assert!(r.stderr.contains("cannot attach to tap bad/name"), "{r:#?}");
+}
