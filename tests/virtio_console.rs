@@ -9,7 +9,15 @@ use strato_tests::{guest, strato};
 fn hvc_output_and_input() {
     let kernel = guest("console");
     let r = strato(
-        &["run", "--memory", "64", "--console", "virtio", "--kernel", kernel.to_str().unwrap()],
+        &[
+            "run",
+            "--memory",
+            "64",
+            "--console",
+            "virtio",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ],
         Some(b"ping from host\n"),
         Duration::from_secs(60),
     );
@@ -30,7 +38,13 @@ fn serial_console_keeps_the_input_by_default() {
     // Without --console virtio, stdin goes to ttyS0 and the echo guest gets it.
     let kernel = guest("echo");
     let r = strato(
-        &["run", "--memory", "64", "--kernel", kernel.to_str().unwrap()],
+        &[
+            "run",
+            "--memory",
+            "64",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ],
         Some(b"to the uart\n"),
         Duration::from_secs(60),
     );

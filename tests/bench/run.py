@@ -9,7 +9,8 @@ a temporary directory, then boots the same guests N times under every VMM
 present (strato, QEMU microvm, and Firecracker if --firecracker or
 $STRATO_BENCH_FIRECRACKER names a binary) and prints a Markdown table of
 min / median / max.  Every guest runs with 1 vCPU and 128 MiB.  See
-docs/benchmarks.md for what each figure means.  Python 3.11 stdlib only.
+docs/benchmarks.md for what each figure means.  Python 3.11 stdlib only; gcc
+(which the guests need anyway) also builds a tiny static spawn helper.
 """
 
 import argparse
@@ -325,8 +326,9 @@ def main():
     ap.add_argument("--qemu", help="qemu-system-x86_64 (default: from PATH, skipped if absent)")
     ap.add_argument("--firecracker", default=os.environ.get("STRATO_BENCH_FIRECRACKER"),
                     help="firecracker binary (default: $STRATO_BENCH_FIRECRACKER; else skipped)")
-    ap.add_argument("--loops", default="auto",
-                    help=f"serial-loop count for the exit rate (default: about {LOOP_TARGET_S:.0f} s)")
+    ap.add_argument("--loops", default="200000",
+                    help="serial-loop count for the exit rate, or 'auto' for about "
+                         f"{LOOP_TARGET_S:.0f} s under strato (default: 200000)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a run is killed")
     args = ap.parse_args()
     if args.runs < 10:
@@ -343,6 +345,7 @@ def main():
         vmms.append(Firecracker("firecracker", "Firecracker",
                                 executable(args.firecracker, "--firecracker")))
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="strato-bench.") as scratch:
         guests = Path(scratch) / "guests"
         subprocess.run(["bash", str(REPO / "tests/guests/build.sh"), str(guests)], check=True)
@@ -411,6 +414,7 @@ def main():
     for v in vmms:
         ver = v.version()
         print(f"- {v.label}: {v.path}{f' ({ver})' if ver else ''}")
+    print(f"- load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"- {args.runs} runs each; guests: hello, serial-loop loops=0 and loops={loops}; "
           f"{VCPUS} vCPU, {MEM_MIB} MiB; cells are min / median / max")
     print(f"- guest-touched memory estimated as {touched_kib} KiB (hello.elf PT_LOAD "

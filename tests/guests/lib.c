@@ -3,8 +3,13 @@
 
 void *memset(void *d, int c, size_t n)
 {
+    /* 8 bytes per iteration: rep string instructions may be emulated one
+     * iteration at a time. */
     void *ret = d;
-    __asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
+    size_t q = n / 8, r = n % 8;
+    uint64_t v = (uint8_t)c * 0x0101010101010101ULL;
+    __asm__ volatile("rep stosq" : "+D"(d), "+c"(q) : "a"(v) : "memory");
+    __asm__ volatile("rep stosb" : "+D"(d), "+c"(r) : "a"(v) : "memory");
     return ret;
 }
 

@@ -116,9 +116,8 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_readable(initrd, "initrd")?;
         }
-        let virtio = self.drives.len()
-            + self.nets.len()
-            + usize::from(self.console == ConsoleKind::Virtio);
+        let virtio =
+            self.drives.len() + self.nets.len() + usize::from(self.console == ConsoleKind::Virtio);
         if virtio > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(virtio, MAX_VIRTIO_DEVICES));
         }
@@ -158,15 +157,26 @@ pub fn parse_drive(s: &str) -> Result<BlockConfig, ConfigError> {
             "readonly" | "ro" => cfg.read_only = parse_switch("--drive", key, value)?,
             "serial" => {
                 if value.len() > devices::virtio::block::ID_BYTES {
-                    return Err(ConfigError::Option("--drive", format!("serial {value:?} is longer than 20 bytes")));
+                    return Err(ConfigError::Option(
+                        "--drive",
+                        format!("serial {value:?} is longer than 20 bytes"),
+                    ));
                 }
                 cfg.serial = Some(value.to_string());
             }
-            _ => return Err(ConfigError::Option("--drive", format!("unknown key {key:?} (path, readonly, serial)"))),
+            _ => {
+                return Err(ConfigError::Option(
+                    "--drive",
+                    format!("unknown key {key:?} (path, readonly, serial)"),
+                ))
+            }
         }
     }
     if cfg.path.as_os_str().is_empty() {
-        return Err(ConfigError::Option("--drive", "path=FILE is required".into()));
+        return Err(ConfigError::Option(
+            "--drive",
+            "path=FILE is required".into(),
+        ));
     }
     Ok(cfg)
 }
@@ -180,12 +190,20 @@ pub fn parse_net(s: &str, index: usize) -> Result<NetConfig, ConfigError> {
         match key {
             "tap" => tap = Some(value.to_string()),
             "mac" => mac = Some(parse_mac(value)?),
-            _ => return Err(ConfigError::Option("--net", format!("unknown key {key:?} (tap, mac)"))),
+            _ => {
+                return Err(ConfigError::Option(
+                    "--net",
+                    format!("unknown key {key:?} (tap, mac)"),
+                ))
+            }
         }
     }
     let tap = tap.ok_or_else(|| ConfigError::Option("--net", "tap=NAME is required".into()))?;
     if tap.is_empty() || tap.len() > 15 {
-        return Err(ConfigError::Option("--net", format!("tap name {tap:?} must be 1 to 15 bytes")));
+        return Err(ConfigError::Option(
+            "--net",
+            format!("tap name {tap:?} must be 1 to 15 bytes"),
+        ));
     }
     let idx = index.to_be_bytes();
     let mac = mac.unwrap_or([0x06, 0x00, 0xac, 0x10, idx[6], idx[7]]);
@@ -205,12 +223,20 @@ fn parse_switch(opt: &'static str, key: &str, value: &str) -> Result<bool, Confi
     match value {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(ConfigError::Option(opt, format!("{key}={value}: expected on or off"))),
+        _ => Err(ConfigError::Option(
+            opt,
+            format!("{key}={value}: expected on or off"),
+        )),
     }
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
-    let bad = || ConfigError::Option("--net", format!("bad MAC address {s:?} (xx:xx:xx:xx:xx:xx)"));
+    let bad = || {
+        ConfigError::Option(
+            "--net",
+            format!("bad MAC address {s:?} (xx:xx:xx:xx:xx:xx)"),
+        )
+    };
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
         return Err(bad());
@@ -223,14 +249,20 @@ fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
         *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     if mac[0] & 1 != 0 {
-        return Err(ConfigError::Option("--net", format!("MAC {s} is a multicast address")));
+        return Err(ConfigError::Option(
+            "--net",
+            format!("MAC {s} is a multicast address"),
+        ));
     }
     Ok(mac)
 }
 
 /// Formats a MAC address as xx:xx:xx:xx:xx:xx.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn check_readable(path: &PathBuf, what: &'static str) -> Result<(), ConfigError> {
@@ -315,14 +347,31 @@ mod tests {
         assert!(d.read_only);
         assert_eq!(d.serial.as_deref(), Some("disk-1"));
         assert!(!parse_drive("path=/a.img").unwrap().read_only);
-        for bad in ["", "readonly=on", "path=/a,ro=maybe", "path=/a,x=1", "path", "path=/a,serial=123456789012345678901"] {
+        for bad in [
+            "",
+            "readonly=on",
+            "path=/a,ro=maybe",
+            "path=/a,x=1",
+            "path",
+            "path=/a,serial=123456789012345678901",
+        ] {
             assert!(parse_drive(bad).is_err(), "{bad}");
         }
         let n = parse_net("tap=tap0,mac=06:00:ac:10:00:02", 0).unwrap();
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac, [6, 0, 0xac, 0x10, 0, 2]);
-        assert_eq!(parse_net("tap=tap1", 3).unwrap().mac, [6, 0, 0xac, 0x10, 0, 3]);
-        for bad in ["", "mac=06:00:00:00:00:01", "tap=t,mac=01:00:00:00:00:00", "tap=t,mac=zz:00:00:00:00:00", "tap=averyveryverylongname", "tap=t,mac=06:00"] {
+        assert_eq!(
+            parse_net("tap=tap1", 3).unwrap().mac,
+            [6, 0, 0xac, 0x10, 0, 3]
+        );
+        for bad in [
+            "",
+            "mac=06:00:00:00:00:01",
+            "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,mac=zz:00:00:00:00:00",
+            "tap=averyveryverylongname",
+            "tap=t,mac=06:00",
+        ] {
             assert!(parse_net(bad, 0).is_err(), "{bad}");
         }
         assert_eq!(format_mac(&[6, 0, 0xac, 0x10, 0, 2]), "06:00:ac:10:00:02");

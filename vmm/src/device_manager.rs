@@ -65,7 +65,9 @@ impl<'a> DeviceManager<'a> {
     /// registers its ioeventfds and irqfd.
     pub fn slot(&mut self, queues: usize) -> Result<Slot> {
         if self.next_irq > IRQ_MAX || self.next_base + MMIO_WINDOW > MMIO_DEVICES_END {
-            return Err(Error::Device("out of IRQs or MMIO space for virtio devices".into()));
+            return Err(Error::Device(
+                "out of IRQs or MMIO space for virtio devices".into(),
+            ));
         }
         let (base, irq) = (self.next_base, self.next_irq);
         let irq_evt = new_eventfd()?;

@@ -186,7 +186,12 @@ impl Vm {
         if config.console == ConsoleKind::Virtio {
             let mut slot = dm.slot(2)?;
             let evts = two(std::mem::take(&mut slot.queue_evts))?;
-            let console = Console::new(Box::new(out.clone()), console_input, evts, slot.signals.clone());
+            let console = Console::new(
+                Box::new(out.clone()),
+                console_input,
+                evts,
+                slot.signals.clone(),
+            );
             dm.add(&mut mmio, slot, console)?;
         }
         let cmdline = format!("{}{}", config.cmdline, dm.cmdline);

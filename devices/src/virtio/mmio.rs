@@ -119,8 +119,10 @@ impl MmioTransport {
         // DRIVER_OK. Anything else is ignored.
         let new = value & !self.status;
         if value & self.status != self.status {
-            self.bad_access
-                .warn(format_args!("virtio-mmio: driver cleared status bits {:#x}", self.status));
+            self.bad_access.warn(format_args!(
+                "virtio-mmio: driver cleared status bits {:#x}",
+                self.status
+            ));
             return;
         }
         let allowed = match new {
@@ -173,7 +175,10 @@ impl MmioTransport {
         let result = lock(&self.device).activate(self.mem.clone(), self.driver_features, ready);
         self.status |= VIRTIO_CONFIG_S_DRIVER_OK;
         if let Err(e) = result {
-            warn!("virtio-mmio: device type {} failed to activate: {e}", self.device_type);
+            warn!(
+                "virtio-mmio: device type {} failed to activate: {e}",
+                self.device_type
+            );
             self.signals.set_needs_reset();
         }
     }
@@ -185,8 +190,9 @@ impl MmioTransport {
         };
         if ready && !rings_in_memory(q, &mem) {
             // Rings outside guest memory: the queue stays not ready.
-            self.bad_access
-                .warn(format_args!("virtio-mmio: queue rings outside guest memory refused"));
+            self.bad_access.warn(format_args!(
+                "virtio-mmio: queue rings outside guest memory refused"
+            ));
             return;
         }
         q.set_ready(ready);
@@ -258,15 +264,15 @@ impl MmioTransport {
             0x070 => self.set_status(value),
             // Misaligned ring addresses are refused here (virtio-queue would
             // log each attempt); the queue keeps its previous address.
-            0x080 if value % 16 == 0 => {
+            0x080 if value.is_multiple_of(16) => {
                 self.with_queue(|q| q.set_desc_table_address(Some(value), None))
             }
             0x084 => self.with_queue(|q| q.set_desc_table_address(None, Some(value))),
-            0x090 if value % 2 == 0 => {
+            0x090 if value.is_multiple_of(2) => {
                 self.with_queue(|q| q.set_avail_ring_address(Some(value), None))
             }
             0x094 => self.with_queue(|q| q.set_avail_ring_address(None, Some(value))),
-            0x0a0 if value % 4 == 0 => {
+            0x0a0 if value.is_multiple_of(4) => {
                 self.with_queue(|q| q.set_used_ring_address(Some(value), None))
             }
             0x0a4 => self.with_queue(|q| q.set_used_ring_address(None, Some(value))),
@@ -300,7 +306,9 @@ fn rings_in_memory(q: &Queue, mem: &GuestMemoryMmap) -> bool {
             .checked_add(len)
             .is_some_and(|end| end > addr && mem.check_range(GuestAddress(addr), len as usize))
     };
-    fits(q.desc_table(), 16 * n) && fits(q.avail_ring(), 6 + 2 * n) && fits(q.used_ring(), 6 + 8 * n)
+    fits(q.desc_table(), 16 * n)
+        && fits(q.avail_ring(), 6 + 2 * n)
+        && fits(q.used_ring(), 6 + 8 * n)
 }
 
 impl BusDevice for MmioTransport {
@@ -311,7 +319,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         data.fill(0);
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.bad_access.warn(format_args!(
                 "virtio-mmio: {}-byte read at {offset:#x}",
                 data.len()
@@ -334,7 +342,7 @@ impl BusDevice for MmioTransport {
             ));
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
@@ -442,9 +450,15 @@ mod tests {
         w(&mut t, 0x020, 1);
         w(&mut t, 0x070, 11);
         w(&mut t, 0x070, 15);
-        assert_eq!(r(&mut t, 0x070) & VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_CONFIG_S_NEEDS_RESET);
+        assert_eq!(
+            r(&mut t, 0x070) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            VIRTIO_CONFIG_S_NEEDS_RESET
+        );
         assert!(!dev.lock().unwrap().activated);
-        assert_eq!(r(&mut t, 0x060) & super::super::INT_CONFIG, super::super::INT_CONFIG);
+        assert_eq!(
+            r(&mut t, 0x060) & super::super::INT_CONFIG,
+            super::super::INT_CONFIG
+        );
     }
 
     #[test]

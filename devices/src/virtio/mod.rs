@@ -13,7 +13,7 @@ pub mod net;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use log::warn;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,8 +22,7 @@ pub use mmio::MmioTransport;
 /// Feature bit every modern device offers and every driver must accept.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Used-buffer notification suppression via used_event / avail_event.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 =
-    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Interrupt status bit: a queue has used buffers.
 pub const INT_VRING: u32 = 1;
@@ -102,10 +101,36 @@ pub trait VirtioDevice: Send {
         let _ = (offset, data);
     }
     /// Starts the device with the driver's features and queues.
-    fn activate(&mut self, mem: GuestMemoryMmap, features: u64, queues: Vec<Queue>)
-        -> Result<(), String>;
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        features: u64,
+        queues: Vec<Queue>,
+    ) -> Result<(), String>;
     /// Stops the device and drops its queues (driver wrote status 0).
     fn reset(&mut self);
+}
+
+/// The next chain the driver made available. A broken available ring (an
+/// index more than a queue ahead) puts the device in NEEDS_RESET instead of
+/// being retried, and is logged once.
+pub fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    signals: &DeviceSignals,
+    log: &LogOnce,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    if signals.needs_reset() {
+        return None;
+    }
+    match queue.iter(mem) {
+        Ok(mut chains) => chains.next(),
+        Err(e) => {
+            log.warn(format_args!("virtio: broken available ring: {e}"));
+            signals.set_needs_reset();
+            None
+        }
+    }
 }
 
 /// Copies `value` (a config space) into `data` at `offset`, if in range.

@@ -82,7 +82,8 @@ fn run(
     body: &[Descriptor],
 ) -> Result<u32, u32> {
     let (hdr_desc, data) = body.split_first().ok_or(VIRTIO_BLK_S_IOERR)?;
-    if hdr_desc.is_write_only() || (hdr_desc.len() as usize) < std::mem::size_of::<RequestHeader>() {
+    if hdr_desc.is_write_only() || (hdr_desc.len() as usize) < std::mem::size_of::<RequestHeader>()
+    {
         return Err(VIRTIO_BLK_S_IOERR);
     }
     let hdr: RequestHeader = mem
@@ -199,7 +200,9 @@ mod tests {
 
     fn image(sectors: u64) -> File {
         let mut f = tempfile();
-        let data: Vec<u8> = (0..sectors * SECTOR_SIZE).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..sectors * SECTOR_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
         f.write_all(&data).unwrap();
         f
     }
@@ -255,10 +258,18 @@ mod tests {
         let m = mem();
         let mut f = image(8);
         header(&m, VIRTIO_BLK_T_IN, 1);
-        let out = exec(&m, &f, false, &chain(Descriptor::new(DATA, 512, NEXT | WRITE, 2)));
+        let out = exec(
+            &m,
+            &f,
+            false,
+            &chain(Descriptor::new(DATA, 512, NEXT | WRITE, 2)),
+        );
         assert_eq!(out, Outcome::Done { used_len: 513 });
         assert_eq!(status(&m), VIRTIO_BLK_S_OK);
-        assert_eq!(m.read_obj::<u8>(GuestAddress(DATA)).unwrap(), (512 % 251) as u8);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(DATA)).unwrap(),
+            (512 % 251) as u8
+        );
 
         m.write_slice(&[7u8; 1024], GuestAddress(DATA)).unwrap();
         header(&m, VIRTIO_BLK_T_OUT, 6);
@@ -279,7 +290,12 @@ mod tests {
         assert_eq!(status(&m), VIRTIO_BLK_S_OK);
 
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
-        exec(&m, &f, false, &chain(Descriptor::new(DATA, 20, NEXT | WRITE, 2)));
+        exec(
+            &m,
+            &f,
+            false,
+            &chain(Descriptor::new(DATA, 20, NEXT | WRITE, 2)),
+        );
         let mut id = [0u8; 8];
         m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"serial-1");
@@ -295,18 +311,63 @@ mod tests {
         let f = image(8);
         let cases: Vec<(u32, u64, Descriptor, bool)> = vec![
             // Past the end, and a sector number whose byte offset overflows.
-            (VIRTIO_BLK_T_IN, 8, Descriptor::new(DATA, 512, NEXT | WRITE, 2), false),
-            (VIRTIO_BLK_T_IN, 7, Descriptor::new(DATA, 1024, NEXT | WRITE, 2), false),
-            (VIRTIO_BLK_T_IN, u64::MAX / 2, Descriptor::new(DATA, 512, NEXT | WRITE, 2), false),
+            (
+                VIRTIO_BLK_T_IN,
+                8,
+                Descriptor::new(DATA, 512, NEXT | WRITE, 2),
+                false,
+            ),
+            (
+                VIRTIO_BLK_T_IN,
+                7,
+                Descriptor::new(DATA, 1024, NEXT | WRITE, 2),
+                false,
+            ),
+            (
+                VIRTIO_BLK_T_IN,
+                u64::MAX / 2,
+                Descriptor::new(DATA, 512, NEXT | WRITE, 2),
+                false,
+            ),
             // A read into a device-readable buffer.
-            (VIRTIO_BLK_T_IN, 0, Descriptor::new(DATA, 512, NEXT, 2), false),
+            (
+                VIRTIO_BLK_T_IN,
+                0,
+                Descriptor::new(DATA, 512, NEXT, 2),
+                false,
+            ),
             // A write from a device-writable buffer; a write to a RO disk.
-            (VIRTIO_BLK_T_OUT, 0, Descriptor::new(DATA, 512, NEXT | WRITE, 2), false),
-            (VIRTIO_BLK_T_OUT, 0, Descriptor::new(DATA, 512, NEXT, 2), true),
+            (
+                VIRTIO_BLK_T_OUT,
+                0,
+                Descriptor::new(DATA, 512, NEXT | WRITE, 2),
+                false,
+            ),
+            (
+                VIRTIO_BLK_T_OUT,
+                0,
+                Descriptor::new(DATA, 512, NEXT, 2),
+                true,
+            ),
             // Buffers outside guest memory or wrapping the address space.
-            (VIRTIO_BLK_T_IN, 0, Descriptor::new(0x7f00_0000_0000, 512, NEXT | WRITE, 2), false),
-            (VIRTIO_BLK_T_IN, 0, Descriptor::new(u64::MAX - 100, 512, NEXT | WRITE, 2), false),
-            (VIRTIO_BLK_T_OUT, 0, Descriptor::new((16 << 20) - 256, 512, NEXT, 2), false),
+            (
+                VIRTIO_BLK_T_IN,
+                0,
+                Descriptor::new(0x7f00_0000_0000, 512, NEXT | WRITE, 2),
+                false,
+            ),
+            (
+                VIRTIO_BLK_T_IN,
+                0,
+                Descriptor::new(u64::MAX - 100, 512, NEXT | WRITE, 2),
+                false,
+            ),
+            (
+                VIRTIO_BLK_T_OUT,
+                0,
+                Descriptor::new((16 << 20) - 256, 512, NEXT, 2),
+                false,
+            ),
         ];
         for (i, (kind, sector, data, ro)) in cases.into_iter().enumerate() {
             header(&m, kind, sector);
@@ -337,15 +398,27 @@ mod tests {
             Descriptor::new(HDR, 16, NEXT, 0),
             Descriptor::new(STATUS, 1, WRITE | NEXT, 0),
         ];
-        assert!(matches!(exec(&m, &f, false, &looped), Outcome::Malformed(_)));
+        assert!(matches!(
+            exec(&m, &f, false, &looped),
+            Outcome::Malformed(_)
+        ));
         // Status not writable, or outside memory.
-        let ro_status = vec![Descriptor::new(HDR, 16, NEXT, 1), Descriptor::new(STATUS, 1, 0, 0)];
-        assert!(matches!(exec(&m, &f, false, &ro_status), Outcome::Malformed(_)));
+        let ro_status = vec![
+            Descriptor::new(HDR, 16, NEXT, 1),
+            Descriptor::new(STATUS, 1, 0, 0),
+        ];
+        assert!(matches!(
+            exec(&m, &f, false, &ro_status),
+            Outcome::Malformed(_)
+        ));
         let far_status = vec![
             Descriptor::new(HDR, 16, NEXT, 1),
             Descriptor::new(1 << 40, 1, WRITE, 0),
         ];
-        assert!(matches!(exec(&m, &f, false, &far_status), Outcome::Malformed(_)));
+        assert!(matches!(
+            exec(&m, &f, false, &far_status),
+            Outcome::Malformed(_)
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, DeviceSignals, LogOnce, VirtioDevice};
+use super::{next_chain, read_config_bytes, DeviceSignals, LogOnce, VirtioDevice};
 
 /// Queue size of both queues.
 pub const QUEUE_SIZE: u16 = 64;
@@ -66,7 +66,7 @@ impl Console {
         let mem = &active.mem;
         let queue = &mut active.queues[TX];
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) {
             let head = chain.head_index();
             for d in chain {
                 if d.is_write_only() {
@@ -115,7 +115,7 @@ impl Console {
         let queue = &mut active.queues[RX];
         let mut used = false;
         loop {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) else {
                 // No buffer: stop reading until the guest posts one.
                 if !self.input_paused {
                     let _ = ops.remove(Events::new(input, EventSet::IN));
@@ -125,8 +125,9 @@ impl Console {
             };
             let head = chain.head_index();
             let Some(d) = chain.into_iter().find(|d| d.is_write_only()) else {
-                self.bad_request
-                    .warn(format_args!("virtio-console: no writable buffer on receiveq"));
+                self.bad_request.warn(format_args!(
+                    "virtio-console: no writable buffer on receiveq"
+                ));
                 let _ = queue.add_used(mem, head, 0);
                 continue;
             };
@@ -229,8 +230,9 @@ impl MutEventSubscriber for Console {
         if let Some(q) = queue {
             let _ = self.queue_evts[q].read();
             if self.active.is_none() {
-                self.early_notify
-                    .warn(format_args!("virtio-console: queue notified while not running"));
+                self.early_notify.warn(format_args!(
+                    "virtio-console: queue notified while not running"
+                ));
                 return;
             }
             if q == TX {
