@@ -38,6 +38,9 @@ pub struct MmioTransport {
     driver_features_select: u32,
     queue_select: u32,
     queues: Vec<Queue>,
+    /// Per queue: the driver's last QueueNum was refused, so the queue must
+    /// not become ready with a size the driver did not choose.
+    bad_size: Vec<bool>,
     config_generation: u32,
     bad_access: LogOnce,
 }
@@ -58,6 +61,7 @@ impl MmioTransport {
             .iter()
             .map(|&max| Queue::new(max).map_err(|e| format!("queue of size {max}: {e:?}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let bad_size = vec![false; queues.len()];
         Ok(MmioTransport {
             device,
             signals,
@@ -70,6 +74,7 @@ impl MmioTransport {
             driver_features_select: 0,
             queue_select: 0,
             queues,
+            bad_size,
             config_generation: 0,
             bad_access: LogOnce::default(),
         })
@@ -103,6 +108,7 @@ impl MmioTransport {
         for q in &mut self.queues {
             q.reset();
         }
+        self.bad_size.fill(false);
         self.signals.clear();
     }
 
@@ -185,9 +191,20 @@ impl MmioTransport {
 
     fn set_queue_ready(&mut self, ready: bool) {
         let mem = self.mem.clone();
+        let bad_size = self
+            .bad_size
+            .get(self.queue_select as usize)
+            .copied()
+            .unwrap_or(true);
         let Some(q) = self.selected_queue() else {
             return;
         };
+        if ready && bad_size {
+            self.bad_access.warn(format_args!(
+                "virtio-mmio: queue with a refused size cannot be ready"
+            ));
+            return;
+        }
         if ready && !rings_in_memory(q, &mem) {
             // Rings outside guest memory: the queue stays not ready.
             self.bad_access.warn(format_args!(
@@ -247,6 +264,7 @@ impl MmioTransport {
             0x024 => self.driver_features_select = value,
             0x030 => self.queue_select = value,
             0x038 => {
+                let index = self.queue_select as usize;
                 let ok = self.selected_queue().is_some_and(|q| {
                     let valid = value.is_power_of_two() && value <= u32::from(q.max_size());
                     if valid && !q.ready() {
@@ -254,6 +272,9 @@ impl MmioTransport {
                     }
                     valid
                 });
+                if let Some(bad) = self.bad_size.get_mut(index) {
+                    *bad = !ok;
+                }
                 if !ok {
                     self.bad_access
                         .warn(format_args!("virtio-mmio: queue size {value} refused"));
@@ -430,9 +451,11 @@ mod tests {
         w(&mut t, 0x070, 3);
         for size in [3, 0, 32, 17] {
             setup_queue(&mut t, size);
-            // Size stays at the last valid value; with 16 it is valid.
-            assert_eq!(t.queues[0].size(), 16);
+            // A refused size keeps the queue from becoming ready.
+            assert_eq!(r(&mut t, 0x044), 0, "size {size}");
         }
+        setup_queue(&mut t, 8);
+        assert_eq!(r(&mut t, 0x044), 1);
         // Rings outside guest memory make the queue invalid.
         w(&mut t, 0x044, 0);
         w(&mut t, 0x080, 0xffff_f000);
