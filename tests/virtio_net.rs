@@ -239,3 +239,70 @@ fn a_missing_tap_is_a_clear_error() {
     assert_eq!(r.code(), 1, "{r:#?}");
     assert!(r.stderr.contains("cannot attach to tap bad/name"), "{r:#?}");
 }
+
+#[test]
+fn four_drives_and_two_nics_at_once() {
+    let ns = Netns::new("many", &["tap0", "tap1"]);
+    let dir = strato_tests::Scratch::new("many");
+    let images: Vec<Vec<u8>> = (0..4)
+        .map(|i| strato_tests::random_bytes(64 * 1024, 20 + i))
+        .collect();
+    let paths: Vec<String> = images
+        .iter()
+        .enumerate()
+        .map(|(i, d)| dir.file(&format!("d{i}.img"), d))
+        .collect();
+    let listeners: Vec<_> = ["tap0", "tap1"]
+        .into_iter()
+        .map(|tap| ns.run(move || Packet::open(tap).recv()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let kernel = guest("many");
+    let strato = strato_bin();
+    let mut args: Vec<String> = [
+        "netns",
+        "exec",
+        &ns.name,
+        strato.to_str().unwrap(),
+        "run",
+        "--no-stdin",
+        "--memory",
+        "64",
+        "--console",
+        "virtio",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    for p in &paths {
+        args.push("--drive".into());
+        args.push(format!("path={p}"));
+    }
+    for (i, tap) in ["tap0", "tap1"].iter().enumerate() {
+        args.push("--net".into());
+        args.push(format!("tap={tap},mac=06:00:ac:10:00:1{i}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = strato_cmd(
+        std::path::Path::new("ip"),
+        &args,
+        None,
+        Duration::from_secs(60),
+    );
+    r.assert_ok();
+    for (i, data) in images.iter().enumerate() {
+        let first: String = data[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let line = format!("many: blk {i} capacity 128 first-bytes {first}");
+        assert!(
+            r.lines().contains(&line.as_str()),
+            "missing {line:?}: {r:#?}"
+        );
+    }
+    assert!(r.lines().contains(&"many: 4 blk 2 net"), "{r:#?}");
+    for (i, l) in listeners.into_iter().enumerate() {
+        let f = l.join().unwrap().expect("no frame on the tap");
+        assert_eq!(f[6..12], [0x06, 0x00, 0xac, 0x10, 0x00, 0x10 + i as u8]);
+        assert!(f[14..].starts_with(format!("strato-many-{i}").as_bytes()));
+    }
+}
