@@ -89,3 +89,54 @@ fn errors_are_typed() {
         Ok(_) => panic!("a VM with no vCPUs started"),
     }
 }
+
+/// Waits until `out` contains `needle`.
+fn wait_for(out: &Capture, needle: &str) {
+    let start = Instant::now();
+    while !out.text().contains(needle) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never saw {needle:?}: {}", out.text());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn ticks(out: &Capture) -> usize {
+    out.text().matches("tick ").count()
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    let out = Capture::default();
+    let mut c = config("ticker", &out);
+    c.cmdline = "period=5".into();
+    let mut vm = Vm::start(c).unwrap();
+    let ctl = vm.controller();
+    wait_for(&out, "tick 3");
+    ctl.pause().unwrap();
+    assert!(ctl.is_paused());
+    // A line being printed when the pause hit may still complete.
+    std::thread::sleep(Duration::from_millis(50));
+    let frozen = ticks(&out);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ticks(&out), frozen, "guest ran while paused");
+    ctl.resume().unwrap();
+    wait_for(&out, &format!("tick {}", frozen + 2));
+    // Stopping works while paused too.
+    ctl.pause().unwrap();
+    ctl.stop();
+    assert_eq!(vm.wait(), ExitReason::Stopped);
+    assert_eq!(ctl.pause(), Err(vmm::ControlError::NotRunning));
+}
+
+#[test]
+fn ctrl_alt_del_reaches_the_guest_keyboard() {
+    let out = Capture::default();
+    let mut vm = Vm::start(config("kbd", &out)).unwrap();
+    wait_for(&out, "kbd: ready");
+    vm.controller().send_ctrl_alt_del().unwrap();
+    assert_eq!(vm.wait(), ExitReason::Reset);
+    assert!(
+        out.text().contains("kbd: 14 11 e0 71 e0 f0 71 f0 11 f0 14"),
+        "{}",
+        out.text()
+    );
+}

@@ -1,8 +1,14 @@
-//! The `strato` command.
+//! The `strato` command: `run` boots one microVM in the foreground, `vm`
+//! serves one microVM's Firecracker-compatible API, `serve` is the daemon
+//! that manages many, and the other subcommands are the daemon's client.
 
+mod client;
+mod daemon;
+mod http;
 mod logger;
 mod run;
 mod terminal;
+mod vm_api;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +28,12 @@ enum Command {
     /// Boot one microVM in the foreground with its serial console on this
     /// terminal; exits when the guest resets or powers off.
     Run(run::RunArgs),
+    /// Serve one microVM's API (Firecracker-compatible) on a unix socket.
+    Vm(vm_api::VmArgs),
+    /// The host daemon: manage many microVMs through a REST API.
+    Serve(daemon::ServeArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -34,6 +46,9 @@ fn main() {
     logger::init(cli.log_level);
     let code = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Vm(args) => vm_api::main(args),
+        Command::Serve(args) => daemon::main(args),
+        Command::Client(cmd) => client::main(cmd),
     };
     std::process::exit(code);
 }

@@ -18,4 +18,4 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use exit::ExitReason;
-pub use vm::{Vm, VmController};
+pub use vm::{ControlError, Vm, VmController};

@@ -1,7 +1,8 @@
 //! vCPU threads: configuration, the KVM_RUN loop and exit handling.
 
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::Bus;
 use kvm_bindings::{
@@ -21,6 +22,72 @@ use crate::exit::{ExitReason, ExitState};
 /// Longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
 
+/// Pausing: vCPU threads park between KVM_RUN calls while paused.
+#[derive(Default)]
+pub struct VcpuControl {
+    state: Mutex<PauseState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    paused: bool,
+    parked: u32,
+}
+
+impl VcpuControl {
+    /// Called by a vCPU thread between runs: parks while paused.
+    fn park_if_paused(&self, exit: &ExitState) {
+        let mut s = devices::bus::lock(&self.state);
+        if !s.paused {
+            return;
+        }
+        s.parked += 1;
+        self.cv.notify_all();
+        while s.paused && !exit.stopping() {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.parked -= 1;
+    }
+
+    /// Pauses `threads`: returns once all of them are parked, or false
+    /// after `timeout` (the pause stays requested).
+    pub fn pause(&self, threads: &[JoinHandle<()>], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = devices::bus::lock(&self.state);
+        s.paused = true;
+        loop {
+            let running = threads.iter().filter(|t| !t.is_finished()).count() as u32;
+            if s.parked >= running {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // vCPUs blocked in KVM_RUN only notice after a kick.
+            for t in threads {
+                kick(t);
+            }
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(5))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        devices::bus::lock(&self.state).paused = false;
+        self.cv.notify_all();
+    }
+
+    /// True while a pause is requested.
+    pub fn paused(&self) -> bool {
+        devices::bus::lock(&self.state).paused
+    }
+}
+
 /// One vCPU, owned by its thread once started.
 pub struct Vcpu {
     id: u32,
@@ -29,6 +96,7 @@ pub struct Vcpu {
     mmio: Arc<Bus>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitState>,
+    control: Arc<VcpuControl>,
 }
 
 /// What the run loop does after an exit whose data borrows the vCPU.
@@ -48,6 +116,7 @@ impl Vcpu {
         mmio: Arc<Bus>,
         mem: GuestMemoryMmap,
         exit: Arc<ExitState>,
+        control: Arc<VcpuControl>,
     ) -> Self {
         Vcpu {
             id,
@@ -56,6 +125,7 @@ impl Vcpu {
             mmio,
             mem,
             exit,
+            control,
         }
     }
 
@@ -129,6 +199,10 @@ impl Vcpu {
 
     fn run(mut self) {
         while !self.exit.stopping() {
+            self.control.park_if_paused(&self.exit);
+            if self.exit.stopping() {
+                break;
+            }
             let next = match self.fd.run() {
                 Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => Next::PortIo,
                 Ok(VcpuExit::MmioRead(addr, data)) => {

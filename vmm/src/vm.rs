@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use arch::layout::{BOOT_TIMER_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MAX_VCPUS};
 use devices::legacy::{
     BootTimer, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT,
+    KBD_IRQ,
 };
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::net::Net;
-use devices::Bus;
+use devices::{Bus, EventFdTrigger};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -32,7 +33,7 @@ use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
-use crate::vcpu::{kick, Vcpu};
+use crate::vcpu::{kick, Vcpu, VcpuControl};
 
 /// Size of the boot timer's MMIO window.
 const BOOT_TIMER_LEN: u64 = 0x1000;
@@ -41,17 +42,103 @@ const SERIAL_LEN: u64 = 8;
 /// How often a stopping VM re-kicks vCPUs still inside KVM_RUN.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Stops a VM from any thread.
+/// How long a pause may take before it is reported as failed.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Keyboard = I8042<ResetTrigger, EventFdTrigger>;
+
+/// What the VM's threads and its controllers share.
+struct Shared {
+    exit: Arc<ExitState>,
+    control: Arc<VcpuControl>,
+    i8042: Arc<Mutex<Keyboard>>,
+    vcpus: Mutex<Vec<JoinHandle<()>>>,
+    boot_time_us: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// Controls a running VM from any thread: stop, pause, resume, Ctrl-Alt-Del.
+/// None of these waits on a vCPU for longer than the pause timeout.
 #[derive(Clone)]
 pub struct VmController {
-    exit: Arc<ExitState>,
+    shared: Arc<Shared>,
+}
+
+/// Errors of [`VmController`] operations.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// The VM has ended or is ending.
+    #[error("the VM is not running")]
+    NotRunning,
+    /// The vCPUs did not stop in time.
+    #[error("the vCPUs did not pause within {0:?}")]
+    PauseTimeout(Duration),
+    /// The guest does not read its keyboard.
+    #[error("cannot send Ctrl-Alt-Del: {0}")]
+    Keyboard(String),
 }
 
 impl VmController {
     /// Asks the VM to stop; `Vm::wait` then returns [`ExitReason::Stopped`]
     /// unless the guest ended first.
     pub fn stop(&self) {
-        self.exit.request(ExitReason::Stopped);
+        self.shared.exit.request(ExitReason::Stopped);
+    }
+
+    /// Stops the vCPUs between instructions; devices keep their state.
+    pub fn pause(&self) -> std::result::Result<(), ControlError> {
+        if self.shared.exit.stopping() {
+            return Err(ControlError::NotRunning);
+        }
+        let threads = devices::bus::lock(&self.shared.vcpus);
+        if self.shared.control.pause(&threads, PAUSE_TIMEOUT) {
+            Ok(())
+        } else {
+            Err(ControlError::PauseTimeout(PAUSE_TIMEOUT))
+        }
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) -> std::result::Result<(), ControlError> {
+        if self.shared.exit.stopping() {
+            return Err(ControlError::NotRunning);
+        }
+        self.shared.control.resume();
+        Ok(())
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared.control.paused()
+    }
+
+    /// True once the VM has ended or is ending.
+    pub fn has_ended(&self) -> bool {
+        self.shared.exit.stopping()
+    }
+
+    /// Presses Ctrl-Alt-Del on the guest's keyboard (Linux then reboots,
+    /// or runs its init's shutdown).
+    pub fn send_ctrl_alt_del(&self) -> std::result::Result<(), ControlError> {
+        if self.shared.exit.stopping() {
+            return Err(ControlError::NotRunning);
+        }
+        devices::bus::lock(&self.shared.i8042)
+            .trigger_ctrl_alt_del()
+            .map_err(ControlError::Keyboard)
+    }
+
+    /// Time from VM creation to the guest's boot-timer write, if it wrote.
+    pub fn boot_time(&self) -> Option<Duration> {
+        match self.shared.boot_time_us.load(Ordering::SeqCst) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Time since the VM was created.
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
     }
 }
 
@@ -69,11 +156,8 @@ impl VmController {
 pub struct Vm {
     // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
     _vm_fd: VmFd,
-    exit: Arc<ExitState>,
-    vcpus: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
     events: EventLoop,
-    boot_time_us: Arc<AtomicU64>,
-    started: Instant,
 }
 
 impl Vm {
@@ -155,12 +239,16 @@ impl Vm {
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, SERIAL_LEN)
             .map_err(|e| Error::Device(e.to_string()))?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(ResetTrigger(exit.clone())))),
-            I8042_PORT,
-            I8042_LEN,
-        )
-        .map_err(|e| Error::Device(e.to_string()))?;
+        let kbd_irq = new_eventfd()?;
+        vm_fd
+            .register_irqfd(&kbd_irq, KBD_IRQ)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            ResetTrigger(exit.clone()),
+            EventFdTrigger::new(kbd_irq),
+        )));
+        pio.insert(i8042.clone(), I8042_PORT, I8042_LEN)
+            .map_err(|e| Error::Device(e.to_string()))?;
         let mut mmio = Bus::new();
         mmio.insert(
             Arc::new(Mutex::new(BootTimer::new(started, boot_time_us.clone()))),
@@ -218,12 +306,21 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let control = Arc::new(VcpuControl::default());
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
             let fd = vm_fd
                 .create_vcpu(u64::from(id))
                 .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-            let vcpu = Vcpu::new(id, fd, pio.clone(), mmio.clone(), mem.clone(), exit.clone());
+            let vcpu = Vcpu::new(
+                id,
+                fd,
+                pio.clone(),
+                mmio.clone(),
+                mem.clone(),
+                exit.clone(),
+                control.clone(),
+            );
             vcpu.configure(
                 &supported,
                 config.vcpus,
@@ -255,53 +352,58 @@ impl Vm {
         );
         Ok(Vm {
             _vm_fd: vm_fd,
-            exit,
-            vcpus: threads,
+            shared: Arc::new(Shared {
+                exit,
+                control,
+                i8042,
+                vcpus: Mutex::new(threads),
+                boot_time_us,
+                started,
+            }),
             events,
-            boot_time_us,
-            started,
         })
     }
 
-    /// A handle that can stop this VM from another thread.
+    /// A handle that controls this VM from other threads.
     pub fn controller(&self) -> VmController {
         VmController {
-            exit: self.exit.clone(),
+            shared: self.shared.clone(),
         }
     }
 
     /// Asks the VM to stop.
     pub fn stop(&self) {
-        self.exit.request(ExitReason::Stopped);
+        self.controller().stop();
     }
 
     /// Time from VM creation to the guest's boot-timer write, if it wrote.
     pub fn boot_time(&self) -> Option<Duration> {
-        match self.boot_time_us.load(Ordering::SeqCst) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
+        self.controller().boot_time()
     }
 
     /// Time since the VM was created.
     pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+        self.shared.started.elapsed()
     }
 
     /// Blocks until the VM ends, stops every thread and returns why.
     pub fn wait(&mut self) -> ExitReason {
-        while !self.exit.stopping() {
+        let exit = &self.shared.exit;
+        while !exit.stopping() {
             // A blocking read: the exit eventfd is written exactly when a
             // reason is recorded.
-            let _ = self.exit.event().read();
+            let _ = exit.event().read();
         }
-        stop_vcpus(&self.vcpus);
-        for t in self.vcpus.drain(..) {
+        // Parked vCPUs wake up, see the stop and leave.
+        self.shared.control.resume();
+        let mut threads = devices::bus::lock(&self.shared.vcpus);
+        stop_vcpus(&threads);
+        for t in threads.drain(..) {
             let _ = t.join();
         }
+        drop(threads);
         self.events.stop();
-        self.exit
-            .reason()
+        exit.reason()
             .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
     }
 }

@@ -17,3 +17,5 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
 /// Length of the i8042 port range (0x60..=0x64).
 pub const I8042_LEN: u64 = 5;
+/// Keyboard interrupt line.
+pub const KBD_IRQ: u32 = 1;
