@@ -91,15 +91,17 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<Server, BindError> {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
-    Server::from_listener(listener, None)
-        .map_err(|e| io(std::io::Error::other(e.to_string())))
+    Server::from_listener(listener, None).map_err(|e| io(std::io::Error::other(e.to_string())))
 }
 
 /// Reads and parses a JSON body, refusing bodies over [`MAX_BODY`] (413)
 /// and anything that is not valid JSON for `T` (400).
 pub fn json_body<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
     if req.body_length().is_some_and(|n| n > MAX_BODY) {
-        return Err(ApiError::new(413, format!("request body larger than {MAX_BODY} bytes")));
+        return Err(ApiError::new(
+            413,
+            format!("request body larger than {MAX_BODY} bytes"),
+        ));
     }
     let mut body = Vec::new();
     req.as_reader()
@@ -107,7 +109,10 @@ pub fn json_body<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> 
         .read_to_end(&mut body)
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
     if body.len() > MAX_BODY {
-        return Err(ApiError::new(413, format!("request body larger than {MAX_BODY} bytes")));
+        return Err(ApiError::new(
+            413,
+            format!("request body larger than {MAX_BODY} bytes"),
+        ));
     }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
@@ -241,7 +246,13 @@ pub fn call(
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            });
         let mut body = buf[head_len..].to_vec();
         match length {
             Some(len) => {

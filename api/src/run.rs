@@ -145,7 +145,7 @@ pub fn run(args: RunArgs) -> i32 {
 
 /// Blocks SIGINT and SIGTERM in this thread and all threads it starts, so
 /// one thread can wait for them.
-fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+pub fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; the calls only edit it and this

@@ -10,6 +10,11 @@ pub use devices::virtio::net::NetConfig;
 
 use crate::error::ConfigError;
 
+/// Most vCPUs a VM can have (the MP table's xAPIC ids).
+pub const MAX_VCPUS: u32 = arch::layout::MAX_VCPUS;
+/// Longest kernel command line, including its NUL.
+pub const CMDLINE_MAX_SIZE: usize = arch::layout::CMDLINE_MAX_SIZE;
+
 /// Smallest guest memory we accept: boot structures, a kernel and an initrd.
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// Command line used when the user gives none.

@@ -1,0 +1,790 @@
+//! `strato vm`: one microVM per process, driven through an API that is
+//! wire-compatible with Firecracker's for the endpoints it implements, so
+//! Firecracker clients and SDKs work unchanged.
+//!
+//! The main thread serves requests one at a time (requests on one VM are
+//! serialized by construction); a waiter thread owns the running `Vm` and
+//! ends the process when the guest ends. Requests never wait on a vCPU
+//! except for a pause, which is bounded.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tiny_http::{Method, Request};
+use vmm::config::parse_net;
+use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
+
+use crate::http::{self, ApiError, Reply};
+
+/// Options of `strato vm`.
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// Unix socket of this microVM's API.
+    #[arg(long, required_unless_present = "no_api")]
+    api_sock: Option<PathBuf>,
+    /// Instance id, reported by `GET /`.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// Boot right away from a Firecracker-style JSON config
+    /// (`boot-source`, `machine-config`, `drives`, `network-interfaces`).
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    /// Serve no API (needs --config-file).
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+    /// Write the serial console here instead of stdout.
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    /// Rotate the console log to FILE.1 when it grows past this many bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    console_log_max: u64,
+    /// Where to write how the VM ended (JSON), atomically.
+    #[arg(long)]
+    exit_file: Option<PathBuf>,
+    /// Group allowed on the API socket (mode 0660 instead of 0600).
+    #[arg(long)]
+    api_sock_group: Option<u32>,
+}
+
+const FAULT_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+const FAULT_NOT_STARTED: &str = "The microVM is not running.";
+
+/// `machine-config` body.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MachineConfig {
+    vcpu_count: u32,
+    mem_size_mib: u64,
+    #[serde(default)]
+    smt: bool,
+    #[serde(default)]
+    track_dirty_pages: bool,
+}
+
+/// `PATCH /machine-config` body: any subset.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineConfigPatch {
+    vcpu_count: Option<u32>,
+    mem_size_mib: Option<u64>,
+    smt: Option<bool>,
+    track_dirty_pages: Option<bool>,
+}
+
+/// `boot-source` body.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct BootSource {
+    kernel_image_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_args: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    initrd_path: Option<PathBuf>,
+}
+
+/// `drives/{id}` body.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Drive {
+    drive_id: String,
+    path_on_host: PathBuf,
+    is_root_device: bool,
+    #[serde(default)]
+    is_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partuuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cache_type: Option<String>,
+}
+
+/// `network-interfaces/{id}` body.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkInterface {
+    iface_id: String,
+    host_dev_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_mac: Option<String>,
+}
+
+/// `actions` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Action {
+    action_type: String,
+}
+
+/// `PATCH /vm` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmState {
+    state: String,
+}
+
+/// The whole configuration, as `GET /vm/config` returns it and
+/// `--config-file` accepts it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FullConfig {
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    boot_source: Option<BootSource>,
+    #[serde(rename = "machine-config", default = "default_machine")]
+    machine_config: MachineConfig,
+    #[serde(default)]
+    drives: Vec<Drive>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Vec<NetworkInterface>,
+}
+
+fn default_machine() -> MachineConfig {
+    MachineConfig {
+        vcpu_count: 1,
+        mem_size_mib: 128,
+        smt: false,
+        track_dirty_pages: false,
+    }
+}
+
+impl Default for FullConfig {
+    fn default() -> Self {
+        FullConfig {
+            boot_source: None,
+            machine_config: default_machine(),
+            drives: Vec::new(),
+            network_interfaces: Vec::new(),
+        }
+    }
+}
+
+/// Where the instance is in its life.
+enum Phase {
+    NotStarted,
+    Running(VmController),
+}
+
+struct Instance {
+    id: String,
+    config: FullConfig,
+    phase: Phase,
+    console_log: Option<(PathBuf, u64)>,
+    exit_file: Option<PathBuf>,
+    api_sock: Option<PathBuf>,
+}
+
+fn check_file(what: &str, path: &Path) -> Result<(), ApiError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ApiError::bad_request(format!(
+            "{what} {} is not a regular file",
+            path.display()
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "{what} {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid {kind} id {id:?}: use 1 to 64 of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+fn check_machine(m: &MachineConfig) -> Result<(), ApiError> {
+    if m.vcpu_count == 0 || m.vcpu_count > vmm::config::MAX_VCPUS {
+        return Err(ApiError::bad_request(format!(
+            "vcpu_count must be 1 to {}",
+            vmm::config::MAX_VCPUS
+        )));
+    }
+    if m.mem_size_mib < vmm::config::MIN_MEMORY_MIB {
+        return Err(ApiError::bad_request(format!(
+            "mem_size_mib must be at least {}",
+            vmm::config::MIN_MEMORY_MIB
+        )));
+    }
+    if m.smt {
+        return Err(ApiError::bad_request("smt is not supported"));
+    }
+    if m.track_dirty_pages {
+        return Err(ApiError::bad_request("track_dirty_pages is not supported"));
+    }
+    Ok(())
+}
+
+impl Instance {
+    fn state_name(&self) -> &'static str {
+        match &self.phase {
+            Phase::NotStarted => "Not started",
+            Phase::Running(c) if c.is_paused() => "Paused",
+            Phase::Running(_) => "Running",
+        }
+    }
+
+    fn before_start(&self) -> Result<(), ApiError> {
+        match self.phase {
+            Phase::NotStarted => Ok(()),
+            Phase::Running(_) => Err(ApiError::bad_request(FAULT_AFTER_START)),
+        }
+    }
+
+    fn controller(&self) -> Result<&VmController, ApiError> {
+        match &self.phase {
+            Phase::Running(c) => Ok(c),
+            Phase::NotStarted => Err(ApiError::bad_request(FAULT_NOT_STARTED)),
+        }
+    }
+
+    fn info(&self) -> Value {
+        let (boot, uptime) = match &self.phase {
+            Phase::Running(c) => (
+                c.boot_time().map(|t| t.as_micros() as u64),
+                Some(c.uptime().as_millis() as u64),
+            ),
+            Phase::NotStarted => (None, None),
+        };
+        json!({
+            "id": self.id,
+            "state": self.state_name(),
+            "vmm_version": env!("CARGO_PKG_VERSION"),
+            "app_name": "strato",
+            "boot_time_us": boot,
+            "uptime_ms": uptime,
+        })
+    }
+
+    fn put_drive(&mut self, id: &str, d: Drive) -> Result<(), ApiError> {
+        self.before_start()?;
+        check_id("drive", id)?;
+        if d.drive_id != id {
+            return Err(ApiError::bad_request(format!(
+                "drive_id {:?} does not match the path id {id:?}",
+                d.drive_id
+            )));
+        }
+        check_file("drive", &d.path_on_host)?;
+        if d.is_root_device
+            && self
+                .config
+                .drives
+                .iter()
+                .any(|o| o.is_root_device && o.drive_id != id)
+        {
+            return Err(ApiError::bad_request("a root device is already configured"));
+        }
+        match self.config.drives.iter_mut().find(|o| o.drive_id == id) {
+            Some(slot) => *slot = d,
+            None => {
+                if self.config.drives.len() >= vmm::config::MAX_VIRTIO_DEVICES {
+                    return Err(ApiError::bad_request("too many devices"));
+                }
+                self.config.drives.push(d)
+            }
+        }
+        Ok(())
+    }
+
+    fn put_net(&mut self, id: &str, n: NetworkInterface) -> Result<(), ApiError> {
+        self.before_start()?;
+        check_id("network interface", id)?;
+        if n.iface_id != id {
+            return Err(ApiError::bad_request(format!(
+                "iface_id {:?} does not match the path id {id:?}",
+                n.iface_id
+            )));
+        }
+        // Parse now so a bad name or MAC is reported by this request.
+        net_config(&n, 0)?;
+        match self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|o| o.iface_id == id)
+        {
+            Some(slot) => *slot = n,
+            None => {
+                if self.config.network_interfaces.len() >= vmm::config::MAX_VIRTIO_DEVICES {
+                    return Err(ApiError::bad_request("too many devices"));
+                }
+                self.config.network_interfaces.push(n)
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the VM config: root drive first (vda), then the others in
+    /// the order they were added, as Firecracker does.
+    fn vm_config(&self) -> Result<VmConfig, ApiError> {
+        let boot = self.config.boot_source.as_ref().ok_or_else(|| {
+            ApiError::bad_request("Cannot start microvm without kernel configuration.")
+        })?;
+        let m = &self.config.machine_config;
+        let mut config = VmConfig::new(&boot.kernel_image_path, m.vcpu_count, m.mem_size_mib);
+        config.initrd = boot.initrd_path.clone();
+        let mut cmdline = boot
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| vmm::DEFAULT_CMDLINE.to_string());
+        let mut drives: Vec<&Drive> = self.config.drives.iter().collect();
+        drives.sort_by_key(|d| !d.is_root_device);
+        if let Some(root) = drives.first().filter(|d| d.is_root_device) {
+            if !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
+                let mode = if root.is_read_only { "ro" } else { "rw" };
+                cmdline.push_str(&format!(" root=/dev/vda {mode}"));
+            }
+        }
+        config.cmdline = cmdline;
+        config.drives = drives
+            .into_iter()
+            .map(|d| BlockConfig {
+                path: d.path_on_host.clone(),
+                read_only: d.is_read_only,
+                serial: Some(d.drive_id.chars().take(20).collect()),
+            })
+            .collect();
+        config.nets = self
+            .config
+            .network_interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, n)| net_config(n, i))
+            .collect::<Result<_, _>>()?;
+        config.serial_out = match &self.console_log {
+            Some((path, max)) => SerialOutput::Writer(Box::new(
+                RotatingLog::open(path, *max)
+                    .map_err(|e| ApiError::bad_request(format!("console log: {e}")))?,
+            )),
+            None => SerialOutput::Stdout,
+        };
+        Ok(config)
+    }
+}
+
+fn net_config(n: &NetworkInterface, index: usize) -> Result<NetConfig, ApiError> {
+    let mut spec = format!("tap={}", n.host_dev_name);
+    if let Some(mac) = &n.guest_mac {
+        spec.push_str(&format!(",mac={mac}"));
+    }
+    parse_net(&spec, index).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The console log: appends, and when it passes `max` bytes moves it to
+/// FILE.1 (replacing the previous one) and starts afresh, so at most about
+/// twice `max` bytes are kept.
+pub struct RotatingLog {
+    path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    max: u64,
+}
+
+impl RotatingLog {
+    /// Opens (appending to) `path`.
+    pub fn open(path: &Path, max: u64) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            file,
+            len,
+            max: max.max(1),
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, old)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.len >= self.max {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes `value` to `path` atomically (temporary file, fsync, rename).
+pub fn write_atomic(path: &Path, value: &Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(value.to_string().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Exit status for how the VM ended (see `strato run`).
+fn exit_status(reason: &ExitReason, signal: i32) -> i32 {
+    match reason {
+        ExitReason::Stopped if signal != 0 => 128 + signal,
+        r if r.is_success() => 0,
+        ExitReason::VmmError(_) => crate::run::EXIT_VMM_ERROR,
+        _ => crate::run::EXIT_GUEST_FAILED,
+    }
+}
+
+/// Records how the VM ended, removes the socket and ends the process.
+fn finish(
+    reason: &ExitReason,
+    boot_time_us: Option<u64>,
+    signal: i32,
+    exit_file: Option<&Path>,
+    api_sock: Option<&Path>,
+) -> ! {
+    let status = exit_status(reason, signal);
+    let reason_text = if signal != 0 && *reason == ExitReason::Stopped {
+        format!("stopped by signal {signal}")
+    } else {
+        reason.to_string()
+    };
+    if let Some(path) = exit_file {
+        let record = json!({
+            "reason": reason_text,
+            "success": status == 0,
+            "exit_status": status,
+            "boot_time_us": boot_time_us,
+        });
+        if let Err(e) = write_atomic(path, &record) {
+            eprintln!("strato: cannot write {}: {e}", path.display());
+        }
+    }
+    if let Some(sock) = api_sock {
+        let _ = std::fs::remove_file(sock);
+    }
+    if status != 0 {
+        eprintln!("strato: {reason_text}");
+    }
+    std::process::exit(status);
+}
+
+type Shared = Arc<Mutex<Instance>>;
+
+/// Starts the VM and the thread that ends the process with it.
+fn start(inst: &Shared, signal: &Arc<std::sync::atomic::AtomicI32>) -> Result<(), ApiError> {
+    let mut guard = crate::lock(inst);
+    guard.before_start()?;
+    let config = guard.vm_config()?;
+    let mut vm = Vm::start(config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ctl = vm.controller();
+    guard.phase = Phase::Running(ctl.clone());
+    let exit_file = guard.exit_file.clone();
+    let api_sock = guard.api_sock.clone();
+    let signal = signal.clone();
+    std::thread::Builder::new()
+        .name("vm-waiter".into())
+        .spawn(move || {
+            let reason = vm.wait();
+            let boot = ctl.boot_time().map(|t| t.as_micros() as u64);
+            let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+            finish(
+                &reason,
+                boot,
+                sig,
+                exit_file.as_deref(),
+                api_sock.as_deref(),
+            );
+        })
+        .map_err(|e| ApiError::new(500, format!("cannot start the waiter thread: {e}")))?;
+    Ok(())
+}
+
+/// Handles one request.
+fn handle(
+    req: &mut Request,
+    inst: &Shared,
+    signal: &Arc<std::sync::atomic::AtomicI32>,
+) -> Result<Reply, ApiError> {
+    let url = req.url().to_string();
+    let path = url.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let ok = Ok(Reply::Empty(204));
+    match (&method, parts.as_slice()) {
+        (Method::Get, [""]) => Ok(Reply::Json(200, crate::lock(inst).info())),
+        (Method::Get, ["version"]) => Ok(Reply::Json(
+            200,
+            json!({ "firecracker_version": "1.7.0", "strato_version": env!("CARGO_PKG_VERSION") }),
+        )),
+        (Method::Get, ["vm", "config"]) => {
+            let cfg = crate::lock(inst).config.clone();
+            Ok(Reply::Json(
+                200,
+                serde_json::to_value(cfg).unwrap_or(Value::Null),
+            ))
+        }
+        (Method::Get, ["machine-config"]) => {
+            let m = crate::lock(inst).config.machine_config.clone();
+            Ok(Reply::Json(
+                200,
+                serde_json::to_value(m).unwrap_or(Value::Null),
+            ))
+        }
+        (Method::Put, ["machine-config"]) => {
+            let m: MachineConfig = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            check_machine(&m)?;
+            i.config.machine_config = m;
+            ok
+        }
+        (Method::Patch, ["machine-config"]) => {
+            let p: MachineConfigPatch = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            let mut m = i.config.machine_config.clone();
+            m.vcpu_count = p.vcpu_count.unwrap_or(m.vcpu_count);
+            m.mem_size_mib = p.mem_size_mib.unwrap_or(m.mem_size_mib);
+            m.smt = p.smt.unwrap_or(m.smt);
+            m.track_dirty_pages = p.track_dirty_pages.unwrap_or(m.track_dirty_pages);
+            check_machine(&m)?;
+            i.config.machine_config = m;
+            ok
+        }
+        (Method::Put, ["boot-source"]) => {
+            let b: BootSource = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            check_file("kernel", &b.kernel_image_path)?;
+            if let Some(initrd) = &b.initrd_path {
+                check_file("initrd", initrd)?;
+            }
+            if b.boot_args
+                .as_ref()
+                .is_some_and(|a| a.len() >= vmm::config::CMDLINE_MAX_SIZE)
+            {
+                return Err(ApiError::bad_request("boot_args is too long"));
+            }
+            i.config.boot_source = Some(b);
+            ok
+        }
+        (Method::Put, ["drives", id]) => {
+            let d: Drive = http::json_body(req)?;
+            crate::lock(inst).put_drive(id, d)?;
+            ok
+        }
+        (Method::Put, ["network-interfaces", id]) => {
+            let n: NetworkInterface = http::json_body(req)?;
+            crate::lock(inst).put_net(id, n)?;
+            ok
+        }
+        (Method::Put, ["actions"]) => {
+            let a: Action = http::json_body(req)?;
+            match a.action_type.as_str() {
+                "InstanceStart" => start(inst, signal)?,
+                "SendCtrlAltDel" => crate::lock(inst)
+                    .controller()?
+                    .send_ctrl_alt_del()
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                "FlushMetrics" => {}
+                other => return Err(ApiError::bad_request(format!(
+                    "unknown action_type {other:?} (InstanceStart, SendCtrlAltDel, FlushMetrics)"
+                ))),
+            }
+            ok
+        }
+        (Method::Patch, ["vm"]) => {
+            let s: VmState = http::json_body(req)?;
+            let ctl = crate::lock(inst).controller()?.clone();
+            match s.state.as_str() {
+                "Paused" => ctl.pause(),
+                "Resumed" => ctl.resume(),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown state {other:?} (Paused, Resumed)"
+                    )))
+                }
+            }
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            ok
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid request method and/or path: {method} {path}"
+        ))),
+    }
+}
+
+/// Runs `strato vm`.
+pub fn main(args: VmArgs) -> i32 {
+    let signals = match crate::run::block_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strato: cannot set up signal handling: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    };
+    let config = match &args.config_file {
+        Some(path) => match load_config_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("strato: {e}");
+                return crate::run::EXIT_VMM_ERROR;
+            }
+        },
+        None => FullConfig::default(),
+    };
+    let server = match (&args.api_sock, args.no_api) {
+        (Some(path), false) => match http::bind(path, args.api_sock_group) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("strato: {e}");
+                return crate::run::EXIT_VMM_ERROR;
+            }
+        },
+        _ => None,
+    };
+    let inst: Shared = Arc::new(Mutex::new(Instance {
+        id: args.id.clone(),
+        config,
+        phase: Phase::NotStarted,
+        console_log: args.console_log.clone().map(|p| (p, args.console_log_max)),
+        exit_file: args.exit_file.clone(),
+        api_sock: server.as_ref().and(args.api_sock.clone()),
+    }));
+    let signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
+
+    // SIGINT/SIGTERM stop a running VM (the waiter then ends the process)
+    // or end a process whose VM never started.
+    {
+        let inst = inst.clone();
+        let signal = signal.clone();
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `signals` is a valid set blocked in every thread;
+                // sigwait writes the received signal into `sig`.
+                if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+                    return;
+                }
+                signal.store(sig, std::sync::atomic::Ordering::SeqCst);
+                let i = crate::lock(&inst);
+                match &i.phase {
+                    Phase::Running(ctl) => ctl.stop(),
+                    Phase::NotStarted => finish(
+                        &ExitReason::Stopped,
+                        None,
+                        sig,
+                        i.exit_file.as_deref(),
+                        i.api_sock.as_deref(),
+                    ),
+                }
+            });
+    }
+
+    if args.config_file.is_some() {
+        if let Err(e) = start(&inst, &signal) {
+            eprintln!("strato: {}", e.message);
+            if let Some(sock) = &args.api_sock {
+                let _ = std::fs::remove_file(sock);
+            }
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
+    match server {
+        Some(server) => {
+            for mut req in server.incoming_requests() {
+                let result = handle(&mut req, &inst, &signal);
+                http::respond(req, result);
+            }
+            crate::run::EXIT_VMM_ERROR
+        }
+        None => loop {
+            // The waiter thread ends the process.
+            std::thread::park();
+        },
+    }
+}
+
+fn load_config_file(path: &Path) -> Result<FullConfig, String> {
+    let text = std::fs::read(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let config: FullConfig = serde_json::from_slice(&text)
+        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    check_machine(&config.machine_config).map_err(|e| e.message)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotating_log_keeps_two_generations() {
+        let dir = std::env::temp_dir().join(format!("strato-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("console.log");
+        let mut log = RotatingLog::open(&path, 10).unwrap();
+        for _ in 0..5 {
+            log.write_all(b"0123456789").unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap().len(), 10);
+        assert_eq!(std::fs::read(dir.join("console.log.1")).unwrap().len(), 10);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn config_file_format_matches_vm_config() {
+        let text = r#"{
+            "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
+            "drives": [{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}]
+        }"#;
+        let c: FullConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(c.machine_config.vcpu_count, 2);
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["drives"][0]["drive_id"], "rootfs");
+        assert_eq!(back["network-interfaces"][0]["host_dev_name"], "tap0");
+        assert!(serde_json::from_str::<FullConfig>(r#"{"bogus": 1}"#).is_err());
+    }
+
+    #[test]
+    fn ids_and_machine_limits() {
+        assert!(check_id("drive", "rootfs_1-a").is_ok());
+        for bad in ["", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_id("drive", bad).is_err(), "{bad}");
+        }
+        let mut m = default_machine();
+        assert!(check_machine(&m).is_ok());
+        m.vcpu_count = 0;
+        assert!(check_machine(&m).is_err());
+        m.vcpu_count = 1;
+        m.smt = true;
+        assert!(check_machine(&m).is_err());
+    }
+}
