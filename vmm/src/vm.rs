@@ -203,7 +203,8 @@ impl Vm {
 
         let mem = create_memory(&vm_fd, config.memory_mib)?;
 
-        let exit_evt = new_eventfd()?;
+        // Blocking: `wait` sleeps in read() until a reason is recorded.
+        let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
         let exit = Arc::new(ExitState::new(exit_evt));
         let boot_time_us = Arc::new(AtomicU64::new(0));
 
@@ -410,11 +411,17 @@ impl Vm {
 
 /// Kicks vCPU threads until every one has left its run loop.
 fn stop_vcpus(threads: &[JoinHandle<()>]) {
+    // A kicked vCPU leaves within about a millisecond; poll finely and
+    // kick again only if a signal landed just before KVM_RUN.
+    let mut last_kick: Option<Instant> = None;
     while threads.iter().any(|t| !t.is_finished()) {
-        for t in threads {
-            kick(t);
+        if last_kick.is_none_or(|k| k.elapsed() >= KICK_INTERVAL) {
+            for t in threads {
+                kick(t);
+            }
+            last_kick = Some(Instant::now());
         }
-        std::thread::sleep(KICK_INTERVAL);
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
