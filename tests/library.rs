@@ -94,7 +94,11 @@ fn errors_are_typed() {
 fn wait_for(out: &Capture, needle: &str) {
     let start = Instant::now();
     while !out.text().contains(needle) {
-        assert!(start.elapsed() < Duration::from_secs(30), "never saw {needle:?}: {}", out.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never saw {needle:?}: {}",
+            out.text()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -265,7 +265,10 @@ mod tests {
         d.write(4, &[CMD_READ_CTR]);
         assert_eq!(read(&mut d, 0), 0);
         d.write(0, &[KBD_RESET]);
-        assert_eq!((read(&mut d, 0), read(&mut d, 0)), (KBD_ACK, KBD_SELF_TEST_OK));
+        assert_eq!(
+            (read(&mut d, 0), read(&mut d, 0)),
+            (KBD_ACK, KBD_SELF_TEST_OK)
+        );
         d.write(0, &[KBD_SET_LEDS]);
         d.write(0, &[0x07]);
         assert_eq!((read(&mut d, 0), read(&mut d, 0)), (KBD_ACK, KBD_ACK));

@@ -66,6 +66,10 @@ pub struct Net {
     active: Option<Active>,
     rx_frame: Box<[u8]>,
     rx_len: usize,
+    /// Receive scratch: (head, end index into rx_bufs) per chain.
+    rx_heads: Vec<(u16, usize)>,
+    rx_bufs: Vec<(vm_memory::GuestAddress, usize)>,
+    rx_used: bool,
     tap_paused: bool,
     tx_frame: Box<[u8]>,
     early_notify: LogOnce,
@@ -102,6 +106,9 @@ impl Net {
             active: None,
             rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
             rx_len: 0,
+            rx_heads: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            rx_bufs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            rx_used: false,
             tap_paused: false,
             tx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
             early_notify: LogOnce::default(),
@@ -170,41 +177,41 @@ impl Net {
         let queue = &mut active.queues[RX];
         let frame = &mut self.rx_frame[..self.rx_len];
         // Gather enough chains, without writing, so a shortage leaves the
-        // ring untouched.
-        let mut chains: Vec<(u16, Vec<(vm_memory::GuestAddress, usize)>)> = Vec::new();
+        // ring untouched. Scratch vectors are reused across frames.
+        self.rx_heads.clear();
+        self.rx_bufs.clear();
         let mut room = 0usize;
         while room < frame.len() {
-            if chains.len() == 1 && !active.mrg_rxbuf {
+            if self.rx_heads.len() == 1 && !active.mrg_rxbuf {
                 // One buffer must hold the whole frame: drop it instead.
                 self.bad_request.warn(format_args!(
                     "virtio-net: receive buffer too small, frame dropped"
                 ));
-                let (head, _) = chains.pop().unwrap_or_default();
-                let _ = queue.add_used(mem, head, 0);
-                self.signals.signal_used_queue();
+                let _ = queue.add_used(mem, self.rx_heads[0].0, 0);
+                self.rx_used = true;
                 self.rx_len = 0;
                 return true;
             }
             let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) else {
-                for _ in 0..chains.len() {
+                for _ in 0..self.rx_heads.len() {
                     queue.go_to_previous_position();
                 }
                 return false;
             };
             let head = chain.head_index();
-            let bufs: Vec<_> = chain
-                .filter(|d| d.is_write_only())
-                .map(|d| (d.addr(), d.len() as usize))
-                .collect();
-            room += bufs.iter().map(|b| b.1).sum::<usize>();
-            chains.push((head, bufs));
+            for d in chain.filter(|d| d.is_write_only()) {
+                room = room.saturating_add(d.len() as usize);
+                self.rx_bufs.push((d.addr(), d.len() as usize));
+            }
+            self.rx_heads.push((head, self.rx_bufs.len()));
         }
-        let n_chains = chains.len() as u16;
+        let n_chains = self.rx_heads.len() as u16;
         frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&n_chains.to_le_bytes());
         let mut pos = 0usize;
-        for (head, bufs) in chains {
+        let mut first_buf = 0usize;
+        for &(head, end) in &self.rx_heads {
             let mut written = 0u32;
-            for (addr, len) in bufs {
+            for &(addr, len) in &self.rx_bufs[first_buf..end] {
                 if pos == frame.len() {
                     break;
                 }
@@ -219,16 +226,25 @@ impl Net {
                 pos += n;
                 written += n as u32;
             }
+            first_buf = end;
             if queue.add_used(mem, head, written).is_err() {
                 self.signals.set_needs_reset();
             }
         }
-        self.signals.signal_used_queue();
+        self.rx_used = true;
         self.rx_len = 0;
         true
     }
 
     fn process_rx(&mut self, ops: &mut EventOps) {
+        self.receive(ops);
+        // One interrupt for everything delivered in this round.
+        if std::mem::take(&mut self.rx_used) {
+            self.signals.signal_used_queue();
+        }
+    }
+
+    fn receive(&mut self, ops: &mut EventOps) {
         loop {
             if self.rx_len == 0 {
                 match self.tap.read_frame(&mut self.rx_frame) {
