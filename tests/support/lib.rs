@@ -190,6 +190,13 @@ pub fn run_guest(name: &str, args: &[&str]) -> Run {
     strato(&all, None, Duration::from_secs(60))
 }
 
+/// Says on the real stderr (not captured by the test harness, so it shows
+/// in every run's output) that a test did not run and why.
+pub fn not_run(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\nNOT RUN: {test}: {why}");
+}
+
 /// True when /dev/kvm is the software `kvm_pvm` implementation, where Linux
 /// user space cannot run.
 pub fn software_kvm() -> bool {

@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# Build strato's guest artifacts: a Linux kernel (vmlinux with a PVH entry
+# note, and bzImage), a busybox initramfs and an ext4 root image.
+#
+#   resources/build.sh [kernel|initramfs|rootfs|all]     (default: all)
+#
+# Progress goes to stderr; stdout gets KEY=PATH lines (VMLINUX, BZIMAGE,
+# INITRAMFS, ROOTFS) for the selected targets. Results are cached under
+# ${STRATO_CACHE:-$HOME/.cache/strato}/<target>-<hash>/, where <hash> is a
+# sha256 over every input of that target (see resources/README.md). A hit
+# prints the paths at once; a build fills a temporary directory that is
+# renamed into place only when complete.
+set -euo pipefail
+
+RES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SELF="$RES_DIR/build.sh"
+KCONFIG_FRAGMENT="$RES_DIR/kernel/x86_64.config"
+PATCH_DIR="$RES_DIR/patches"
+INIT_SCRIPT="$RES_DIR/initramfs/init"
+CACHE="${STRATO_CACHE:-$HOME/.cache/strato}"
+
+LINUX_PKG=linux-source-6.1
+LINUX_TARBALL=/usr/src/linux-source-6.1.tar.xz
+BUSYBOX_PKG=busybox-static
+BUSYBOX_BIN=/bin/busybox
+ROOTFS_SIZE_MIB=64
+# Fixed values keep the outputs reproducible.
+ROOTFS_UUID=5f2a7c1e-0b6d-4c3e-9a57-57a7a0000001
+ROOTFS_HASH_SEED=5f2a7c1e-0b6d-4c3e-9a57-57a7a0000002
+
+log() { echo "[resources] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+
+APT_UPDATED=0
+# ensure_pkgs PKG...: install the Debian packages that are not installed.
+ensure_pkgs() {
+    local missing=() p
+    for p in "$@"; do
+        if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+            missing+=("$p")
+        fi
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "missing packages (${missing[*]}) and no apt-get"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "missing packages (${missing[*]}); run as root or install them"
+        sudo=(sudo -n)
+    fi
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        "${sudo[@]}" apt-get update -qq >&2
+        APT_UPDATED=1
+    fi
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+pkg_version() { dpkg-query -W -f='${Version}' "$1"; }
+
+sha() { sha256sum | cut -d' ' -f1; }
+
+# file_sha FILE: sha256 of a big file, memoized by path, size and mtime.
+file_sha() {
+    local f="$1" memo="$CACHE/.sha256-memo" stamp line
+    stamp="$(stat -L -c '%s %Y' "$f")"
+    if [ -f "$memo" ]; then
+        line="$(grep -F -- " $f $stamp" "$memo" 2>/dev/null | tail -n1 || true)"
+        if [ -n "$line" ]; then echo "${line%% *}"; return; fi
+    fi
+    local h
+    h="$(sha256sum "$f" | cut -d' ' -f1)"
+    echo "$h $f $stamp" >>"$memo"
+    echo "$h"
+}
+
+# Remove leftovers of builds whose process is gone (killed hard).
+clean_stale() {
+    local d pid
+    for d in "$CACHE"/.work-* "$CACHE"/.tmp-*; do
+        [ -e "$d" ] || continue
+        pid="${d##*/}"; pid="${pid#.work-}"; pid="${pid#.tmp-}"; pid="${pid%%-*}"
+        if ! kill -0 "$pid" 2>/dev/null; then rm -rf "$d"; fi
+    done
+}
+
+TO_CLEAN=()
+BUILDER_PID=
+cleanup() {
+    local d
+    if [ -n "$BUILDER_PID" ]; then   # interrupted: stop the whole build
+        kill -TERM -- "-$BUILDER_PID" 2>/dev/null || true
+        wait "$BUILDER_PID" 2>/dev/null || true
+    fi
+    for d in "${TO_CLEAN[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# with_entry NAME HASH BUILDER ESTIMATE: unless $CACHE/NAME-HASH exists, run
+# BUILDER STAGING WORK LOG and rename STAGING to it; sets ENTRY either way.
+with_entry() {
+    local name="$1" hash="$2" builder="$3" est="$4"
+    ENTRY="$CACHE/$name-${hash:0:16}"
+    if [ -d "$ENTRY" ]; then
+        log "$name: cache hit ($ENTRY)"
+        return 0
+    fi
+    mkdir -p "$CACHE/logs"
+    exec 9>"$CACHE/.lock-$name-${hash:0:16}"
+    flock 9
+    if [ -d "$ENTRY" ]; then   # another build finished it while we waited
+        exec 9>&-
+        log "$name: cache hit ($ENTRY)"
+        return 0
+    fi
+    local staging work logf start
+    staging="$(mktemp -d "$CACHE/.tmp-$$-$name.XXXXXX")"
+    work="$(mktemp -d "$CACHE/.work-$$-$name.XXXXXX")"
+    TO_CLEAN+=("$staging" "$work")
+    logf="$CACHE/logs/$name-${hash:0:16}.log"
+    : >"$logf"
+    log "building $name (cache miss, ~$est)... log: $logf"
+    start=$SECONDS
+    # The builder runs in a subshell with errexit in force (it would be
+    # ignored in an `if` condition), in its own process group so that an
+    # interrupt of this script stops all of it (see cleanup).
+    local rc=0
+    set +e
+    set -m
+    ( set -e; "$builder" "$staging" "$work" "$logf" ) </dev/null &
+    BUILDER_PID=$!
+    set +m
+    wait "$BUILDER_PID"
+    rc=$?
+    BUILDER_PID=
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        log "$name build FAILED (exit $rc); last lines of $logf:"
+        tail -n 40 "$logf" >&2
+        exit 1
+    fi
+    cp "$logf" "$staging/build.log"
+    echo "$hash" >"$staging/inputs.sha256"
+    chmod 755 "$staging"
+    mv -T "$staging" "$ENTRY"
+    rm -rf "$work"
+    exec 9>&-
+    rm -f "$CACHE/.lock-$name-${hash:0:16}"
+    log "$name: built in $((SECONDS - start)) s -> $ENTRY"
+}
+
+# ----------------------------------------------------------------- kernel
+
+KERNEL_PKGS=(make gcc libc6-dev flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 patch binutils "$LINUX_PKG")
+
+kernel_hash() {
+    {
+        echo "strato-kernel-v1"
+        echo "source: $LINUX_PKG $(pkg_version "$LINUX_PKG") $(file_sha "$LINUX_TARBALL")"
+        echo "gcc: $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
+        echo "binutils: $(ld --version | head -n1)"
+        echo "config:"; cat "$KCONFIG_FRAGMENT"
+        local p
+        for p in "$PATCH_DIR"/*.patch; do
+            [ -e "$p" ] || continue
+            echo "patch: ${p##*/}"; cat "$p"
+        done
+        echo "script:"; cat "$SELF"
+    } | sha
+}
+
+build_kernel() {
+    local out="$1" work="$2" logf="$3" src="$2/linux" p
+    mkdir -p "$src"
+    echo "== extract $LINUX_TARBALL" >>"$logf"
+    tar -xf "$LINUX_TARBALL" -C "$src" --strip-components=1 >>"$logf" 2>&1
+    for p in "$PATCH_DIR"/*.patch; do
+        [ -e "$p" ] || continue
+        echo "== patch ${p##*/}" >>"$logf"
+        patch -d "$src" -p1 --forward --batch <"$p" >>"$logf" 2>&1
+    done
+    # Reproducible banner: no host user/name/time in the image.
+    export KBUILD_BUILD_USER=strato KBUILD_BUILD_HOST=strato KBUILD_BUILD_VERSION=1
+    KBUILD_BUILD_TIMESTAMP="$(LC_ALL=C date -u -d "@$(stat -c %Y "$LINUX_TARBALL")")"
+    export KBUILD_BUILD_TIMESTAMP
+    local mk=(make -C "$src" ARCH=x86_64 -j"$(nproc)")
+    echo "== tinyconfig + fragment + olddefconfig" >>"$logf"
+    {
+        "${mk[@]}" tinyconfig &&
+        (cd "$src" && scripts/kconfig/merge_config.sh -m .config "$KCONFIG_FRAGMENT") &&
+        "${mk[@]}" olddefconfig
+    } >>"$logf" 2>&1
+    # Every option of the fragment must have survived olddefconfig.
+    local bad=0 line opt
+    while IFS= read -r line; do
+        case "$line" in
+            CONFIG_*=*)
+                grep -qxF -- "$line" "$src/.config" || { echo "config: wanted $line, got: $(grep -E "^(# )?${line%%=*}[= ]" "$src/.config" || echo unset)" >>"$logf"; bad=1; } ;;
+            "# CONFIG_"*" is not set")
+                opt="${line#\# }"; opt="${opt%% *}"
+                if grep -q "^$opt=" "$src/.config"; then echo "config: wanted $opt off, got: $(grep "^$opt=" "$src/.config")" >>"$logf"; bad=1; fi ;;
+        esac
+    done <"$KCONFIG_FRAGMENT"
+    if [ "$bad" -ne 0 ]; then echo "config fragment not applied cleanly" >>"$logf"; return 1; fi
+    echo "== make vmlinux bzImage" >>"$logf"
+    "${mk[@]}" vmlinux bzImage >>"$logf" 2>&1
+    # PVH entry: XEN_ELFNOTE_PHYS32_ENTRY (type 18 = 0x12) must be present.
+    if ! readelf -n "$src/vmlinux" | grep -Eq "Xen.*(0x00000012|PHYS32_ENTRY)"; then
+        echo "vmlinux lacks the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)" >>"$logf"
+        return 1
+    fi
+    cp "$src/vmlinux" "$out/vmlinux"
+    cp "$src/arch/x86/boot/bzImage" "$out/bzImage"
+    cp "$src/.config" "$out/config"
+    cp "$src/System.map" "$out/System.map"
+    echo "== done" >>"$logf"
+}
+
+# -------------------------------------------------------------- user space
+
+USER_PKGS=("$BUSYBOX_PKG" cpio e2fsprogs)
+
+userspace_inputs() {
+    echo "busybox: $BUSYBOX_PKG $(pkg_version "$BUSYBOX_PKG") $(sha256sum "$BUSYBOX_BIN" | cut -d' ' -f1)"
+    echo "init:"; cat "$INIT_SCRIPT"
+    echo "script:"; cat "$SELF"
+}
+
+# populate_tree DIR: busybox with all applet links plus our init.
+populate_tree() {
+    local d="$1" a
+    mkdir -p "$d"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,mnt,root,etc}
+    cp "$BUSYBOX_BIN" "$d/bin/busybox"
+    chmod 755 "$d/bin/busybox"
+    for a in $("$BUSYBOX_BIN" --list-full); do
+        [ -e "$d/$a" ] || [ -L "$d/$a" ] || ln -s /bin/busybox "$d/$a"
+    done
+    rm -f "$d/init" "$d/sbin/init"
+    install -m 755 "$INIT_SCRIPT" "$d/init"
+    install -m 755 "$INIT_SCRIPT" "$d/sbin/init"
+    chmod 1777 "$d/tmp"
+    chmod 700 "$d/root"
+    echo "root:x:0:0:root:/root:/bin/sh" >"$d/etc/passwd"
+    echo "root:x:0:" >"$d/etc/group"
+    echo "strato" >"$d/etc/hostname"
+    # Fixed timestamps for reproducible images.
+    find "$d" -exec touch -h -d @0 {} +
+}
+
+initramfs_hash() { { echo "strato-initramfs-v1"; userspace_inputs; } | sha; }
+
+build_initramfs() {
+    local out="$1" work="$2" logf="$3" tree="$2/tree"
+    populate_tree "$tree" >>"$logf" 2>&1
+    # Uncompressed newc: unpacking is several times faster than gzip in a
+    # software-emulated guest. /dev/console comes from the kernel's built-in
+    # default initramfs (usr/default_cpio_list), so no root is needed here.
+    (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio -o -H newc -R 0:0 --reproducible --quiet) >"$out/initramfs.cpio" 2>>"$logf"
+    echo "== done" >>"$logf"
+}
+
+rootfs_hash() {
+    { echo "strato-rootfs-v1"; userspace_inputs
+      echo "e2fsprogs: $(pkg_version e2fsprogs)"; echo "size: $ROOTFS_SIZE_MIB"; } | sha
+}
+
+build_rootfs() {
+    local out="$1" work="$2" logf="$3" tree="$2/tree"
+    populate_tree "$tree" >>"$logf" 2>&1
+    SOURCE_DATE_EPOCH=0 mkfs.ext4 -F -q -L strato-root \
+        -U "$ROOTFS_UUID" -E "hash_seed=$ROOTFS_HASH_SEED,root_owner=0:0" \
+        -d "$tree" "$out/rootfs.ext4" "${ROOTFS_SIZE_MIB}M" >>"$logf" 2>&1
+    echo "== done" >>"$logf"
+}
+
+# ------------------------------------------------------------------- main
+
+target="${1:-all}"
+case "$target" in
+    kernel|initramfs|rootfs|all) ;;
+    -h|--help) sed -n '2,12p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown target '$target' (kernel|initramfs|rootfs|all)" ;;
+esac
+
+mkdir -p "$CACHE"
+clean_stale
+CACHE="$(cd "$CACHE" && pwd)"
+results=()
+
+if [ "$target" = kernel ] || [ "$target" = all ]; then
+    ensure_pkgs "${KERNEL_PKGS[@]}"
+    with_entry kernel "$(kernel_hash)" build_kernel "3-5 min on 2 cores"
+    results+=("VMLINUX=$ENTRY/vmlinux" "BZIMAGE=$ENTRY/bzImage")
+fi
+if [ "$target" = initramfs ] || [ "$target" = all ]; then
+    ensure_pkgs "${USER_PKGS[@]}"
+    with_entry initramfs "$(initramfs_hash)" build_initramfs "seconds"
+    results+=("INITRAMFS=$ENTRY/initramfs.cpio")
+fi
+if [ "$target" = rootfs ] || [ "$target" = all ]; then
+    ensure_pkgs "${USER_PKGS[@]}"
+    with_entry rootfs "$(rootfs_hash)" build_rootfs "seconds"
+    results+=("ROOTFS=$ENTRY/rootfs.ext4")
+fi
+
+printf '%s\n' "${results[@]}"

@@ -1,0 +1,145 @@
+//! Linux, built by `resources/build.sh`, through strato's serial console.
+//!
+//! On software KVM (kvm_pvm) Linux runs its kernel code in KVM's
+//! instruction emulator and cannot run user space; the tests here check
+//! what the kernel reaches there (early boot, device probing, the ext4
+//! root). The full boot to user space runs where KVM is hardware-backed and
+//! says plainly when it cannot run.
+
+use std::time::Duration;
+
+use strato_tests::{boot_until, linux_images, not_run, software_kvm, Scratch};
+
+/// Kernel parameters that get Linux furthest on software KVM (see
+/// docs/platforms.md); harmless on hardware.
+const SOFT_KVM_PARAMS: &str = "noxsave clearcpuid=popcnt,smap no_int3_selftest maxcpus=1";
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn image(key: &str) -> String {
+    linux_images()
+        .get(key)
+        .unwrap_or_else(|| panic!("resources/build.sh gave no {key}"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Boots `kernel` until `smpboot: Allowing` and checks the early log.
+fn early_boot(kernel: &str) {
+    let cmdline = "console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=0 strato.test=early";
+    let (out, seen, err) = boot_until(
+        &[
+            "run",
+            "--no-stdin",
+            "--kernel",
+            kernel,
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--cmdline",
+            cmdline,
+        ],
+        "smpboot: Allowing",
+        DEADLINE,
+    );
+    assert!(seen, "no smpboot line; stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("Linux version 6.1."), "{out}");
+    assert!(out.contains(&format!("Command line: {cmdline}\n")), "{out}");
+    for e820 in [
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+    ] {
+        assert!(out.contains(e820), "missing {e820}: {out}");
+    }
+    assert!(out.contains("smpboot: Allowing 2 CPUs"), "{out}");
+}
+
+#[test]
+fn linux_early_boot_vmlinux_pvh() {
+    early_boot(&image("VMLINUX"));
+}
+
+#[test]
+fn linux_early_boot_bzimage() {
+    early_boot(&image("BZIMAGE"));
+}
+
+#[test]
+fn linux_probes_virtio_and_mounts_an_ext4_root() {
+    let dir = Scratch::new("linux-root");
+    let root = dir.path("rootfs.ext4");
+    std::fs::copy(image("ROOTFS"), &root).unwrap();
+    let cmdline = format!(
+        "console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=0 {SOFT_KVM_PARAMS} root=/dev/vda rw"
+    );
+    let (out, seen, err) = boot_until(
+        &[
+            "run",
+            "--no-stdin",
+            "--kernel",
+            &image("VMLINUX"),
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--cmdline",
+            &cmdline,
+            "--drive",
+            &format!("path={root}"),
+        ],
+        "Run /sbin/init as init process",
+        DEADLINE,
+    );
+    assert!(seen, "init never ran; stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains(
+            "virtio-mmio: Registering device virtio-mmio.0 at 0xd0001000-0xd0001fff, IRQ 5."
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks (67.1 MB/64.0 MiB)"),
+        "{out}"
+    );
+    assert!(out.contains("EXT4-fs (vda): mounted filesystem"), "{out}");
+}
+
+/// Boots to user space and back out: init prints its marker, writes the
+/// boot timer and reboots, which ends strato with status 0.
+#[test]
+fn linux_boots_to_user_space() {
+    if software_kvm() {
+        not_run(
+            "linux_boots_to_user_space",
+            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
+             cannot run; this test runs on hardware KVM",
+        );
+        return;
+    }
+    let r = strato_tests::strato(
+        &[
+            "--log-level",
+            "info",
+            "run",
+            "--no-stdin",
+            "--kernel",
+            &image("VMLINUX"),
+            "--initrd",
+            &image("INITRAMFS"),
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1",
+        ],
+        None,
+        DEADLINE,
+    );
+    r.assert_ok();
+    assert!(r.stdout.contains("STRATO_INIT_OK"), "{r:#?}");
+    assert!(r.stdout.contains("STRATO_NPROC=2"), "{r:#?}");
+    assert!(r.stderr.contains("guest boot time:"), "{r:#?}");
+}
