@@ -24,5 +24,5 @@ if [ -e /sys/module/kvm_pvm ]; then
     cmdline="console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1 noxsave clearcpuid=popcnt,smap no_int3_selftest maxcpus=1 root=/dev/vda rw"
 fi
 echo "[demo] target/release/strato run --kernel $VMLINUX --vcpus 2 --memory 256 --drive path=rootfs.ext4 --cmdline \"$cmdline\"" >&2
-exec target/release/strato --log-level info run --kernel "$VMLINUX" --vcpus 2 --memory 256 \
+target/release/strato --log-level info run --kernel "$VMLINUX" --vcpus 2 --memory 256 \
     --drive "path=$work/rootfs.ext4" --cmdline "$cmdline"

@@ -612,9 +612,11 @@ fn handle(
                     .send_ctrl_alt_del()
                     .map_err(|e| ApiError::bad_request(e.to_string()))?,
                 "FlushMetrics" => {}
-                other => return Err(ApiError::bad_request(format!(
+                other => {
+                    return Err(ApiError::bad_request(format!(
                     "unknown action_type {other:?} (InstanceStart, SendCtrlAltDel, FlushMetrics)"
-                ))),
+                )))
+                }
             }
             ok
         }
