@@ -100,7 +100,10 @@ fn is_root() -> bool {
 #[test]
 fn kvm_not_permitted_or_missing() {
     if !is_root() {
-        strato_tests::not_run("kvm_not_permitted_or_missing", "needs root to drop privileges");
+        strato_tests::not_run(
+            "kvm_not_permitted_or_missing",
+            "needs root to drop privileges",
+        );
         return;
     }
     let hello = guest("hello");

@@ -214,11 +214,12 @@ fn frames_cross_the_tap_both_ways() {
 }
 
 #[test]
-fn a_missing_tap_is_a_clear_error() {
+fn a_tap_that_cannot_be_opened_is_a_clear_error() {
     let ns = Netns::new("net-missing", &[]);
     let hello = guest("hello");
-    // /dev/net/tun would create the tap as root; a name with a bad
-    // character is refused by the kernel instead.
+    // As root /dev/net/tun creates a missing tap, so take a name that is a
+    // TUN (layer 3) device: the kernel refuses to attach to it as a tap.
+    ns.exec(&["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"]);
     let r = strato_cmd(
         std::path::Path::new("ip"),
         &[
@@ -231,13 +232,17 @@ fn a_missing_tap_is_a_clear_error() {
             "--kernel",
             hello.to_str().unwrap(),
             "--net",
-            "tap=bad/name",
+            "tap=tun0",
         ],
         None,
         Duration::from_secs(30),
     );
     assert_eq!(r.code(), 1, "{r:#?}");
-    assert!(r.stderr.contains("cannot attach to tap bad/name"), "{r:#?}");
+    assert!(r.stderr.contains("cannot attach to tap tun0"), "{r:#?}");
+    // Names the kernel could never accept are refused before that.
+    let bad = strato_tests::run_guest("hello", &["--no-stdin", "--net", "tap=bad/name"]);
+    assert_eq!(bad.code(), 1, "{bad:#?}");
+    assert!(bad.stderr.contains("tap name \"bad/name\""), "{bad:#?}");
 }
 
 #[test]

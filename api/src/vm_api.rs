@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tiny_http::{Method, Request};
-use vmm::config::parse_net;
+use vmm::config::parse_mac;
 use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
 
 use crate::http::{self, ApiError, Reply};
@@ -380,11 +380,14 @@ impl Instance {
 }
 
 fn net_config(n: &NetworkInterface, index: usize) -> Result<NetConfig, ApiError> {
-    let mut spec = format!("tap={}", n.host_dev_name);
-    if let Some(mac) = &n.guest_mac {
-        spec.push_str(&format!(",mac={mac}"));
-    }
-    parse_net(&spec, index).map_err(|e| ApiError::bad_request(e.to_string()))
+    let mac = n
+        .guest_mac
+        .as_deref()
+        .map(parse_mac)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    vmm::config::net_config(n.host_dev_name.clone(), mac, index)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// The console log: appends, and when it passes `max` bytes moves it to

@@ -204,10 +204,24 @@ pub fn parse_net(s: &str, index: usize) -> Result<NetConfig, ConfigError> {
         }
     }
     let tap = tap.ok_or_else(|| ConfigError::Option("--net", "tap=NAME is required".into()))?;
-    if tap.is_empty() || tap.len() > 15 {
+    net_config(tap, mac, index)
+}
+
+/// A NIC on tap `tap` with `mac`, or a MAC derived from `index` (locally
+/// administered, unicast) when none is given.
+pub fn net_config(
+    tap: String,
+    mac: Option<[u8; 6]>,
+    index: usize,
+) -> Result<NetConfig, ConfigError> {
+    // Interface names: 1 to 15 printable bytes, no '/'.
+    let valid = !tap.is_empty()
+        && tap.len() <= 15
+        && tap.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if !valid {
         return Err(ConfigError::Option(
             "--net",
-            format!("tap name {tap:?} must be 1 to 15 bytes"),
+            format!("tap name {tap:?} must be 1 to 15 printable bytes without '/'"),
         ));
     }
     let idx = index.to_be_bytes();
@@ -235,7 +249,8 @@ fn parse_switch(opt: &'static str, key: &str, value: &str) -> Result<bool, Confi
     }
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+/// Parses a unicast MAC address `xx:xx:xx:xx:xx:xx`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     let bad = || {
         ConfigError::Option(
             "--net",
@@ -248,7 +263,7 @@ fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     }
     let mut mac = [0u8; 6];
     for (b, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
@@ -376,6 +391,8 @@ mod tests {
             "tap=t,mac=zz:00:00:00:00:00",
             "tap=averyveryverylongname",
             "tap=t,mac=06:00",
+            "tap=t,mac=06:00:ac:10:00:+1",
+            "tap=a/b",
         ] {
             assert!(parse_net(bad, 0).is_err(), "{bad}");
         }

@@ -1,0 +1,261 @@
+//! The VMM child processes: spawning them in their own session, telling a
+//! live one from a dead one or from a later process with the same pid, and
+//! collecting the exit status of our own children.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A process as the daemon knows it: pid and start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proc {
+    /// Process id.
+    pub pid: i32,
+    /// Start time in clock ticks after boot (/proc/<pid>/stat field 22).
+    pub start: u64,
+}
+
+/// State letter and start time of `pid`, from /proc/<pid>/stat.
+fn stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Start time of a process that exists now.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, s)| s)
+}
+
+/// Collects the exit status of this process's children. Only the daemon's
+/// own VMM processes are its children; those started by an earlier daemon
+/// are watched through /proc.
+#[derive(Default)]
+pub struct Reaper {
+    exited: Mutex<HashMap<i32, i32>>,
+    children: Mutex<HashSet<i32>>,
+}
+
+impl Reaper {
+    /// Reaps every child that has exited, keeping its wait status.
+    pub fn collect(&self) {
+        let mut exited = crate::lock(&self.exited);
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid with WNOHANG writes only into `status`.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            exited.insert(pid, status);
+        }
+    }
+
+    /// Records that `pid` is a child of this process: it counts as alive
+    /// until reaped, so its wait status is always known when it is seen
+    /// dead. (A killed multi-threaded process shows as a zombie before it
+    /// can be reaped.)
+    pub fn own(&self, pid: i32) {
+        crate::lock(&self.children).insert(pid);
+    }
+
+    /// True if `pid` was reaped and not yet taken.
+    fn has(&self, pid: i32) -> bool {
+        crate::lock(&self.exited).contains_key(&pid)
+    }
+
+    /// The wait status of reaped `pid`, forgetting it.
+    pub fn take(&self, pid: i32) -> Option<i32> {
+        crate::lock(&self.children).remove(&pid);
+        crate::lock(&self.exited).remove(&pid)
+    }
+
+    /// True while `p` runs. A child of ours runs until it is reaped; any
+    /// other process while /proc shows the same start time and it is not a
+    /// zombie.
+    pub fn alive(&self, p: &Proc) -> bool {
+        self.collect();
+        if self.has(p.pid) {
+            return false;
+        }
+        if crate::lock(&self.children).contains(&p.pid) {
+            return true;
+        }
+        matches!(stat(p.pid), Some((state, start)) if start == p.start && state != 'Z' && state != 'X')
+    }
+
+    /// Waits up to `timeout` for `p` to end; true if it did.
+    pub fn wait_dead(&self, p: &Proc, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.alive(p) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `signal` to `p` if it is still the same live process.
+    pub fn signal(&self, p: &Proc, signal: libc::c_int) {
+        if self.alive(p) {
+            // SAFETY: kill has no memory effects; `p` was just checked to
+            // be the process we started.
+            unsafe { libc::kill(p.pid, signal) };
+        }
+    }
+
+    /// SIGKILLs `p` and waits for it to be gone.
+    pub fn kill(&self, p: &Proc) -> bool {
+        self.signal(p, libc::SIGKILL);
+        self.wait_dead(p, Duration::from_secs(10))
+    }
+}
+
+/// Describes a wait status: "exited with status N" or "killed by signal N".
+pub fn describe_status(status: i32) -> (String, i32) {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (format!("killed by signal {sig}"), 128 + sig)
+    } else {
+        let code = libc::WEXITSTATUS(status);
+        (format!("exited with status {code}"), code)
+    }
+}
+
+/// True if /proc/<pid>/cmdline is `strato vm ... --id <id> ...` (argv[0]
+/// any path whose file name contains "strato").
+pub fn is_our_vmm(pid: i32, id: &str) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let exe_ok = args.first().is_some_and(|a| {
+        Path::new(std::ffi::OsStr::from_bytes(a))
+            .file_name()
+            .is_some_and(|n| n.as_bytes().windows(6).any(|w| w == b"strato"))
+    });
+    let vm_ok = args.get(1).is_some_and(|a| *a == b"vm");
+    let id_ok = args
+        .windows(2)
+        .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+    exe_ok && vm_ok && id_ok
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+/// What a VMM process is started with.
+pub struct Spawn<'a> {
+    /// The strato binary's path (argv[0] of the child).
+    pub exe: &'a Path,
+    /// Instance directory (the child's working directory).
+    pub dir: &'a Path,
+    /// Instance id.
+    pub id: &'a str,
+    /// The child's log level.
+    pub log_level: log::LevelFilter,
+}
+
+/// File names inside an instance directory.
+pub const SOCK: &str = "api.sock";
+/// Serial console log.
+pub const CONSOLE: &str = "console.log";
+/// Exit record written by the VMM.
+pub const EXIT: &str = "exit.json";
+/// The VMM's own stdout and stderr.
+pub const VMM_LOG: &str = "vmm.log";
+/// The daemon's record.
+pub const RECORD: &str = "instance.json";
+
+impl Spawn<'_> {
+    /// Starts `strato vm` in its own session with stdin on /dev/null and
+    /// stdout/stderr appended to vmm.log.
+    pub fn run(&self) -> std::io::Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(VMM_LOG))?;
+        // The daemon's own binary, even if the file was replaced or removed
+        // since it started; argv[0] names it for /proc/<pid>/cmdline.
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg0(self.exe)
+            .arg("vm")
+            .arg("--api-sock")
+            .arg(self.dir.join(SOCK))
+            .arg("--id")
+            .arg(self.id)
+            .arg("--console-log")
+            .arg(self.dir.join(CONSOLE))
+            .arg("--exit-file")
+            .arg(self.dir.join(EXIT))
+            .arg("--log-level")
+            .arg(self.log_level.to_string().to_lowercase())
+            .current_dir(self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only async-signal-safe functions (setsid, sigemptyset,
+        // sigprocmask) on its own stack data.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon blocks SIGINT/SIGTERM in all its threads; the
+                // VMM must start with nothing blocked.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        // The child is ours until reaped, so its /proc entry is there even
+        // if it already exited.
+        let start = start_time(pid).unwrap_or(0);
+        Ok(Proc { pid, start })
+    }
+}
+
+/// The last `max` bytes of `path` (lossy), for error messages.
+pub fn tail(path: &Path, max: usize) -> String {
+    let data = std::fs::read(path).unwrap_or_default();
+    let from = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[from..]).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_stat_parses() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("own stat");
+        let r = Reaper::default();
+        assert!(r.alive(&Proc { pid: me, start }));
+        assert!(!r.alive(&Proc {
+            pid: me,
+            start: start + 1
+        }));
+        assert!(!is_our_vmm(me, "x"));
+    }
+
+    #[test]
+    fn wait_status_text() {
+        assert_eq!(describe_status(9).1, 137);
+        assert_eq!(describe_status(3 << 8), ("exited with status 3".into(), 3));
+    }
+}

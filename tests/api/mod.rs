@@ -1,0 +1,487 @@
+//! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`): an
+//! HTTP client over unix sockets that keeps a transcript of every exchange
+//! for the OpenAPI check (`tests/api_schema.py`), a small JSON reader, a
+//! daemon guard that kills everything it started, and a network namespace.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub mod json;
+
+pub use json::Json;
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The body parsed as JSON (Null if it is not JSON).
+    pub fn json(&self) -> Json {
+        Json::parse(&String::from_utf8_lossy(&self.body)).unwrap_or(Json::Null)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `fault_message` of an error body.
+    pub fn fault(&self) -> String {
+        self.json()["fault_message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Sends one request with a raw body and reads the whole response
+/// (Connection: close).
+pub fn raw_request(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<Resp> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    if let Some(b) = body {
+        // The server may answer (413) and close before reading it all.
+        let _ = s.write_all(b);
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head_len, status, headers) = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before the response head",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&buf[..pos]).into_owned();
+            let mut lines = text.split("\r\n");
+            let status: u16 = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("bad status line in {text:?}")))?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            break (pos + 4, status, headers);
+        }
+    };
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = buf[head_len..].to_vec();
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(len);
+        }
+        None if status == 204 || status == 304 => {}
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request and its response, for the schema check.
+#[derive(Debug, Clone)]
+struct Exchange {
+    method: String,
+    path: String,
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+/// A client of one API socket that records every exchange.
+#[derive(Clone)]
+pub struct Api {
+    /// The socket.
+    pub sock: PathBuf,
+    spec: &'static str,
+    log: Arc<Mutex<Vec<Exchange>>>,
+}
+
+impl Api {
+    /// A client of `sock`, whose responses are checked against
+    /// `api/openapi/<spec>.yaml`.
+    pub fn new(sock: impl Into<PathBuf>, spec: &'static str) -> Api {
+        Api {
+            sock: sock.into(),
+            spec,
+            log: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The same transcript, another socket (a second daemon or VMM).
+    pub fn with_sock(&self, sock: impl Into<PathBuf>) -> Api {
+        Api {
+            sock: sock.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Sends a raw body; panics if the server cannot be reached.
+    pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+        let r = raw_request(&self.sock, method, path, body, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.sock.display()));
+        let content_type = r.header("content-type").unwrap_or_default().to_string();
+        let body = if content_type.starts_with("application/json") {
+            r.text()
+        } else {
+            String::new()
+        };
+        self.log.lock().unwrap().push(Exchange {
+            method: method.to_string(),
+            path: path.split('?').next().unwrap_or_default().to_string(),
+            status: r.status,
+            content_type,
+            body,
+        });
+        r
+    }
+
+    /// Sends a JSON body (given as text).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        self.raw(method, path, body.map(str::as_bytes))
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, None)
+    }
+
+    /// Asserts the status, returning the response.
+    pub fn expect(&self, method: &str, path: &str, body: Option<&str>, status: u16) -> Resp {
+        let r = self.call(method, path, body);
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path} {}: got {} {}",
+            body.unwrap_or(""),
+            r.status,
+            r.text()
+        );
+        r
+    }
+
+    /// Validates every recorded response against the spec with
+    /// `tests/api_schema.py`. Skipped (with a note) when Python lacks
+    /// PyYAML or jsonschema, unless STRATO_SCHEMA_CHECK=require.
+    pub fn check_schema(&self, dir: &Path) {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = std::env::var("STRATO_SCHEMA_PYTHON").unwrap_or_else(|_| "python3".into());
+        let required = std::env::var("STRATO_SCHEMA_CHECK").is_ok_and(|v| v == "require");
+        let usable = Command::new(&python)
+            .args(["-c", "import yaml, jsonschema"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !usable {
+            assert!(
+                !required,
+                "{python} cannot import yaml and jsonschema for the schema check"
+            );
+            eprintln!("note: schema check skipped ({python} lacks PyYAML or jsonschema)");
+            return;
+        }
+        let transcript = dir.join(format!("{}-transcript.jsonl", self.spec));
+        let mut text = String::new();
+        for e in self.log.lock().unwrap().iter() {
+            text.push_str(&format!(
+                "{{\"method\":{},\"path\":{},\"status\":{},\"content_type\":{},\"body\":{}}}\n",
+                json::quote(&e.method),
+                json::quote(&e.path),
+                e.status,
+                json::quote(&e.content_type),
+                json::quote(&e.body)
+            ));
+        }
+        std::fs::write(&transcript, text).expect("write the transcript");
+        let out = Command::new(&python)
+            .arg(root.join("tests/api_schema.py"))
+            .arg(root.join(format!("api/openapi/{}.yaml", self.spec)))
+            .arg(&transcript)
+            .output()
+            .expect("run tests/api_schema.py");
+        assert!(
+            out.status.success(),
+            "responses do not match api/openapi/{}.yaml:\n{}{}",
+            self.spec,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Polls `f` every 20 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids of processes whose command line contains `needle` (not this one).
+pub fn pids_with(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && !is_zombie(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// True if `pid` is gone or a zombie.
+pub fn is_zombie(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_none_or(|st| st == "Z" || st == "X"),
+        Err(_) => true,
+    }
+}
+
+/// True while `pid` runs (exists and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    !is_zombie(pid)
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// A `strato serve` for one test; kills the daemon and every VMM process
+/// of its state directory on drop.
+pub struct Daemon {
+    /// The daemon process.
+    pub child: Child,
+    /// API socket.
+    pub sock: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon and waits for its socket.
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_in(dir, None, extra)
+    }
+
+    /// Starts a daemon inside network namespace `netns` (so its instances
+    /// see that namespace's taps) and waits for its socket.
+    pub fn start_in(dir: &Path, netns: Option<&Netns>, extra: &[&str]) -> Daemon {
+        let sock = dir.join("strato.sock");
+        let state = dir.join("state");
+        let log = dir.join("daemon.log");
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log");
+        let mut cmd = match netns {
+            // `ip netns exec` execs strato: the child is the daemon itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .arg(strato_tests::strato_bin());
+                c
+            }
+            None => Command::new(strato_tests::strato_bin()),
+        };
+        let child = cmd
+            .args(["--log-level", "info", "serve", "--api-sock"])
+            .arg(&sock)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn strato serve");
+        let mut d = Daemon {
+            child,
+            sock,
+            state,
+            log,
+        };
+        let sock = d.sock.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if raw_request(&sock, "GET", "/v1/instances", None, Duration::from_secs(5))
+                .is_ok_and(|r| r.status == 200)
+            {
+                break;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("strato serve exited with {status}: {}", d.log_text());
+            }
+            assert!(Instant::now() < deadline, "the daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the daemon alone (SIGKILL), leaving its VMM processes.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// VMM processes of this daemon's state directory.
+    pub fn vmm_pids(&self) -> Vec<i32> {
+        pids_with(&format!("{}/", self.state.display()))
+    }
+
+    /// Instance directories left in the state directory.
+    pub fn instance_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in self.vmm_pids() {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A network namespace holding tap devices, deleted on drop.
+pub struct Netns {
+    /// Its name (under /run/netns).
+    pub name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// A fresh namespace with `taps` up in it.
+    pub fn new(tag: &str, taps: &[&str]) -> Netns {
+        let name = format!("strato-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        for tap in taps {
+            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+            ns.exec(&["ip", "link", "set", tap, "up"]);
+        }
+        ns
+    }
+
+    /// Runs a command inside the namespace, asserting success.
+    pub fn exec(&self, cmd: &[&str]) {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(cmd);
+        ip(&args);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}

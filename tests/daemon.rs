@@ -1,0 +1,741 @@
+//! `strato serve` end to end, over its unix socket, with tiny guests: many
+//! instances at once, stop and kill, crashes noticed without a request, a
+//! daemon restart that adopts running instances, the command-line client,
+//! and bad requests that must leave nothing behind. Every response is
+//! checked against api/openapi/daemon.yaml.
+
+mod api;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use api::{alive, kill, wait_for, Api, Daemon, Json, Netns};
+use strato_tests::{guest, strato_bin, Scratch};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn create_body(id: &str, guest_name: &str, extra: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","vcpus":1,"memory_mib":32,"kernel":"{}"{extra}}}"#,
+        guest(guest_name).display()
+    )
+}
+
+fn state(api: &Api, id: &str) -> String {
+    api.expect("GET", &format!("/v1/instances/{id}"), None, 200)
+        .json()["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn wait_state(api: &Api, id: &str, want: &str) -> Json {
+    wait_for(&format!("{id} to be {want}"), LONG, || {
+        let v = api
+            .expect("GET", &format!("/v1/instances/{id}"), None, 200)
+            .json();
+        (v["state"] == want).then_some(v)
+    })
+}
+
+fn wait_console(api: &Api, id: &str, marker: &str) -> String {
+    wait_for(&format!("{marker:?} on {id}'s console"), LONG, || {
+        let r = api.expect("GET", &format!("/v1/instances/{id}/console"), None, 200);
+        let text = r.text();
+        text.contains(marker).then_some(text)
+    })
+}
+
+fn pid_of(api: &Api, id: &str) -> i32 {
+    api.expect("GET", &format!("/v1/instances/{id}"), None, 200)
+        .json()["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{id} has no pid")) as i32
+}
+
+#[test]
+fn instances_run_stop_crash_and_survive_a_daemon_restart() {
+    let dir = Scratch::new("daemon-life");
+    let mut daemon = Daemon::start(&dir.0, &["--stop-timeout-ms", "10000"]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let mode = std::fs::metadata(&daemon.sock)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "daemon socket mode");
+
+    // Three at once.
+    let ids = ["vm-a", "vm-b", "vm-c"];
+    let threads: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let api = api.clone();
+            let body = create_body(id, "idle", "");
+            std::thread::spawn(move || api.call("POST", "/v1/instances", Some(&body)))
+        })
+        .collect();
+    for (t, id) in threads.into_iter().zip(ids) {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 201, "create {id}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["id"], id);
+        assert_eq!(v["state"], "running");
+        assert!(v["pid"].as_i64().is_some());
+        assert_eq!(v["config"]["memory_mib"].as_u64(), Some(32));
+    }
+    for id in ids {
+        wait_console(&api, id, "idle: ready");
+    }
+    let list = api.expect("GET", "/v1/instances", None, 200).json();
+    let listed: Vec<(String, String)> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().into(),
+                i["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        ids.iter()
+            .map(|i| (i.to_string(), "running".to_string()))
+            .collect::<Vec<_>>()
+    );
+    let pids: Vec<i32> = ids.iter().map(|id| pid_of(&api, id)).collect();
+    assert_eq!(daemon.vmm_pids().len(), 3, "one VMM process each");
+
+    // Stop vm-b: the idle guest ignores Ctrl-Alt-Del, so it is killed
+    // after the (short) timeout and ends stopped.
+    let r = api.expect("POST", "/v1/instances/vm-b/stop?timeout_ms=300", None, 200);
+    let v = r.json();
+    assert_eq!(v["state"], "stopped", "{v:?}");
+    assert!(v["pid"].is_null());
+    assert!(
+        v["exit_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no shutdown within 300 ms"),
+        "{v:?}"
+    );
+    assert!(!alive(pids[1]), "vm-b's process is gone");
+    assert!(!dir.0.join("state/vm-b/api.sock").exists());
+    assert_eq!(state(&api, "vm-a"), "running");
+    assert_eq!(state(&api, "vm-c"), "running");
+
+    // SIGKILL vm-c's VMM from outside: the monitor marks it crashed.
+    kill(pids[2], libc::SIGKILL);
+    let v = wait_state(&api, "vm-c", "crashed");
+    assert!(
+        v["exit_reason"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{v:?}"
+    );
+    assert_eq!(v["exit_status"].as_i64(), Some(137));
+    assert_eq!(state(&api, "vm-a"), "running");
+
+    // Start vm-b again; it boots a second time.
+    let v = api
+        .expect("POST", "/v1/instances/vm-b/start", None, 200)
+        .json();
+    assert_eq!(v["state"], "running");
+    assert!(v["exit_reason"].is_null());
+    wait_for("vm-b's second boot", LONG, || {
+        let t = api.get("/v1/instances/vm-b/console").text();
+        (t.matches("idle: ready").count() == 2).then_some(())
+    });
+    let b_pid = pid_of(&api, "vm-b");
+
+    // The daemon dies; its instances do not. A new daemon adopts them.
+    daemon.crash();
+    assert!(alive(pids[0]) && alive(b_pid), "VMMs outlive the daemon");
+    let daemon2 = Daemon::start(&dir.0, &["--stop-timeout-ms", "10000"]);
+    let api = api.with_sock(&daemon2.sock);
+    let list = api.expect("GET", "/v1/instances", None, 200).json();
+    let got: Vec<(String, String, Option<i64>)> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().into(),
+                i["state"].as_str().unwrap().into(),
+                i["pid"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("vm-a".into(), "running".into(), Some(pids[0] as i64)),
+            ("vm-b".into(), "running".into(), Some(b_pid as i64)),
+            ("vm-c".into(), "crashed".into(), None),
+        ]
+    );
+    // Still controllable.
+    let v = api
+        .expect("POST", "/v1/instances/vm-a/pause", None, 200)
+        .json();
+    assert_eq!(v["state"], "paused");
+    assert_eq!(state(&api, "vm-a"), "paused");
+    api.expect("POST", "/v1/instances/vm-a/pause", None, 409);
+    let v = api
+        .expect("POST", "/v1/instances/vm-a/resume", None, 200)
+        .json();
+    assert_eq!(v["state"], "running");
+    let v = api
+        .expect("POST", "/v1/instances/vm-a/stop?timeout_ms=200", None, 200)
+        .json();
+    assert_eq!(v["state"], "stopped");
+    assert!(!alive(pids[0]));
+    // An adopted child killed from outside is noticed too.
+    kill(b_pid, libc::SIGKILL);
+    let v = wait_state(&api, "vm-b", "crashed");
+    assert!(v["exit_reason"].as_str().is_some());
+
+    // Delete removes everything: processes, sockets, files.
+    api.expect("POST", "/v1/instances/vm-b/start", None, 200);
+    for id in ids {
+        api.expect(
+            "DELETE",
+            &format!("/v1/instances/{id}?timeout_ms=200"),
+            None,
+            204,
+        );
+        api.expect("GET", &format!("/v1/instances/{id}"), None, 404);
+    }
+    assert!(
+        daemon2.instance_dirs().is_empty(),
+        "{:?}",
+        daemon2.instance_dirs()
+    );
+    assert!(daemon2.vmm_pids().is_empty(), "{:?}", daemon2.vmm_pids());
+    let list = api.expect("GET", "/v1/instances", None, 200).json();
+    assert_eq!(list["instances"].as_array().map(|a| a.len()), Some(0));
+    api.check_schema(&dir.0);
+}
+
+#[test]
+fn guests_that_end_by_themselves() {
+    let dir = Scratch::new("daemon-ends");
+    let daemon = Daemon::start(&dir.0, &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+
+    // A clean reset is "stopped" with the VMM's reason, without a request.
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&create_body("hello", "hello", "")),
+        201,
+    );
+    let v = wait_state(&api, "hello", "stopped");
+    assert_eq!(v["exit_reason"], "guest reset");
+    assert_eq!(v["exit_status"].as_i64(), Some(0));
+    wait_console(&api, "hello", "Hello from strato test guest");
+
+    // A triple fault is "crashed".
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&create_body("tf", "triple-fault", "")),
+        201,
+    );
+    let v = wait_state(&api, "tf", "crashed");
+    assert!(
+        v["exit_reason"].as_str().unwrap().contains("triple fault"),
+        "{v:?}"
+    );
+    assert_eq!(v["exit_status"].as_i64(), Some(3));
+
+    // The kbd guest resets when it reads Ctrl-Alt-Del: a stop is clean
+    // and quick.
+    let kbd = create_body("kbd", "kbd", r#","cmdline":"timeout=600000""#);
+    api.expect("POST", "/v1/instances", Some(&kbd), 201);
+    wait_console(&api, "kbd", "kbd: ready");
+    let v = api
+        .expect("POST", "/v1/instances/kbd/stop", None, 200)
+        .json();
+    assert_eq!(v["state"], "stopped");
+    assert_eq!(v["exit_reason"], "guest reset");
+    assert_eq!(v["exit_status"].as_i64(), Some(0));
+    wait_console(&api, "kbd", "kbd: 14 11 e0 71 e0 f0 71 f0 11 f0 14");
+
+    // Console tail.
+    let r = api.expect("GET", "/v1/instances/hello/console?bytes=6", None, 200);
+    assert_eq!(r.text(), "guest\n");
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+
+    // Kill on request is "stopped" too.
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&create_body("k", "idle", "")),
+        201,
+    );
+    let v = api.expect("POST", "/v1/instances/k/kill", None, 200).json();
+    assert_eq!(v["state"], "stopped");
+    assert_eq!(v["exit_reason"], "killed on request");
+    for id in ["hello", "tf", "kbd", "k"] {
+        api.expect("DELETE", &format!("/v1/instances/{id}"), None, 204);
+    }
+    assert!(daemon.vmm_pids().is_empty());
+    api.check_schema(&dir.0);
+}
+
+/// Asserts that a request failed with `status` and a message containing
+/// `needle`, and that it left no instance directory and no process.
+fn refused(
+    api: &Api,
+    daemon: &Daemon,
+    method: &str,
+    path: &str,
+    body: &str,
+    status: u16,
+    needle: &str,
+) {
+    let before = daemon.instance_dirs();
+    let r = api.call(method, path, Some(body));
+    assert_eq!(r.status, status, "{method} {path} {body}: {}", r.text());
+    assert!(
+        r.fault().contains(needle),
+        "{method} {path} {body}: {:?} lacks {needle:?}",
+        r.fault()
+    );
+    assert_eq!(daemon.instance_dirs(), before, "{body} left a directory");
+    assert!(daemon.vmm_pids().is_empty(), "{body} left a process");
+}
+
+#[test]
+fn bad_requests_are_refused_and_leave_nothing_behind() {
+    let dir = Scratch::new("daemon-bad");
+    let daemon = Daemon::start(&dir.0, &["--stop-timeout-ms", "200"]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let idle = guest("idle");
+    let idle = idle.to_str().unwrap();
+    let junk = dir.file("junk.bin", &[0x5a; 4096]);
+    let body = |extra: &str| format!(r#"{{"id":"x","kernel":"{idle}"{extra}}}"#);
+    let post = |b: &str, status: u16, needle: &str| {
+        refused(&api, &daemon, "POST", "/v1/instances", b, status, needle)
+    };
+
+    post("{", 400, "invalid request body");
+    post("[]", 400, "invalid request body");
+    post(r#"{"id":"x"}"#, 400, "missing field `kernel`");
+    post(&body(r#","bogus":1"#), 400, "unknown field `bogus`");
+    post(&body(r#","vcpus":"two""#), 400, "invalid type");
+    post(&body(r#","vcpus":-1"#), 400, "invalid value");
+    post(&body(r#","memory_mib":1e400"#), 400, "invalid request body");
+    post(
+        &format!(r#"{{"id":"a/b","kernel":"{idle}"}}"#),
+        400,
+        "invalid instance id",
+    );
+    post(
+        &format!(r#"{{"id":"","kernel":"{idle}"}}"#),
+        400,
+        "invalid instance id",
+    );
+    post(
+        &format!(r#"{{"id":"{}","kernel":"{idle}"}}"#, "x".repeat(65)),
+        400,
+        "invalid instance id",
+    );
+    post(&body(r#","vcpus":0"#), 400, "vcpus must be 1 to");
+    post(&body(r#","vcpus":255"#), 400, "vcpus must be 1 to");
+    post(&body(r#","memory_mib":0"#), 400, "at least 16");
+    post(
+        &body(r#","memory_mib":1000000000"#),
+        400,
+        "more than the host",
+    );
+    post(
+        r#"{"id":"x","kernel":"/nonexistent/vmlinux"}"#,
+        400,
+        "kernel /nonexistent/vmlinux",
+    );
+    post(r#"{"id":"x","kernel":"/tmp"}"#, 400, "not a regular file");
+    post(r#"{"id":"x","kernel":"vmlinux"}"#, 400, "must be absolute");
+    post(
+        &body(r#","initrd":"/nonexistent/initrd""#),
+        400,
+        "initrd /nonexistent/initrd",
+    );
+    post(
+        &body(&format!(r#","cmdline":"{}""#, "x".repeat(4096))),
+        400,
+        "cmdline",
+    );
+    post(
+        &body(r#","drives":[{"id":"root","path":"/nonexistent/rootfs"}]"#),
+        400,
+        "drive root /nonexistent/rootfs",
+    );
+    post(
+        &body(&format!(
+            r#","drives":[{{"id":"a","path":"{junk}","root":true}},{{"id":"b","path":"{junk}","root":true}}]"#
+        )),
+        400,
+        "only one drive can be the root",
+    );
+    post(
+        &body(r#","drives":[{"id":"r","path":"/tmp","size":1}]"#),
+        400,
+        "unknown field `size`",
+    );
+    post(
+        &body(r#","nets":[{"id":"eth0","tap":"strato-none0"}]"#),
+        400,
+        "tap device strato-none0 does not exist",
+    );
+    post(
+        &body(r#","nets":[{"id":"eth0","tap":"lo","mac":"01:00:5e:00:00:01"}]"#),
+        400,
+        "multicast",
+    );
+    post(
+        &body(r#","nets":[{"id":"eth0","tap":"lo","mac":"06:00:zz:00:00:01"}]"#),
+        400,
+        "invalid MAC address",
+    );
+    // Passes validation, fails in the VMM: the process is killed and the
+    // instance never appears.
+    post(
+        &format!(r#"{{"id":"x","memory_mib":32,"kernel":"{junk}"}}"#),
+        400,
+        "the VM did not start",
+    );
+    api.expect("GET", "/v1/instances/x", None, 404);
+    // Oversized body.
+    let huge = format!(
+        r#"{{"id":"x","kernel":"{idle}","cmdline":"{}"}}"#,
+        "y".repeat(70_000)
+    );
+    post(&huge, 413, "larger than");
+
+    // Unknown instances, endpoints and methods.
+    for (m, p) in [
+        ("GET", "/v1/instances/nope"),
+        ("PATCH", "/v1/instances/nope"),
+        ("DELETE", "/v1/instances/nope"),
+        ("POST", "/v1/instances/nope/start"),
+        ("POST", "/v1/instances/nope/stop"),
+        ("GET", "/v1/instances/nope/console"),
+    ] {
+        let body = (m == "PATCH").then_some(r#"{"vcpus":1}"#);
+        let r = api.call(m, p, body);
+        assert_eq!(r.status, 404, "{m} {p}: {}", r.text());
+        assert!(r.fault().contains("no instance \"nope\""), "{}", r.fault());
+    }
+    assert_eq!(api.get("/v2/instances").status, 404);
+    assert_eq!(api.get("/").status, 404);
+    let r = api.call("PUT", "/v1/instances", Some("{}"));
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+    assert_eq!(api.get("/v1/instances/nope/stop").status, 405);
+
+    // State conflicts on a created (not started) instance.
+    let created = body(r#","start":false"#);
+    let v = api
+        .expect("POST", "/v1/instances", Some(&created), 201)
+        .json();
+    assert_eq!(v["state"], "created");
+    assert!(v["pid"].is_null());
+    refused(
+        &api,
+        &daemon,
+        "POST",
+        "/v1/instances",
+        &created,
+        409,
+        "already exists",
+    );
+    for action in ["stop", "kill", "pause", "resume"] {
+        let r = api.call("POST", &format!("/v1/instances/x/{action}"), None);
+        assert_eq!(r.status, 409, "{action}: {}", r.text());
+        assert!(r.fault().contains("it is created"), "{}", r.fault());
+    }
+    assert_eq!(api.get("/v1/instances/x/console").text(), "");
+    let r = api.expect("GET", "/v1/instances/x/console?bytes=x", None, 400);
+    assert!(r.fault().contains("bytes"), "{}", r.fault());
+    api.expect(
+        "GET",
+        "/v1/instances/x/console?bytes=99999999999",
+        None,
+        400,
+    );
+
+    // Resize: checked, only while not running.
+    let v = api
+        .expect(
+            "PATCH",
+            "/v1/instances/x",
+            Some(r#"{"vcpus":2,"memory_mib":48}"#),
+            200,
+        )
+        .json();
+    assert_eq!(v["config"]["vcpus"].as_u64(), Some(2));
+    assert_eq!(v["config"]["memory_mib"].as_u64(), Some(48));
+    for (b, needle) in [
+        ("{}", "give vcpus"),
+        (r#"{"vcpus":0}"#, "vcpus must be"),
+        (r#"{"memory_mib":8}"#, "at least 16"),
+        (r#"{"vcpus":null}"#, "invalid"),
+        (r#"{"cpus":1}"#, "unknown field"),
+        ("nope", "invalid request body"),
+    ] {
+        let r = api.expect("PATCH", "/v1/instances/x", Some(b), 400);
+        assert!(r.fault().contains(needle), "{b}: {}", r.fault());
+    }
+    let v = api
+        .expect("POST", "/v1/instances/x/start", None, 200)
+        .json();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["config"]["vcpus"].as_u64(), Some(2));
+    wait_console(&api, "x", "idle: ready");
+    let r = api.expect("PATCH", "/v1/instances/x", Some(r#"{"vcpus":1}"#), 409);
+    assert!(
+        r.fault().contains("stop it before resizing"),
+        "{}",
+        r.fault()
+    );
+    api.expect("POST", "/v1/instances/x/start", None, 409);
+    api.expect("POST", "/v1/instances/x/resume", None, 409);
+    api.expect("POST", "/v1/instances/x/stop?timeout_ms=abc", None, 400);
+    api.expect(
+        "POST",
+        "/v1/instances/x/stop?timeout_ms=99999999999",
+        None,
+        400,
+    );
+    api.expect("DELETE", "/v1/instances/x?timeout_ms=-5", None, 400);
+    assert_eq!(state(&api, "x"), "running");
+
+    // Concurrent operations on one instance are serialized: of two stops,
+    // one stops it and the other finds it stopped.
+    let a = {
+        let api = api.clone();
+        std::thread::spawn(move || api.call("POST", "/v1/instances/x/stop", None).status)
+    };
+    let b = api.call("POST", "/v1/instances/x/stop", None).status;
+    let mut both = [a.join().unwrap(), b];
+    both.sort();
+    assert_eq!(both, [200, 409]);
+    api.expect("DELETE", "/v1/instances/x", None, 204);
+    assert!(daemon.instance_dirs().is_empty());
+    assert!(daemon.vmm_pids().is_empty());
+    let log = daemon.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    api.check_schema(&dir.0);
+}
+
+#[test]
+fn drives_and_network_interfaces_reach_the_guest() {
+    let dir = Scratch::new("daemon-io");
+    let ns = Netns::new("daemon-io", &["tap0"]);
+    let daemon = Daemon::start_in(&dir.0, Some(&ns), &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let root = dir.file("root.img", &strato_tests::random_bytes(64 * 1024, 7));
+    let data = dir.file("data.img", &strato_tests::random_bytes(64 * 1024, 8));
+    let first = |p: &str| -> String {
+        std::fs::read(p).unwrap()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let devices = format!(
+        r#","drives":[{{"id":"data","path":"{data}","readonly":true}},{{"id":"root","path":"{root}","root":true}}],"nets":[{{"id":"eth0","tap":"tap0","mac":"06:00:AC:10:00:05"}}]"#
+    );
+    // The tap must exist in the daemon's namespace.
+    let missing = devices.replace(r#""tap":"tap0""#, r#""tap":"tap9""#);
+    refused(
+        &api,
+        &daemon,
+        "POST",
+        "/v1/instances",
+        &create_body("io", "many", &missing),
+        400,
+        "tap device tap9 does not exist",
+    );
+    let v = api
+        .expect(
+            "POST",
+            "/v1/instances",
+            Some(&create_body("io", "many", &devices)),
+            201,
+        )
+        .json();
+    assert_eq!(v["config"]["nets"][0]["mac"], "06:00:ac:10:00:05");
+    assert_eq!(v["config"]["drives"][1]["root"].as_bool(), Some(true));
+    let v = wait_state(&api, "io", "stopped");
+    assert_eq!(v["exit_reason"], "guest reset");
+    let console = wait_console(&api, "io", "many: 2 blk 1 net");
+    // The root drive is vda, whatever its place in the request.
+    for (n, path) in [(0, &root), (1, &data)] {
+        let line = format!("many: blk {n} capacity 128 first-bytes {}", first(path));
+        assert!(console.contains(&line), "{line:?} missing: {console}");
+    }
+    assert!(
+        console.contains("many: net 0 mac 06:00:ac:10:00:05 sent"),
+        "{console}"
+    );
+    api.expect("DELETE", "/v1/instances/io", None, 204);
+    assert!(daemon.instance_dirs().is_empty());
+    api.check_schema(&dir.0);
+}
+
+#[test]
+fn socket_group_and_a_second_daemon() {
+    let dir = Scratch::new("daemon-sock");
+    let gid = unsafe_getgid();
+    let daemon = Daemon::start(&dir.0, &["--api-sock-group", &gid.to_string()]);
+    let meta = std::fs::metadata(&daemon.sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.gid(), gid);
+    // A second daemon on the same state directory is refused.
+    let out = std::process::Command::new(strato_bin())
+        .args(["serve", "--api-sock"])
+        .arg(dir.0.join("other.sock"))
+        .arg("--state-dir")
+        .arg(&daemon.state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another daemon"), "{err}");
+    // ... and so is one on a socket in use.
+    let out = std::process::Command::new(strato_bin())
+        .args(["serve", "--api-sock"])
+        .arg(&daemon.sock)
+        .arg("--state-dir")
+        .arg(dir.0.join("state2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
+
+fn unsafe_getgid() -> u32 {
+    // SAFETY: getgid has no side effects.
+    unsafe { libc::getgid() }
+}
+
+/// Runs the client, returning (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(strato_bin())
+        .args(args)
+        .output()
+        .expect("run strato");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn command_line_client() {
+    let dir = Scratch::new("daemon-cli");
+    let daemon = Daemon::start(&dir.0, &["--stop-timeout-ms", "200"]);
+    let sock = daemon.sock.to_str().unwrap().to_string();
+    let idle = guest("idle");
+    let s = ["--api-sock", sock.as_str()];
+    let with = |cmd: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![cmd[0].to_string()];
+        v.extend(s.iter().map(|x| x.to_string()));
+        v.extend(cmd[1..].iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |cmd: &[&str]| {
+        let args = with(cmd);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args)
+    };
+
+    let (code, out, err) = run(&[
+        "create",
+        "--id",
+        "web-1",
+        "--kernel",
+        idle.to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--memory",
+        "48",
+        "--cmdline",
+        "console=ttyS0",
+        "--no-start",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = Json::parse(&out).unwrap();
+    assert_eq!(v["state"], "created");
+    assert_eq!(v["config"]["cmdline"], "console=ttyS0");
+
+    let (code, out, _) = run(&["list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{out}");
+    assert!(lines[1].starts_with("web-1  created  -"), "{out}");
+
+    let (code, out, _) = run(&["start", "web-1"]);
+    assert_eq!((code, out.trim()), (0, "web-1: running"));
+    wait_for("the console via the client", LONG, || {
+        let (code, out, _) = run(&["console", "web-1"]);
+        (code == 0 && out.contains("idle: ready")).then_some(())
+    });
+    let (code, out, _) = run(&["show", "web-1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        Json::parse(&out).unwrap()["config"]["vcpus"].as_u64(),
+        Some(2)
+    );
+    assert_eq!(run(&["pause", "web-1"]).1.trim(), "web-1: paused");
+    assert_eq!(run(&["resume", "web-1"]).1.trim(), "web-1: running");
+
+    // Errors: exit 1 with the daemon's message.
+    let (code, _, err) = run(&["resize", "web-1", "--vcpus", "1"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("stop it before resizing") && err.contains("409"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["show", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no instance"), "{err}");
+    let (code, _, err) = run(&["create", "--id", "bad", "--kernel", "/nonexistent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent"), "{err}");
+    let (code, _, err) = run(&[
+        "create", "--id", "bad", "--kernel", "/x", "--drive", "ro=on",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("path=FILE is required"), "{err}");
+    let (code, _, err) = cli(&["list", "--api-sock", "/nonexistent.sock"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the daemon"), "{err}");
+
+    let (code, out, _) = run(&["stop", "web-1", "--timeout-ms", "100"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("web-1: stopped (no shutdown within 100 ms"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["resize", "web-1", "--vcpus", "1", "--memory", "64"]);
+    assert_eq!(code, 0);
+    let v = Json::parse(&out).unwrap();
+    assert_eq!(v["config"]["vcpus"].as_u64(), Some(1));
+    assert_eq!(v["config"]["memory_mib"].as_u64(), Some(64));
+    assert_eq!(run(&["start", "web-1"]).0, 0);
+    assert_eq!(
+        run(&["kill", "web-1"]).1.trim(),
+        "web-1: stopped (killed on request)"
+    );
+    let (code, out, _) = run(&["delete", "web-1"]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert!(daemon.instance_dirs().is_empty());
+    assert!(daemon.vmm_pids().is_empty());
+}
