@@ -8,7 +8,11 @@
 
 use std::time::Duration;
 
-use strato_tests::{boot_until, linux_images, not_run, software_kvm, Scratch};
+use std::path::Path;
+
+use strato_tests::{
+    boot_until, boot_until_cmd, linux_images, not_run, software_kvm, strato_bin, Netns, Scratch,
+};
 
 /// Kernel parameters that get Linux furthest on software KVM (see
 /// docs/platforms.md); harmless on hardware.
@@ -67,15 +71,24 @@ fn linux_early_boot_bzimage() {
 }
 
 #[test]
-fn linux_probes_virtio_and_mounts_an_ext4_root() {
+fn linux_finds_its_devices_and_mounts_an_ext4_root() {
     let dir = Scratch::new("linux-root");
     let root = dir.path("rootfs.ext4");
     std::fs::copy(image("ROOTFS"), &root).unwrap();
+    let ns = Netns::new("linux", &["tap0"]);
+    // A static address: the kernel names eth0 without sending anything.
     let cmdline = format!(
-        "console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=0 {SOFT_KVM_PARAMS} root=/dev/vda rw"
+        "console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=0 {SOFT_KVM_PARAMS} \
+         root=/dev/vda rw ip=172.31.0.2::172.31.0.1:255.255.255.0::eth0:off"
     );
-    let (out, seen, err) = boot_until(
+    let strato = strato_bin();
+    let (out, seen, err) = boot_until_cmd(
+        Path::new("ip"),
         &[
+            "netns",
+            "exec",
+            &ns.name,
+            strato.to_str().unwrap(),
             "run",
             "--no-stdin",
             "--kernel",
@@ -88,22 +101,24 @@ fn linux_probes_virtio_and_mounts_an_ext4_root() {
             &cmdline,
             "--drive",
             &format!("path={root}"),
+            "--net",
+            "tap=tap0,mac=06:00:ac:10:00:02",
         ],
         "Run /sbin/init as init process",
         DEADLINE,
+        libc::SIGTERM,
     );
     assert!(seen, "init never ran; stdout:\n{out}\nstderr:\n{err}");
-    assert!(
-        out.contains(
-            "virtio-mmio: Registering device virtio-mmio.0 at 0xd0001000-0xd0001fff, IRQ 5."
-        ),
-        "{out}"
-    );
-    assert!(
-        out.contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks (67.1 MB/64.0 MiB)"),
-        "{out}"
-    );
-    assert!(out.contains("EXT4-fs (vda): mounted filesystem"), "{out}");
+    for line in [
+        "virtio-mmio: Registering device virtio-mmio.0 at 0xd0001000-0xd0001fff, IRQ 5.",
+        "virtio-mmio: Registering device virtio-mmio.1 at 0xd0002000-0xd0002fff, IRQ 6.",
+        "virtio_blk virtio0: [vda] 131072 512-byte logical blocks (67.1 MB/64.0 MiB)",
+        "device=eth0, hwaddr=06:00:ac:10:00:02, ipaddr=172.31.0.2",
+        "input: AT Raw Set 2 keyboard",
+        "EXT4-fs (vda): mounted filesystem",
+    ] {
+        assert!(out.contains(line), "missing {line:?}:\n{out}");
+    }
 }
 
 /// Boots to user space and back out: init prints its marker, writes the

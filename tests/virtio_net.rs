@@ -3,75 +3,11 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::time::Duration;
 
-use strato_tests::{guest, strato_bin, strato_cmd};
+use strato_tests::{guest, strato_bin, strato_cmd, Netns};
 
 const ETHERTYPE: u16 = 0x88b5;
-
-/// A network namespace holding tap devices, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    fn new(tag: &str, taps: &[&str]) -> Netns {
-        let name = format!("strato-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        for tap in taps {
-            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
-            // No IPv6 chatter: the guest should see only the test's frames.
-            ns.exec(&[
-                "sysctl",
-                "-q",
-                &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
-            ]);
-            ns.exec(&["ip", "link", "set", tap, "up"]);
-        }
-        ns
-    }
-
-    fn exec(&self, cmd: &[&str]) {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(cmd);
-        ip(&args);
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 /// A raw packet socket bound to one interface and our EtherType.
 struct Packet {

@@ -441,47 +441,4 @@ impl Drop for Daemon {
     }
 }
 
-/// A network namespace holding tap devices, deleted on drop.
-pub struct Netns {
-    /// Its name (under /run/netns).
-    pub name: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    /// A fresh namespace with `taps` up in it.
-    pub fn new(tag: &str, taps: &[&str]) -> Netns {
-        let name = format!("strato-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        for tap in taps {
-            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
-            ns.exec(&["ip", "link", "set", tap, "up"]);
-        }
-        ns
-    }
-
-    /// Runs a command inside the namespace, asserting success.
-    pub fn exec(&self, cmd: &[&str]) {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(cmd);
-        ip(&args);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
+pub use strato_tests::Netns;

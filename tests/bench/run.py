@@ -574,8 +574,12 @@ def write_random_image(path, mib):
 
 
 def fresh_image(path, mib):
-    """A new sparse raw image, as `truncate` or `qemu-img create` make."""
+    """A new sparse raw image, as `truncate` or `qemu-img create` make.  The
+    old one is deleted and the file systems synced first, so that neither
+    its writeback nor the freeing (and discarding) of its blocks falls into
+    the next timed run."""
     Path(path).unlink(missing_ok=True)
+    os.sync()
     with open(path, "wb") as f:
         f.truncate(mib << 20)
 
@@ -698,9 +702,9 @@ def block_section(args, vmms, guests, scratch):
                                             lambda x: f"{x:.1f}"), args.io_runs - len(ok0)))
 
     out = ["## virtio-blk", ""]
+    what = ", ".join(f"{op} {size_name(kib)} count={counts[(op, kib)]}" for op, kib, _ in BLK_PLAN)
     out.append(f"- guest blk-copy, one disk (a {BLK_IMAGE_MIB} MiB raw image; read-only for "
-               f"reads, a fresh sparse file per run for writes), one request in flight; "
-               f"{', '.join(f'{op} {size_name(kib)} count={counts[(op, kib)]}' for op, kib, _ in BLK_PLAN)}")
+               f"reads, a fresh sparse file per run for writes), one request in flight; {what}")
     out.append("- rates: count / (t(count) − t(0)), t = VMM start → the guest's "
                "`blk-bench: N requests done` line; cells are min / median / max of "
                f"{args.io_runs} runs")
@@ -740,10 +744,8 @@ CLONE_NEWNET = 0x40000000
 #   sender TAP SIZE DST-MAC      prints "ready", then runs until killed
 SENDER_C = r"""
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/if_packet.h>
-#include <net/ethernet.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -808,7 +810,7 @@ int main(int argc, char **argv) {
     for (;;) {
         if (rd(carrier) != 1) {
             usleep(1000);
-            sent = 0;
+            sent = last = 0;
             t0 = rd(txp) + rd(txd);
             continue;
         }
@@ -960,7 +962,8 @@ def net_section(args, vmms, guests, helpers, scratch):
                                      f"net-bench: tx {n} done".encode(), (), nic, tx_before,
                                      tx_after(n, v.key)))
                     else:
-                        plan.append((f"rx{size}", kernel, f"mode=rx count={n} batch={NET_RX_BATCH}",
+                        plan.append((f"rx{size}", kernel,
+                                     f"mode=rx count={n} batch={NET_RX_BATCH}",
                                      re.compile(rb"net-bench: rx \d+ done"), (), nic,
                                      start_sender(size), stop_sender))
             plans[v.key] = plan
@@ -971,6 +974,8 @@ def net_section(args, vmms, guests, helpers, scratch):
             run_plan(args, vmms, plans, res, scratch, "net")
         finally:
             ns.leave()
+            if "sender" in state:
+                state.pop("sender").stop()
 
     labels, rows = [], {v.key: [] for v in vmms}
     for d, size, _ in NET_PLAN:
@@ -981,8 +986,8 @@ def net_section(args, vmms, guests, helpers, scratch):
             rates, notes = rates_from(res[v.key], f"{d}0", f"{d}{size}", n)
             rows[v.key].append(cell_notes(fmt_triplet(rates, fmt_rate), notes))
     out = ["## virtio-net", ""]
-    out.append(f"- guest net-bench; a tap in a network namespace created for the run; "
-               f"{', '.join(f'{d} {size} B count={counts[(d, size)]}' for d, size, _ in NET_PLAN)}")
+    what = ", ".join(f"{d} {size} B count={counts[(d, size)]}" for d, size, _ in NET_PLAN)
+    out.append(f"- guest net-bench; a tap in a network namespace created for the run; {what}")
     out.append("- rates: count / (t(count) − t(0)), t = VMM start → the guest's "
                "`net-bench: tx|rx N done` line; cells are min / median / max of "
                f"{args.io_runs} runs")
@@ -994,6 +999,8 @@ def net_section(args, vmms, guests, helpers, scratch):
         if lost:
             out.append(f"- {v.label}: in {len(lost)} TX runs the tap received fewer frames than "
                        f"the guest sent (up to {max(lost)} missing)")
+    if not any(x for v in vmms for x in tx_lost[v.key]):
+        out.append("- every frame the guests sent arrived on the tap (its rx_packets counter)")
     out += odd_status_lines(vmms, res, len(plans[vmms[0].key]) * args.io_runs)
     out += [""] + table(vmms, labels, rows)
     failed = any(not x.ok for v in vmms for k in res[v.key] for x in res[v.key][k])

@@ -217,8 +217,20 @@ pub fn boot_until_signal(
     deadline: Duration,
     signal: libc::c_int,
 ) -> (String, bool, String) {
+    boot_until_cmd(&strato_bin(), args, marker, deadline, signal)
+}
+
+/// [`boot_until_signal`] for `program` (strato, or a wrapper such as
+/// `ip netns exec NS strato`, which passes signals on by exec'ing it).
+pub fn boot_until_cmd(
+    program: &std::path::Path,
+    args: &[&str],
+    marker: &str,
+    deadline: Duration,
+    signal: libc::c_int,
+) -> (String, bool, String) {
     use std::io::BufRead;
-    let mut child = Command::new(strato_bin())
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -288,4 +300,76 @@ pub fn linux_images() -> std::collections::HashMap<String, PathBuf> {
                 .collect()
         })
         .clone()
+}
+
+/// A network namespace holding tap devices, deleted on drop.
+pub struct Netns {
+    /// Its name (under /run/netns).
+    pub name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// A fresh namespace with `taps` up in it (IPv6 off on them).
+    pub fn new(tag: &str, taps: &[&str]) -> Netns {
+        let name = format!("strato-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        for tap in taps {
+            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+            // No IPv6 chatter: the guest should see only the test's frames.
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
+            ]);
+            ns.exec(&["ip", "link", "set", tap, "up"]);
+        }
+        ns
+    }
+
+    /// Runs a command inside the namespace, asserting success.
+    pub fn exec(&self, cmd: &[&str]) {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(cmd);
+        ip(&args);
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
 }

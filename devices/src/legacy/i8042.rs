@@ -22,11 +22,17 @@ const SB_KBD_UNLOCKED: u8 = 0x10;
 // Control ("command byte") bits.
 const CB_KBD_INT: u8 = 0x01;
 const CB_POST_OK: u8 = 0x04;
+const CB_KBD_DISABLE: u8 = 0x10;
+const CB_AUX_DISABLE: u8 = 0x20;
 
 // Controller commands.
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
+const CMD_AUX_DISABLE: u8 = 0xa7;
+const CMD_AUX_ENABLE: u8 = 0xa8;
 const CMD_SELF_TEST: u8 = 0xaa;
+const CMD_KBD_DISABLE: u8 = 0xad;
+const CMD_KBD_ENABLE: u8 = 0xae;
 const CMD_KBD_TEST: u8 = 0xab;
 const CMD_READ_OUTP: u8 = 0xd0;
 const CMD_WRITE_OUTP: u8 = 0xd1;
@@ -117,6 +123,12 @@ impl<R: Trigger, I: Trigger> I8042<R, I> {
             CMD_READ_CTR => self.push(self.control),
             CMD_WRITE_CTR | CMD_WRITE_OUTP | CMD_WRITE_KBD_OUT => self.pending_cmd = Some(cmd),
             CMD_SELF_TEST => self.push(0x55),
+            // The enable bits live in the control byte, where drivers check
+            // them after these commands.
+            CMD_AUX_DISABLE => self.control |= CB_AUX_DISABLE,
+            CMD_AUX_ENABLE => self.control &= !CB_AUX_DISABLE,
+            CMD_KBD_DISABLE => self.control |= CB_KBD_DISABLE,
+            CMD_KBD_ENABLE => self.control &= !CB_KBD_DISABLE,
             CMD_KBD_TEST => self.push(0x00),
             CMD_READ_OUTP => self.push(0x01),
             CMD_PULSE_RESET => {
@@ -124,7 +136,7 @@ impl<R: Trigger, I: Trigger> I8042<R, I> {
                     warn!("i8042: cannot signal the reset: {e:?}");
                 }
             }
-            // Enable/disable keyboard and aux port, and the rest: accepted.
+            // Anything else is accepted and ignored.
             _ => {}
         }
     }
@@ -260,6 +272,9 @@ mod tests {
         assert_eq!(read(&mut d, 0), 0x55);
         d.write(4, &[CMD_READ_CTR]);
         assert_eq!(read(&mut d, 0), CB_KBD_INT | CB_POST_OK);
+        d.write(4, &[CMD_AUX_DISABLE]);
+        d.write(4, &[CMD_READ_CTR]);
+        assert_ne!(read(&mut d, 0) & CB_AUX_DISABLE, 0);
         d.write(4, &[CMD_WRITE_CTR]);
         d.write(0, &[0]);
         d.write(4, &[CMD_READ_CTR]);
