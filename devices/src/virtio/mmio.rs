@@ -394,6 +394,15 @@ mod tests {
         t.write(off, &v.to_le_bytes());
     }
 
+    /// ACKNOWLEDGE, DRIVER, accept VERSION_1, FEATURES_OK.
+    fn negotiate(t: &mut MmioTransport) {
+        w(t, 0x070, 1);
+        w(t, 0x070, 3);
+        w(t, 0x024, 1);
+        w(t, 0x020, 1);
+        w(t, 0x070, 11);
+    }
+
     fn setup_queue(t: &mut MmioTransport, size: u32) {
         w(t, 0x030, 0);
         w(t, 0x038, size);
@@ -417,11 +426,7 @@ mod tests {
     #[test]
     fn full_init_activates() {
         let (mut t, dev) = transport();
-        w(&mut t, 0x070, 1);
-        w(&mut t, 0x070, 3);
-        w(&mut t, 0x024, 1);
-        w(&mut t, 0x020, 1);
-        w(&mut t, 0x070, 11);
+        negotiate(&mut t);
         assert_eq!(r(&mut t, 0x070), 11);
         setup_queue(&mut t, 16);
         assert_eq!(r(&mut t, 0x044), 1);
@@ -467,11 +472,7 @@ mod tests {
     #[test]
     fn driver_ok_without_ready_queues_needs_reset() {
         let (mut t, dev) = transport();
-        w(&mut t, 0x070, 1);
-        w(&mut t, 0x070, 3);
-        w(&mut t, 0x024, 1);
-        w(&mut t, 0x020, 1);
-        w(&mut t, 0x070, 11);
+        negotiate(&mut t);
         w(&mut t, 0x070, 15);
         assert_eq!(
             r(&mut t, 0x070) & VIRTIO_CONFIG_S_NEEDS_RESET,
