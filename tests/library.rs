@@ -144,3 +144,14 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
         out.text()
     );
 }
+
+#[test]
+fn dropping_a_running_vm_stops_it() {
+    let out = Capture::default();
+    let vm = Vm::start(config("ticker", &out)).unwrap();
+    wait_for(&out, "tick 1");
+    drop(vm);
+    let after = ticks(&out);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(ticks(&out), after, "vCPUs still running after drop");
+}

@@ -409,6 +409,17 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    /// A VM dropped without `wait` is stopped, so no vCPU thread outlives
+    /// its handle.
+    fn drop(&mut self) {
+        if !devices::bus::lock(&self.shared.vcpus).is_empty() {
+            self.shared.exit.request(ExitReason::Stopped);
+            self.wait();
+        }
+    }
+}
+
 /// Kicks vCPU threads until every one has left its run loop.
 fn stop_vcpus(threads: &[JoinHandle<()>]) {
     // A kicked vCPU leaves within about a millisecond; poll finely and
