@@ -2,9 +2,10 @@
 """strato benchmark: start-up, exits, memory, virtio block and net throughput.
 
     python3 tests/bench/run.py [--only boot,block,net,micro] [--runs N]
-                               [--io-runs N] [--scale F] [--strato PATH]
-                               [--qemu PATH] [--firecracker PATH]
-                               [--loops N] [--timeout S]
+                               [--io-runs N] [--scale F] [--vmms LIST]
+                               [--strato PATH] [--qemu PATH]
+                               [--firecracker PATH] [--loops N]
+                               [--timeout S] [--json PATH]
 
 Builds strato (release) unless --strato is given, builds the test guests into
 a temporary directory, then boots the same guests under every VMM present
@@ -451,6 +452,7 @@ def boot_section(args, vmms, guests, helpers, scratch):
                    f"{statistics.median(x.exit for x in fl) * 1000:.2f} ms to exit, "
                    f"{statistics.median(x.maxrss_kib for x in fl) / 1024:.1f} MiB peak RSS "
                    f"(medians)")
+    keep_raw("boot", res)
     out += odd_status_lines(vmms, res, 3 * args.runs)
     out += [""] + table(vmms, labels, rows)
     failed = any(not x.ok for v in vmms for k in res[v.key] for x in res[v.key][k])
@@ -458,6 +460,18 @@ def boot_section(args, vmms, guests, helpers, scratch):
 
 
 # --------------------------------------------------------------- shared
+
+
+# Per-run results of every section, for --json.
+RAW = {}
+
+
+def keep_raw(section, res):
+    RAW[section] = {vkey: {key: [{"ok": r.ok, "first_s": r.first, "exit_s": r.exit,
+                                  "maxrss_kib": r.maxrss_kib, "status": r.code, "why": r.why}
+                                 for r in runs]
+                           for key, runs in per.items()}
+                    for vkey, per in res.items()}
 
 
 def cell(text, fails):
@@ -677,6 +691,7 @@ def block_section(args, vmms, guests, scratch):
     res = {v.key: {p[0]: [] for p in plan} for v in vmms}
     log(f"block: {args.io_runs} runs each under {', '.join(v.label for v in vmms)}")
     run_plan(args, vmms, {v.key: plan for v in vmms}, res, scratch, "block")
+    keep_raw("block", res)
     for p in (wimg, dst):
         p.unlink(missing_ok=True)
 
@@ -972,6 +987,7 @@ def net_section(args, vmms, guests, helpers, scratch):
         ns.enter()
         try:
             run_plan(args, vmms, plans, res, scratch, "net")
+            keep_raw("net", res)
         finally:
             ns.leave()
             if "sender" in state:
@@ -1020,9 +1036,28 @@ def micro_section(args):
     return out + r.stdout.strip().splitlines(), False
 
 
+def api_section(args, vmms, guests):
+    """The per-instance API and the daemon, via tests/bench/api_bench.py."""
+    strato = next((v.path for v in vmms if v.key == "strato"), None)
+    out = ["## API", ""]
+    if strato is None:
+        return out + ["- skipped: strato is not among the VMMs"], False
+    fc = next((v.path for v in vmms if v.key == "firecracker"), None)
+    argv = [sys.executable, str(REPO / "tests/bench/api_bench.py"), "--strato", str(strato),
+            "--guests", str(guests), "--runs", str(max(args.runs, 20))]
+    if fc:
+        argv += ["--firecracker", str(fc)]
+    log("api: " + " ".join(argv[1:]))
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        return out + [f"- failed (status {r.returncode}): {r.stderr.strip()[-500:]}"], True
+    body = [l for l in r.stdout.strip().splitlines() if not l.startswith("### ")]
+    return out + body, False
+
+
 # ----------------------------------------------------------------- main
 
-SECTIONS = ("boot", "block", "net", "micro")
+SECTIONS = ("boot", "block", "net", "micro", "api")
 
 
 def main():
@@ -1035,6 +1070,8 @@ def main():
                     help="runs per measurement in the block and net sections (at least 3)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiplies the block and net request/frame counts (default 1)")
+    ap.add_argument("--vmms", default="strato,qemu,firecracker",
+                    help="which VMMs to run, of those available (default: all)")
     ap.add_argument("--strato", help="strato binary (default: build it)")
     ap.add_argument("--qemu", help="qemu-system-x86_64 (default: from PATH, skipped if absent)")
     ap.add_argument("--firecracker", default=os.environ.get("STRATO_BENCH_FIRECRACKER"),
@@ -1043,6 +1080,8 @@ def main():
                     help="serial-loop count for the exit rate, or 'auto' for about "
                          f"{LOOP_TARGET_S:.0f} s under strato (default: 200000)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a run is killed")
+    ap.add_argument("--json", metavar="PATH",
+                    help="also write every run's raw times (seconds) to PATH as JSON")
     args = ap.parse_args()
     if args.runs < 10:
         ap.error("--runs must be at least 10")
@@ -1055,18 +1094,26 @@ def main():
     if unknown:
         ap.error(f"--only: unknown section(s) {', '.join(unknown)} (have {', '.join(SECTIONS)})")
 
+    want = [s.strip() for s in args.vmms.split(",") if s.strip()]
+    if not want or any(w not in ("strato", "qemu", "firecracker") for w in want):
+        ap.error("--vmms: a comma-separated subset of strato,qemu,firecracker")
     vmms = []
-    if any(s in only for s in ("boot", "block", "net")):
-        strato = executable(args.strato, "--strato") if args.strato else build_strato()
-        vmms = [Strato("strato", "strato", executable(strato, "strato"))]
+    if any(s in only for s in ("boot", "block", "net", "api")):
+        if "strato" in want:
+            strato = executable(args.strato, "--strato") if args.strato else build_strato()
+            vmms.append(Strato("strato", "strato", executable(strato, "strato")))
         qemu = args.qemu or shutil.which("qemu-system-x86_64")
-        if qemu:
+        if "qemu" not in want:
+            pass
+        elif qemu:
             vmms.append(Qemu("qemu", "QEMU microvm", executable(qemu, "--qemu")))
         else:
             log("qemu-system-x86_64 not found: QEMU skipped")
-        if args.firecracker:
+        if args.firecracker and "firecracker" in want:
             vmms.append(Firecracker("firecracker", "Firecracker",
                                     executable(args.firecracker, "--firecracker")))
+        if not vmms:
+            ap.error("no VMM to run")
 
     load_before = os.getloadavg()[0]
     t_start = time.monotonic()
@@ -1086,6 +1133,8 @@ def main():
                 lines, bad = block_section(args, vmms, guests, scratch)
             elif name == "net":
                 lines, bad = net_section(args, vmms, guests, helpers, scratch)
+            elif name == "api":
+                lines, bad = api_section(args, vmms, guests)
             else:
                 lines, bad = micro_section(args)
             sections.append(lines)
@@ -1101,6 +1150,8 @@ def main():
     for lines in sections:
         print()
         print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(RAW, indent=1))
     return 1 if failed else 0
 
 
