@@ -133,6 +133,21 @@ pub fn next_chain<'m>(
     }
 }
 
+/// Whether the driver wants an interrupt for the buffers just used on
+/// `queue`: with EVENT_IDX, per its used_event; otherwise unless it set
+/// VRING_AVAIL_F_NO_INTERRUPT (which virtio-queue leaves to the device).
+pub fn should_notify(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+    // Always consulted: it also resets the queue's count of added buffers.
+    let wanted = queue.needs_notification(mem).unwrap_or(true);
+    if queue.event_idx_enabled() {
+        return wanted;
+    }
+    let flags: u16 = mem.read_obj(GuestAddress(queue.avail_ring())).unwrap_or(0);
+    flags & virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+}
+
 /// Copies `value` (a config space) into `data` at `offset`, if in range.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) -> bool {
     data.fill(0);

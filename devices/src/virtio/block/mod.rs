@@ -19,7 +19,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    next_chain, read_config_bytes, DeviceSignals, LogOnce, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
+    next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 pub use request::{execute, Outcome, SECTOR_SIZE};
 
@@ -180,7 +181,7 @@ impl Block {
                 break;
             }
         }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
+        if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
         }
         if self.signals.needs_reset() {
@@ -384,6 +385,26 @@ mod tests {
         assert_eq!(used_idx(&m, 0), 1);
         assert_eq!(used_entry(&m, 0, 0), (0, 21));
         assert!(!signals.needs_reset());
+    }
+
+    #[test]
+    fn no_interrupt_flag_is_honoured() {
+        for (flags, expect_irq) in [(1u16, false), (0, true)] {
+            let m = mem();
+            write_desc(&m, 0, 0, (0x4000, 16, 1, 1));
+            write_desc(&m, 0, 1, (0x5000, 20, 1 | 2, 2));
+            write_desc(&m, 0, 2, (0x6000, 1, 2, 0));
+            m.write_obj(8u32, GuestAddress(0x4000)).unwrap();
+            m.write_obj(flags, GuestAddress(avail_addr(0))).unwrap();
+            make_available(&m, 0, &[0]);
+            let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let signals = Arc::new(DeviceSignals::new(irq.try_clone().unwrap()));
+            let (mut blk, _, _dir) = device(false);
+            blk.signals = signals;
+            blk.activate(m.clone(), 0, vec![ring_queue(0, 16)]).unwrap();
+            assert_eq!(used_idx(&m, 0), 1);
+            assert_eq!(irq.read().is_ok(), expect_irq, "flags {flags}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{next_chain, read_config_bytes, DeviceSignals, LogOnce, VirtioDevice};
+use super::{next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice};
 
 /// Queue size of both queues.
 pub const QUEUE_SIZE: u16 = 64;
@@ -100,7 +100,7 @@ impl Console {
             }
             used = true;
         }
-        if used {
+        if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
         }
     }
@@ -163,7 +163,7 @@ impl Console {
             // One read per readable event: the next comes from epoll.
             break;
         }
-        if used {
+        if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
         }
     }

@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use tap::{Error as TapError, Tap};
 
-use super::{next_chain, read_config_bytes, DeviceSignals, LogOnce, VirtioDevice};
+use super::{next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice};
 
 /// Size of `struct virtio_net_hdr_v1` (virtio 1.x always has num_buffers).
 pub const VNET_HDR_LEN: usize = 12;
@@ -160,7 +160,7 @@ impl Net {
             }
             used = true;
         }
-        if used {
+        if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
         }
     }
@@ -240,7 +240,11 @@ impl Net {
         self.receive(ops);
         // One interrupt for everything delivered in this round.
         if std::mem::take(&mut self.rx_used) {
-            self.signals.signal_used_queue();
+            if let Some(a) = self.active.as_mut() {
+                if should_notify(&mut a.queues[RX], &a.mem) {
+                    self.signals.signal_used_queue();
+                }
+            }
         }
     }
 
