@@ -158,3 +158,54 @@ fn linux_boots_to_user_space() {
     assert!(r.stdout.contains("STRATO_NPROC=2"), "{r:#?}");
     assert!(r.stderr.contains("guest boot time:"), "{r:#?}");
 }
+
+/// Boots the ext4 root disk to user space over virtio-blk with a NIC: init
+/// sees vda and eth0, then reboots.
+#[test]
+fn linux_boots_from_an_ext4_root_to_user_space() {
+    if software_kvm() {
+        not_run(
+            "linux_boots_from_an_ext4_root_to_user_space",
+            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
+             cannot run; this test runs on hardware KVM",
+        );
+        return;
+    }
+    let dir = Scratch::new("linux-full-root");
+    let root = dir.path("rootfs.ext4");
+    std::fs::copy(image("ROOTFS"), &root).unwrap();
+    let ns = Netns::new("linux-full", &["tap0"]);
+    let strato = strato_bin();
+    let r = strato_tests::strato_cmd(
+        Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            strato.to_str().unwrap(),
+            "run",
+            "--no-stdin",
+            "--kernel",
+            &image("VMLINUX"),
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
+            "--drive",
+            &format!("path={root}"),
+            "--net",
+            "tap=tap0",
+        ],
+        None,
+        DEADLINE,
+    );
+    r.assert_ok();
+    assert!(r.stdout.contains("STRATO_INIT_OK"), "{r:#?}");
+    assert!(r.stdout.contains(" vda\n"), "{r:#?}");
+    assert!(
+        r.stdout.contains("STRATO_NET=") && r.stdout.contains("eth0"),
+        "{r:#?}"
+    );
+}
