@@ -70,40 +70,52 @@ fn linux_early_boot_bzimage() {
     early_boot(&image("BZIMAGE"));
 }
 
-#[test]
-fn linux_finds_its_devices_and_mounts_an_ext4_root() {
-    let dir = Scratch::new("linux-root");
+/// A VM with a copy of the ext4 root disk and a NIC on a tap in a fresh
+/// network namespace: the scratch dir and namespace (kept alive by the
+/// caller) and the `ip netns exec ... strato run` arguments.
+fn root_disk_vm(tag: &str, cmdline: &str) -> (Scratch, Netns, Vec<String>) {
+    let dir = Scratch::new(tag);
     let root = dir.path("rootfs.ext4");
     std::fs::copy(image("ROOTFS"), &root).unwrap();
-    let ns = Netns::new("linux", &["tap0"]);
+    let ns = Netns::new(tag, &["tap0"]);
+    let strato = strato_bin();
+    let args = [
+        "netns",
+        "exec",
+        &ns.name,
+        strato.to_str().unwrap(),
+        "run",
+        "--no-stdin",
+        "--kernel",
+        &image("VMLINUX"),
+        "--vcpus",
+        "2",
+        "--memory",
+        "256",
+        "--cmdline",
+        cmdline,
+        "--drive",
+        &format!("path={root}"),
+        "--net",
+        "tap=tap0,mac=06:00:ac:10:00:02",
+    ]
+    .map(String::from)
+    .to_vec();
+    (dir, ns, args)
+}
+
+#[test]
+fn linux_finds_its_devices_and_mounts_an_ext4_root() {
     // A static address: the kernel names eth0 without sending anything.
     let cmdline = format!(
         "console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=0 {SOFT_KVM_PARAMS} \
          root=/dev/vda rw ip=172.31.0.2::172.31.0.1:255.255.255.0::eth0:off"
     );
-    let strato = strato_bin();
+    let (_dir, _ns, args) = root_disk_vm("linux-root", &cmdline);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (out, seen, err) = boot_until_cmd(
         Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &ns.name,
-            strato.to_str().unwrap(),
-            "run",
-            "--no-stdin",
-            "--kernel",
-            &image("VMLINUX"),
-            "--vcpus",
-            "2",
-            "--memory",
-            "256",
-            "--cmdline",
-            &cmdline,
-            "--drive",
-            &format!("path={root}"),
-            "--net",
-            "tap=tap0,mac=06:00:ac:10:00:02",
-        ],
+        &args,
         "Run /sbin/init as init process",
         DEADLINE,
         libc::SIGTERM,
@@ -171,36 +183,12 @@ fn linux_boots_from_an_ext4_root_to_user_space() {
         );
         return;
     }
-    let dir = Scratch::new("linux-full-root");
-    let root = dir.path("rootfs.ext4");
-    std::fs::copy(image("ROOTFS"), &root).unwrap();
-    let ns = Netns::new("linux-full", &["tap0"]);
-    let strato = strato_bin();
-    let r = strato_tests::strato_cmd(
-        Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &ns.name,
-            strato.to_str().unwrap(),
-            "run",
-            "--no-stdin",
-            "--kernel",
-            &image("VMLINUX"),
-            "--vcpus",
-            "2",
-            "--memory",
-            "256",
-            "--cmdline",
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
-            "--drive",
-            &format!("path={root}"),
-            "--net",
-            "tap=tap0",
-        ],
-        None,
-        DEADLINE,
+    let (_dir, _ns, args) = root_disk_vm(
+        "linux-full",
+        "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = strato_tests::strato_cmd(Path::new("ip"), &args, None, DEADLINE);
     r.assert_ok();
     assert!(r.stdout.contains("STRATO_INIT_OK"), "{r:#?}");
     assert!(r.stdout.contains(" vda\n"), "{r:#?}");
