@@ -25,7 +25,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use tap::{Error as TapError, Tap};
 
-use super::{next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice};
+use super::{
+    next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// Size of `struct virtio_net_hdr_v1` (virtio 1.x always has num_buffers).
 pub const VNET_HDR_LEN: usize = 12;
@@ -124,41 +127,49 @@ impl Net {
         let mem = &active.mem;
         let queue = &mut active.queues[TX];
         let mut used = false;
-        while let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) {
-            let head = chain.head_index();
-            let mut len = 0usize;
-            let mut ok = true;
-            for d in chain {
-                let n = d.len() as usize;
-                if d.is_write_only() || len + n > self.tx_frame.len() {
-                    ok = false;
+        // Drain with kicks suppressed, then re-arm them (with EVENT_IDX this
+        // publishes avail_event) and drain again if more came meanwhile.
+        loop {
+            let _ = queue.disable_notification(mem);
+            while let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) {
+                let head = chain.head_index();
+                let mut len = 0usize;
+                let mut ok = true;
+                for d in chain {
+                    let n = d.len() as usize;
+                    if d.is_write_only() || len + n > self.tx_frame.len() {
+                        ok = false;
+                        break;
+                    }
+                    if mem
+                        .read_slice(&mut self.tx_frame[len..len + n], d.addr())
+                        .is_err()
+                    {
+                        ok = false;
+                        break;
+                    }
+                    len += n;
+                }
+                if ok && len > VNET_HDR_LEN {
+                    if let Err(e) = self.tap.write_frame(&self.tx_frame[..len]) {
+                        self.host_error.warn(format_args!(
+                            "virtio-net: frame to {} lost: {e}",
+                            self.tap.name()
+                        ));
+                    }
+                } else {
+                    self.bad_request
+                        .warn(format_args!("virtio-net: malformed transmit chain dropped"));
+                }
+                if queue.add_used(mem, head, 0).is_err() {
+                    self.signals.set_needs_reset();
                     break;
                 }
-                if mem
-                    .read_slice(&mut self.tx_frame[len..len + n], d.addr())
-                    .is_err()
-                {
-                    ok = false;
-                    break;
-                }
-                len += n;
+                used = true;
             }
-            if ok && len > VNET_HDR_LEN {
-                if let Err(e) = self.tap.write_frame(&self.tx_frame[..len]) {
-                    self.host_error.warn(format_args!(
-                        "virtio-net: frame to {} lost: {e}",
-                        self.tap.name()
-                    ));
-                }
-            } else {
-                self.bad_request
-                    .warn(format_args!("virtio-net: malformed transmit chain dropped"));
-            }
-            if queue.add_used(mem, head, 0).is_err() {
-                self.signals.set_needs_reset();
+            if self.signals.needs_reset() || !queue.enable_notification(mem).unwrap_or(false) {
                 break;
             }
-            used = true;
         }
         if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
@@ -193,6 +204,10 @@ impl Net {
                 return true;
             }
             let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) else {
+                // Ask for a kick when buffers arrive, unless some already did.
+                if !self.signals.needs_reset() && queue.enable_notification(mem).unwrap_or(false) {
+                    continue;
+                }
                 for _ in 0..self.rx_heads.len() {
                     queue.go_to_previous_position();
                 }
@@ -322,6 +337,7 @@ impl VirtioDevice for Net {
             | bit(VIRTIO_NET_F_HOST_TSO6)
             | bit(VIRTIO_NET_F_HOST_ECN)
             | bit(VIRTIO_NET_F_MRG_RXBUF)
+            | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -345,6 +361,10 @@ impl VirtioDevice for Net {
         self.tap
             .set_offload(tap_offloads(features))
             .map_err(|e| e.to_string())?;
+        let mut queues = queues;
+        for q in &mut queues {
+            q.set_event_idx(features & VIRTIO_RING_F_EVENT_IDX != 0);
+        }
         self.active = Some(Active {
             mem,
             queues,
@@ -600,6 +620,38 @@ mod device_tests {
         r.run();
         assert_eq!(used_entry(&r.mem, 0, 0), (0, 80));
         assert!(!r.net.lock().unwrap().tap_paused);
+    }
+
+    /// avail_event of queue `q` (16 entries): where the device asks to be
+    /// kicked next when EVENT_IDX is on.
+    fn avail_event(mem: &GuestMemoryMmap, q: u64) -> u16 {
+        let at = crate::virtio::test_utils::used_addr(q) + 4 + 8 * 16;
+        mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    #[test]
+    fn event_idx_rearms_kicks_on_both_queues() {
+        let mut r = rig(VIRTIO_RING_F_EVENT_IDX);
+        // TX: two frames; afterwards the device asks for a kick at 2.
+        r.mem.write_slice(&[0u8; 64], GuestAddress(0x4000)).unwrap();
+        write_desc(&r.mem, 1, 0, (0x4000, 64, 0, 0));
+        write_desc(&r.mem, 1, 1, (0x4000, 64, 0, 0));
+        make_available(&r.mem, 1, &[0, 1]);
+        r.evts[TX].write(1).unwrap();
+        r.run();
+        assert!(r.recv().is_some() && r.recv().is_some());
+        assert_eq!(avail_event(&r.mem, 1), 2);
+        // RX without buffers: the frame waits and the device asks for a
+        // kick at the next buffer.
+        r.send(&rx_frame(80));
+        r.run();
+        assert!(r.net.lock().unwrap().tap_paused);
+        assert_eq!(avail_event(&r.mem, 0), 0);
+        write_desc(&r.mem, 0, 0, (0x8000, 2048, W, 0));
+        make_available(&r.mem, 0, &[0]);
+        r.evts[RX].write(1).unwrap();
+        r.run();
+        assert_eq!(used_entry(&r.mem, 0, 0), (0, 80));
     }
 
     proptest! {
