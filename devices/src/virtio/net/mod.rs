@@ -20,7 +20,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use tap::{Error as TapError, Tap};
@@ -38,6 +38,9 @@ pub const QUEUE_SIZE: u16 = 256;
 const MAX_FRAME: usize = 65536 + 14 + VNET_HDR_LEN;
 const RX: usize = 0;
 const TX: usize = 1;
+/// Most buffers a transmitted frame may be gathered from (Linux uses up to
+/// MAX_SKB_FRAGS + 2 = 19).
+const TX_IOVECS: usize = 64;
 /// Offset of num_buffers in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -74,7 +77,6 @@ pub struct Net {
     rx_bufs: Vec<(vm_memory::GuestAddress, usize)>,
     rx_used: bool,
     tap_paused: bool,
-    tx_frame: Box<[u8]>,
     early_notify: LogOnce,
     bad_request: LogOnce,
     host_error: LogOnce,
@@ -113,7 +115,6 @@ impl Net {
             rx_bufs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             rx_used: false,
             tap_paused: false,
-            tx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
             early_notify: LogOnce::default(),
             bad_request: LogOnce::default(),
             host_error: LogOnce::default(),
@@ -133,25 +134,38 @@ impl Net {
             let _ = queue.disable_notification(mem);
             while let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) {
                 let head = chain.head_index();
-                let mut len = 0usize;
-                let mut ok = true;
+                // Gather the frame straight from guest memory: no copy.
+                let mut iovs = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; TX_IOVECS];
+                let (mut n, mut len, mut ok) = (0usize, 0usize, true);
                 for d in chain {
-                    let n = d.len() as usize;
-                    if d.is_write_only() || len + n > self.tx_frame.len() {
+                    let dlen = d.len() as usize;
+                    if dlen == 0 {
+                        continue;
+                    }
+                    if d.is_write_only() || n == TX_IOVECS || len + dlen > MAX_FRAME {
                         ok = false;
                         break;
                     }
-                    if mem
-                        .read_slice(&mut self.tx_frame[len..len + n], d.addr())
-                        .is_err()
-                    {
+                    // Fails unless the buffer lies inside one RAM region.
+                    let Ok(slice) = mem.get_slice(d.addr(), dlen) else {
                         ok = false;
                         break;
-                    }
-                    len += n;
+                    };
+                    iovs[n] = libc::iovec {
+                        iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
+                        iov_len: dlen,
+                    };
+                    n += 1;
+                    len += dlen;
                 }
                 if ok && len > VNET_HDR_LEN {
-                    if let Err(e) = self.tap.write_frame(&self.tx_frame[..len]) {
+                    // SAFETY: each iovec is a bounds-checked slice of guest
+                    // RAM, which `mem` keeps mapped (plain mmap regions: the
+                    // pointer guard is a no-op) until after this call.
+                    if let Err(e) = unsafe { self.tap.write_iovecs(&iovs[..n]) } {
                         self.host_error.warn(format_args!(
                             "virtio-net: frame to {} lost: {e}",
                             self.tap.name()

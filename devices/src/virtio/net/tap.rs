@@ -139,6 +139,22 @@ impl Tap {
         }
     }
 
+    /// Writes one frame gathered from `iovs` (header first).
+    ///
+    /// # Safety
+    /// Every iovec must describe readable memory that stays mapped for the
+    /// duration of the call.
+    pub unsafe fn write_iovecs(&self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller guarantees the buffers; the count is the
+        // slice's length.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     /// Writes one frame (with its virtio-net header).
     pub fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
         // SAFETY: writes frame.len() bytes from frame.
