@@ -11,6 +11,9 @@ Figures (min / median / max, or percentiles):
     polling the socket every 0.2 ms;
   * API latency: round trips of `GET /` and `PUT /machine-config` on one
     keep-alive connection to an unstarted instance, p50 / p99 / max;
+  * API process memory: VmHWM (peak RSS) of the per-instance process after
+    `InstanceStart` of the `idle` test guest (1 vCPU, 128 MiB) has printed
+    its marker, MiB; the guest touches well under 0.2 MiB of its memory;
   * launches per second through the daemon: N concurrent
     `POST /v1/instances` (the `idle` test guest), timed until every
     instance's console shows `idle: ready`, for N = 10 and 20.
@@ -63,10 +66,10 @@ def one_shot(sock, method, path, body=None, timeout=10):
         c.close()
 
 
-def spawn_api(argv, sock, timeout=10.0):
+def spawn_api(argv, sock, timeout=10.0, stdout=subprocess.DEVNULL):
     """Spawns argv, returns (process, seconds until GET / answered 200)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
                          stderr=subprocess.DEVNULL)
     deadline = t0 + timeout
     while time.perf_counter() < deadline:
@@ -148,6 +151,49 @@ def latency(kind, binary, tmp, n=2000):
         stop(p)
 
 
+def proc_status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def booted_rss(kind, binary, guests, tmp, runs):
+    """Peak RSS (MiB) of the API process with the idle guest booted by API calls."""
+    peaks = []
+    for i in range(runs):
+        sock = os.path.join(tmp, f"{kind}-rss-{i}.sock")
+        out = os.path.join(tmp, f"{kind}-rss-{i}.out")
+        t0 = time.perf_counter()
+        with open(out, "wb") as stdout:
+            p, _ = spawn_api(vmm_argv(kind, binary, sock), sock, stdout=stdout)
+        if p is None:
+            raise RuntimeError(f"{kind}: the API never answered")
+        try:
+            calls = [
+                ("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}),
+                ("PUT", "/boot-source", {"kernel_image_path": str(Path(guests) / "idle.elf"),
+                                         "boot_args": "console=ttyS0"}),
+                ("PUT", "/actions", {"action_type": "InstanceStart"}),
+            ]
+            for method, path, body in calls:
+                status, payload = one_shot(sock, method, path, body)
+                if status != 204:
+                    raise RuntimeError(f"{kind}: {method} {path} answered {status} {payload!r}")
+            while time.perf_counter() - t0 < 10:
+                if b"idle: ready" in Path(out).read_bytes():
+                    break
+                time.sleep(0.002)
+            else:
+                raise RuntimeError(f"{kind}: the idle guest never printed its marker")
+            time.sleep(0.05)
+            peaks.append(proc_status_kib(p.pid, "VmHWM") / 1024)
+        finally:
+            stop(p)
+    return peaks
+
+
 def launches(strato, guests, n, tmp):
     """Seconds from the first create to every console showing the marker."""
     state = tempfile.mkdtemp(prefix="d", dir=tmp)
@@ -223,6 +269,15 @@ def main():
               + " | ".join(percentiles(g) if g else "failed" for g, _ in lat) + " |")
         print("| `PUT /machine-config` latency (µs, p50 / p99 / max) | "
               + " | ".join(percentiles(p) if p else "failed" for _, p in lat) + " |")
+        rss = []
+        for k, b in vmms:
+            try:
+                rss.append(triplet(booted_rss(k, b, args.guests, tmp, min(args.runs, 10)),
+                                   scale=1.0, fmt="{:.2f}"))
+            except (OSError, RuntimeError) as e:
+                rss.append(f"failed: {e}")
+        print("| API process peak RSS, idle guest booted by API, 128 MiB (MiB, min / median / max) | "
+              + " | ".join(rss) + " |")
         for n in (10, 20):
             t, err = launches(args.strato, args.guests, n, tmp)
             cell = f"{n / t:.1f} /s ({t * 1000:.0f} ms for {n})" if t else f"failed: {err}"
