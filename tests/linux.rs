@@ -11,7 +11,8 @@ use std::time::Duration;
 use std::path::Path;
 
 use strato_tests::{
-    boot_until, boot_until_cmd, linux_images, not_run, software_kvm, strato_bin, Netns, Scratch,
+    boot_until, boot_until_cmd, linux_images, not_run, random_bytes, software_kvm, strato_bin,
+    Netns, Scratch,
 };
 
 /// Kernel parameters that get Linux furthest on software KVM (see
@@ -195,5 +196,106 @@ fn linux_boots_from_an_ext4_root_to_user_space() {
     assert!(
         r.stdout.contains("STRATO_NET=") && r.stdout.contains("eth0"),
         "{r:#?}"
+    );
+}
+
+/// Host end of the TCP test, on a thread in the VM's network namespace:
+/// receives everything the guest sends to `HOST_IP:TCP_PORT`, then sends
+/// `payload` to the guest's connection on `TCP_PORT + 1`. `ready` is sent
+/// once both ports listen.
+fn tcp_peer(payload: Vec<u8>, ready: std::sync::mpsc::Sender<()>) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    let listen = |port: u16| -> std::io::Result<TcpListener> {
+        let l = TcpListener::bind((HOST_IP, port))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    let (from_guest, to_guest) = (listen(TCP_PORT)?, listen(TCP_PORT + 1)?);
+    let _ = ready.send(());
+    let accept = |l: &TcpListener| -> std::io::Result<std::net::TcpStream> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false)?;
+                    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                    s.set_write_timeout(Some(Duration::from_secs(60)))?;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let mut received = Vec::new();
+    accept(&from_guest)?.read_to_end(&mut received)?;
+    let mut s = accept(&to_guest)?;
+    s.write_all(&payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    Ok(received)
+}
+
+const HOST_IP: &str = "172.31.0.1";
+const TCP_PORT: u16 = 5555;
+
+/// TCP both ways over virtio-net (with the checksum and segmentation
+/// offloads Linux negotiates): the guest's init sends its second disk to a
+/// listener in the test's namespace and writes what the host sends back onto
+/// its third disk; both ends compare bytes.
+#[test]
+fn linux_transfers_data_over_tcp() {
+    if software_kvm() {
+        not_run(
+            "linux_transfers_data_over_tcp",
+            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
+             cannot run; this test runs on hardware KVM",
+        );
+        return;
+    }
+    const LEN: usize = 4 << 20;
+    let from_guest = random_bytes(LEN, 31);
+    let to_guest = random_bytes(LEN, 32);
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 root=/dev/vda rw \
+         ip=172.31.0.2::{HOST_IP}:255.255.255.0::eth0:off strato_tcp={HOST_IP}:{TCP_PORT}"
+    );
+    let (dir, ns, mut args) = root_disk_vm("linux-tcp", &cmdline);
+    let src = dir.file("src.img", &from_guest);
+    let dst = dir.file("dst.img", &vec![0; LEN]);
+    args.extend([
+        "--drive".to_string(),
+        format!("path={src},readonly=on"),
+        "--drive".to_string(),
+        format!("path={dst}"),
+    ]);
+    ns.exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", "tap0"]);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let payload = to_guest.clone();
+    let host = ns.run(move || tcp_peer(payload, ready_tx));
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the host end never listened");
+
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = strato_tests::strato_cmd(Path::new("ip"), &args, None, DEADLINE);
+    r.assert_ok();
+    assert!(r.stdout.contains("STRATO_TCP_SENT"), "{r:#?}");
+    assert!(r.stdout.contains("STRATO_TCP_RECEIVED"), "{r:#?}");
+    let received = host.join().unwrap().expect("host end of the TCP test");
+    assert!(
+        received == from_guest,
+        "the host received {} bytes, not the guest's disk",
+        received.len()
+    );
+    assert!(
+        std::fs::read(&dst).unwrap() == to_guest,
+        "the guest's disk does not hold what the host sent"
     );
 }
