@@ -64,8 +64,8 @@ fn instances_run_stop_crash_and_survive_a_daemon_restart() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "daemon socket mode");
 
-    // Three at once.
-    let ids = ["vm-a", "vm-b", "vm-c"];
+    // Three at once; an id may begin with '-' (not an option to the VMM).
+    let ids = ["-vm-a", "vm-b", "vm-c"];
     let threads: Vec<_> = ids
         .iter()
         .map(|id| {
@@ -122,7 +122,7 @@ fn instances_run_stop_crash_and_survive_a_daemon_restart() {
     );
     assert!(!alive(pids[1]), "vm-b's process is gone");
     assert!(!dir.0.join("state/vm-b/api.sock").exists());
-    assert_eq!(state(&api, "vm-a"), "running");
+    assert_eq!(state(&api, "-vm-a"), "running");
     assert_eq!(state(&api, "vm-c"), "running");
 
     // SIGKILL vm-c's VMM from outside: the monitor marks it crashed.
@@ -136,7 +136,7 @@ fn instances_run_stop_crash_and_survive_a_daemon_restart() {
         "{v:?}"
     );
     assert_eq!(v["exit_status"].as_i64(), Some(137));
-    assert_eq!(state(&api, "vm-a"), "running");
+    assert_eq!(state(&api, "-vm-a"), "running");
 
     // Start vm-b again; it boots a second time.
     let v = api
@@ -171,24 +171,24 @@ fn instances_run_stop_crash_and_survive_a_daemon_restart() {
     assert_eq!(
         got,
         vec![
-            ("vm-a".into(), "running".into(), Some(pids[0] as i64)),
+            ("-vm-a".into(), "running".into(), Some(pids[0] as i64)),
             ("vm-b".into(), "running".into(), Some(b_pid as i64)),
             ("vm-c".into(), "crashed".into(), None),
         ]
     );
     // Still controllable.
     let v = api
-        .expect("POST", "/v1/instances/vm-a/pause", None, 200)
+        .expect("POST", "/v1/instances/-vm-a/pause", None, 200)
         .json();
     assert_eq!(v["state"], "paused");
-    assert_eq!(state(&api, "vm-a"), "paused");
-    api.expect("POST", "/v1/instances/vm-a/pause", None, 409);
+    assert_eq!(state(&api, "-vm-a"), "paused");
+    api.expect("POST", "/v1/instances/-vm-a/pause", None, 409);
     let v = api
-        .expect("POST", "/v1/instances/vm-a/resume", None, 200)
+        .expect("POST", "/v1/instances/-vm-a/resume", None, 200)
         .json();
     assert_eq!(v["state"], "running");
     let v = api
-        .expect("POST", "/v1/instances/vm-a/stop?timeout_ms=200", None, 200)
+        .expect("POST", "/v1/instances/-vm-a/stop?timeout_ms=200", None, 200)
         .json();
     assert_eq!(v["state"], "stopped");
     assert!(!alive(pids[0]));

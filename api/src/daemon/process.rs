@@ -133,8 +133,8 @@ pub fn describe_status(status: i32) -> (String, i32) {
     }
 }
 
-/// True if /proc/<pid>/cmdline is `strato vm ... --id <id> ...` (argv[0]
-/// any path whose file name contains "strato").
+/// True if /proc/<pid>/cmdline is `strato vm ... --id=<id> ...` (or the
+/// older `--id <id>`; argv[0] any path whose file name contains "strato").
 pub fn is_our_vmm(pid: i32, id: &str) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -146,9 +146,11 @@ pub fn is_our_vmm(pid: i32, id: &str) -> bool {
             .is_some_and(|n| n.as_bytes().windows(6).any(|w| w == b"strato"))
     });
     let vm_ok = args.get(1).is_some_and(|a| *a == b"vm");
-    let id_ok = args
-        .windows(2)
-        .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+    let joined = [b"--id=", id.as_bytes()].concat();
+    let id_ok = args.contains(&joined.as_slice())
+        || args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
     exe_ok && vm_ok && id_ok
 }
 
@@ -187,19 +189,23 @@ impl Spawn<'_> {
             .open(self.dir.join(VMM_LOG))?;
         // The daemon's own binary, even if the file was replaced or removed
         // since it started; argv[0] names it for /proc/<pid>/cmdline.
+        // `--opt=value`: an id or path may begin with '-'.
+        let opt = |name: &str, value: &std::ffi::OsStr| {
+            let mut arg = std::ffi::OsString::from(format!("--{name}="));
+            arg.push(value);
+            arg
+        };
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg0(self.exe)
             .arg("vm")
-            .arg("--api-sock")
-            .arg(self.dir.join(SOCK))
-            .arg("--id")
-            .arg(self.id)
-            .arg("--console-log")
-            .arg(self.dir.join(CONSOLE))
-            .arg("--exit-file")
-            .arg(self.dir.join(EXIT))
-            .arg("--log-level")
-            .arg(self.log_level.to_string().to_lowercase())
+            .arg(opt("api-sock", self.dir.join(SOCK).as_os_str()))
+            .arg(opt("id", self.id.as_ref()))
+            .arg(opt("console-log", self.dir.join(CONSOLE).as_os_str()))
+            .arg(opt("exit-file", self.dir.join(EXIT).as_os_str()))
+            .arg(format!(
+                "--log-level={}",
+                self.log_level.to_string().to_lowercase()
+            ))
             .current_dir(self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
