@@ -31,7 +31,7 @@ use crate::config::{
 };
 use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
-use crate::events::{EventLoop, SerialInput};
+use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
@@ -191,6 +191,77 @@ impl Vm {
                 .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
                 .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
         }
+
+        // Registering memory and creating the irqchip each sleep a few ms in
+        // the kernel, waiting for grace periods of two different SRCU domains
+        // (memslots, IRQ routing); the PIT waits for a kthread. Register the
+        // memory on a second thread while this one builds the rest; nothing
+        // runs in the guest before both are done.
+        let memory_mib = config.memory_mib;
+        let mem = map_memory(memory_mib)?;
+        let built = std::thread::scope(|s| {
+            let slots = s.spawn(|| register_memory(&vm_fd, &mem, memory_mib));
+            let built = Self::build(&kvm, &vm_fd, &mem, config, started);
+            let slots = slots.join().unwrap_or_else(|_| {
+                Err(Error::Memory(
+                    memory_mib,
+                    "the memory registration thread panicked".into(),
+                ))
+            });
+            slots.and(built)
+        })?;
+        let Built {
+            exit,
+            control,
+            i8042,
+            boot_time_us,
+            vcpus,
+            subscribers,
+            entry,
+            vcpu_count,
+        } = built;
+
+        let events = EventLoop::start(subscribers)?;
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            match vcpu.start() {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    exit.request(ExitReason::VmmError(e.to_string()));
+                    stop_vcpus(&threads);
+                    return Err(e);
+                }
+            }
+        }
+        info!(
+            "started {vcpu_count} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
+            entry.mode,
+            entry.entry,
+            started.elapsed()
+        );
+        Ok(Vm {
+            _vm_fd: vm_fd,
+            shared: Arc::new(Shared {
+                exit,
+                control,
+                i8042,
+                vcpus: Mutex::new(threads),
+                boot_time_us,
+                started,
+            }),
+            events,
+        })
+    }
+
+    /// Everything but guest memory registration: irqchip, PIT, devices,
+    /// kernel and configured (not yet running) vCPUs.
+    fn build(
+        kvm: &Kvm,
+        vm_fd: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: VmConfig,
+        started: Instant,
+    ) -> Result<Built> {
         vm_fd
             .create_irq_chip()
             .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
@@ -200,8 +271,6 @@ impl Vm {
                 ..Default::default()
             })
             .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
-
-        let mem = create_memory(&vm_fd, config.memory_mib)?;
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
         let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
@@ -259,7 +328,7 @@ impl Vm {
         .map_err(|e| Error::Device(e.to_string()))?;
 
         // virtio devices, in the order the guest enumerates them.
-        let mut dm = DeviceManager::new(&vm_fd, mem.clone());
+        let mut dm = DeviceManager::new(vm_fd, mem.clone());
         for drive in &config.drives {
             let mut slot = dm.slot(1)?;
             let evt = slot.queue_evts.remove(0);
@@ -295,7 +364,7 @@ impl Vm {
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
         let entry = crate::boot::load(
-            &mem,
+            mem,
             &config.kernel,
             config.initrd.as_deref(),
             &cmdline,
@@ -330,38 +399,15 @@ impl Vm {
             )?;
             vcpus.push(vcpu);
         }
-
-        let events = EventLoop::start(subscribers)?;
-        let mut threads = Vec::with_capacity(vcpus.len());
-        for vcpu in vcpus {
-            match vcpu.start() {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    exit.request(ExitReason::VmmError(e.to_string()));
-                    stop_vcpus(&threads);
-                    return Err(e);
-                }
-            }
-        }
-        info!(
-            "started {} vCPU(s), {} MiB, {:?} entry at {:#x} in {:?}",
-            config.vcpus,
-            config.memory_mib,
-            entry.mode,
-            entry.entry,
-            started.elapsed()
-        );
-        Ok(Vm {
-            _vm_fd: vm_fd,
-            shared: Arc::new(Shared {
-                exit,
-                control,
-                i8042,
-                vcpus: Mutex::new(threads),
-                boot_time_us,
-                started,
-            }),
-            events,
+        Ok(Built {
+            exit,
+            control,
+            i8042,
+            boot_time_us,
+            vcpus,
+            subscribers,
+            entry,
+            vcpu_count: config.vcpus,
         })
     }
 
@@ -464,15 +510,29 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
     })
 }
 
-/// Maps guest RAM and registers it with KVM.
-fn create_memory(vm_fd: &VmFd, memory_mib: u64) -> Result<GuestMemoryMmap> {
-    let bytes = memory_mib << 20;
-    let ranges: Vec<(GuestAddress, usize)> = arch::ram_regions(bytes)
+/// What `Vm::build` hands back to `Vm::start`.
+struct Built {
+    exit: Arc<ExitState>,
+    control: Arc<VcpuControl>,
+    i8042: Arc<Mutex<Keyboard>>,
+    boot_time_us: Arc<AtomicU64>,
+    vcpus: Vec<Vcpu>,
+    subscribers: Vec<Subscriber>,
+    entry: crate::boot::KernelEntry,
+    vcpu_count: u32,
+}
+
+/// Maps guest RAM (not yet known to KVM).
+fn map_memory(memory_mib: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = arch::ram_regions(memory_mib << 20)
         .into_iter()
         .map(|(start, len)| (start, len as usize))
         .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|e| Error::Memory(memory_mib, e.to_string()))?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(memory_mib, e.to_string()))
+}
+
+/// Registers guest RAM with KVM, one slot per region.
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap, memory_mib: u64) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
@@ -490,5 +550,5 @@ fn create_memory(vm_fd: &VmFd, memory_mib: u64) -> Result<GuestMemoryMmap> {
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
-    Ok(mem)
+    Ok(())
 }
