@@ -14,13 +14,13 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp "$ROOTFS" "$work/rootfs.ext4"   # the guest writes to its root disk
 
-cmdline="console=ttyS0 reboot=k panic=1 root=/dev/vda rw"
+cmdline="console=ttyS0 reboot=k panic=1 root=/dev/vda rw strato_shell"
 if [ -e /sys/module/kvm_pvm ]; then
     # Software KVM: see docs/platforms.md. Linux gets through its whole
     # kernel start-up (virtio probe, ext4 root) but cannot run user space.
     echo "[demo] /dev/kvm is software virtualization (kvm_pvm) here: Linux boots" >&2
     echo "[demo] its kernel, mounts the root disk and stops at the first system" >&2
-    echo "[demo] call of init (about 20 s); on hardware KVM it reaches the shell." >&2
+    echo "[demo] call of init (about 20 s); on hardware KVM init opens a shell." >&2
     cmdline="console=ttyS0 earlycon=uart8250,io,0x3f8 reboot=k panic=-1 noxsave clearcpuid=popcnt,smap no_int3_selftest maxcpus=1 root=/dev/vda rw"
 fi
 echo "[demo] target/release/strato run --kernel $VMLINUX --vcpus 2 --memory 256 --drive path=rootfs.ext4 --cmdline \"$cmdline\"" >&2
