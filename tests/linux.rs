@@ -134,16 +134,25 @@ fn linux_finds_its_devices_and_mounts_an_ext4_root() {
     }
 }
 
+/// True, after saying so, when `test` cannot run here: Linux user space
+/// needs hardware KVM.
+fn user_space_unavailable(test: &str) -> bool {
+    let soft = software_kvm();
+    if soft {
+        not_run(
+            test,
+            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
+             cannot run; this test runs on hardware KVM",
+        );
+    }
+    soft
+}
+
 /// Boots to user space and back out: init prints its marker, writes the
 /// boot timer and reboots, which ends strato with status 0.
 #[test]
 fn linux_boots_to_user_space() {
-    if software_kvm() {
-        not_run(
-            "linux_boots_to_user_space",
-            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
-             cannot run; this test runs on hardware KVM",
-        );
+    if user_space_unavailable("linux_boots_to_user_space") {
         return;
     }
     let r = strato_tests::strato(
@@ -176,12 +185,7 @@ fn linux_boots_to_user_space() {
 /// sees vda and eth0, then reboots.
 #[test]
 fn linux_boots_from_an_ext4_root_to_user_space() {
-    if software_kvm() {
-        not_run(
-            "linux_boots_from_an_ext4_root_to_user_space",
-            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
-             cannot run; this test runs on hardware KVM",
-        );
+    if user_space_unavailable("linux_boots_from_an_ext4_root_to_user_space") {
         return;
     }
     let (_dir, _ns, args) = root_disk_vm(
@@ -251,12 +255,7 @@ const TCP_PORT: u16 = 5555;
 /// its third disk; both ends compare bytes.
 #[test]
 fn linux_transfers_data_over_tcp() {
-    if software_kvm() {
-        not_run(
-            "linux_transfers_data_over_tcp",
-            "/dev/kvm is software virtualization (kvm_pvm), where Linux user space \
-             cannot run; this test runs on hardware KVM",
-        );
+    if user_space_unavailable("linux_transfers_data_over_tcp") {
         return;
     }
     const LEN: usize = 4 << 20;

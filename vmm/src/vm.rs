@@ -210,43 +210,34 @@ impl Vm {
             });
             slots.and(built)
         })?;
-        let Built {
-            exit,
-            control,
-            i8042,
-            boot_time_us,
-            vcpus,
-            subscribers,
-            entry,
-            vcpu_count,
-        } = built;
 
-        let events = EventLoop::start(subscribers)?;
-        let mut threads = Vec::with_capacity(vcpus.len());
-        for vcpu in vcpus {
+        let events = EventLoop::start(built.subscribers)?;
+        let mut threads = Vec::with_capacity(built.vcpus.len());
+        for vcpu in built.vcpus {
             match vcpu.start() {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    exit.request(ExitReason::VmmError(e.to_string()));
+                    built.exit.request(ExitReason::VmmError(e.to_string()));
                     stop_vcpus(&threads);
                     return Err(e);
                 }
             }
         }
         info!(
-            "started {vcpu_count} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
-            entry.mode,
-            entry.entry,
+            "started {} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
+            threads.len(),
+            built.entry.mode,
+            built.entry.entry,
             started.elapsed()
         );
         Ok(Vm {
             _vm_fd: vm_fd,
             shared: Arc::new(Shared {
-                exit,
-                control,
-                i8042,
+                exit: built.exit,
+                control: built.control,
+                i8042: built.i8042,
                 vcpus: Mutex::new(threads),
-                boot_time_us,
+                boot_time_us: built.boot_time_us,
                 started,
             }),
             events,
@@ -407,7 +398,6 @@ impl Vm {
             vcpus,
             subscribers,
             entry,
-            vcpu_count: config.vcpus,
         })
     }
 
@@ -519,7 +509,6 @@ struct Built {
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Subscriber>,
     entry: crate::boot::KernelEntry,
-    vcpu_count: u32,
 }
 
 /// Maps guest RAM (not yet known to KVM).
