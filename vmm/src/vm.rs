@@ -534,8 +534,10 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap, memory_mib: u64) -> Resu
             userspace_addr: host as u64,
         };
         // SAFETY: the host range is a live mapping owned by `mem` of exactly
-        // `memory_size` bytes; `mem` is kept by the vCPUs (and so outlives
-        // any guest access) for as long as the VM fd exists.
+        // `memory_size` bytes. Only running vCPUs reach it through the slot,
+        // and each holds a clone of `mem` until its thread is joined; if
+        // `start` fails, no vCPU has run, and KVM's MMU notifier drops its
+        // references when the mapping goes.
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
