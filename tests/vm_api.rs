@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::{kill, wait_for, Api, Json, Netns};
-use strato_tests::{guest, strato_bin, Scratch};
+use strato_tests::{guest, hardware_kvm, linux_image, require_hardware_kvm, strato_bin, Scratch};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -315,6 +315,50 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
     assert_eq!(rec["exit_status"].as_i64(), Some(0));
     assert!(!vm.sock.exists(), "socket removed");
     api.check_schema(&dir.0);
+}
+
+/// SendCtrlAltDel on a running Linux: the keyboard's Ctrl-Alt-Del reaches
+/// busybox init, which runs its ctrlaltdel action and reboots cleanly.
+#[test]
+#[ignore = hardware_kvm!()]
+fn ctrl_alt_del_makes_linux_init_reboot() {
+    require_hardware_kvm();
+    let dir = Scratch::new("vm-api-linux-cad");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":2,"mem_size_mib":256}"#),
+        204,
+    );
+    let body = format!(
+        r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 strato_noreboot"}}"#,
+        linux_image("VMLINUX"),
+        linux_image("INITRAMFS")
+    );
+    api.expect("PUT", "/boot-source", Some(&body), 204);
+    api.expect(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+        204,
+    );
+    // The keyboard must be up before the keys can mean anything: init's
+    // last line comes after the i8042 driver probed.
+    vm.wait_console("STRATO_INIT_DONE");
+    api.expect(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
+        204,
+    );
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    let console = vm.console_text();
+    assert!(console.contains("STRATO_CTRLALTDEL"), "{console}");
+    assert!(console.contains("reboot: Restarting system"), "{console}");
+    assert_eq!(vm.exit_record()["reason"], "guest reset");
 }
 
 #[test]

@@ -9,7 +9,10 @@
 #define ICR_HIGH        (LAPIC_BASE + 0x310)
 #define MAX_APS         255
 #define DELAY           300             /* iterations between IPIs */
-#define WAIT_LOOPS      2000000         /* bound on the final wait (~8M insns) */
+/* Bound on the final wait, in TSC ticks (seconds at any clock rate): a
+ * bound in loop iterations ran out before the APs' real-mode start on a
+ * fast CPU with slow AP bring-up (nested virtualization). */
+#define WAIT_TSC_SHIFT  34
 
     .text
     .code64
@@ -95,12 +98,20 @@ guest_main:
     jmp 5b
 
     /* Bounded wait for every AP to check in. */
-6:  mov $WAIT_LOOPS, %ecx
+6:  rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    mov %rdx, %r15                  /* %r15 = TSC at the start of the wait */
 7:  mov ap_count(%rip), %eax
     cmp %r14d, %eax
     je 8f
-    dec %ecx
-    jnz 7b
+    pause
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    sub %r15, %rdx
+    shr $WAIT_TSC_SHIFT, %rdx
+    jz 7b
     PUTS "smp: timeout, "
     mov ap_count(%rip), %eax
     PUTDEC %rax

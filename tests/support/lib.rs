@@ -7,6 +7,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod shell;
+
 /// Path of a tiny test guest built from `tests/guests` by the build script.
 pub fn guest(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("STRATO_TEST_GUESTS")).join(format!("{name}.elf"));
@@ -17,7 +19,14 @@ pub fn guest(name: &str) -> PathBuf {
 /// Path of the `strato` binary of this build profile, (re)built once per
 /// test process so a test never runs a stale binary (`cargo test` builds
 /// only the test harness of a binary crate, not the binary itself).
+///
+/// `STRATO_BIN` names a prebuilt binary instead: the lane runner
+/// (`tests/lane/lane.py`) builds on the host and runs the tests where cargo
+/// would be far too slow.
 pub fn strato_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("STRATO_BIN") {
+        return PathBuf::from(bin);
+    }
     static BUILD: Once = Once::new();
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/strato
@@ -190,17 +199,32 @@ pub fn run_guest(name: &str, args: &[&str]) -> Run {
     strato(&all, None, Duration::from_secs(60))
 }
 
-/// Says on the real stderr (not captured by the test harness, so it shows
-/// in every run's output) that a test did not run and why.
-pub fn not_run(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\nNOT RUN: {test}: {why}");
-}
-
 /// True when /dev/kvm is the software `kvm_pvm` implementation, where Linux
 /// user space cannot run.
 pub fn software_kvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The reason given to `#[ignore]` on tests that need hardware-style KVM.
+/// `cargo test` lists them as ignored; the x86 lane
+/// (`python3 tests/lane/lane.py test`) and a host with hardware KVM
+/// (`cargo test -- --include-ignored`) run them.
+#[macro_export]
+macro_rules! hardware_kvm {
+    () => {
+        "needs hardware KVM: runs in the x86 lane (python3 tests/lane/lane.py test)"
+    };
+}
+
+/// Fails the calling test at once when it was asked to run (with
+/// `--include-ignored`) on software KVM, where it cannot: such a test must
+/// never pass without running.
+pub fn require_hardware_kvm() {
+    assert!(
+        !software_kvm(),
+        "this test needs hardware KVM, and /dev/kvm here is software virtualization \
+         (kvm_pvm); run it in the x86 lane: python3 tests/lane/lane.py test"
+    );
 }
 
 /// Starts `strato` with `args` and reads its stdout until a line contains
@@ -285,6 +309,20 @@ pub fn linux_images() -> std::collections::HashMap<String, PathBuf> {
         std::sync::OnceLock::new();
     IMAGES
         .get_or_init(|| {
+            // The lane runner passes the images it built on the host as
+            // STRATO_IMAGE_<KEY>, so nothing is hashed or built in the lane.
+            let given: std::collections::HashMap<String, PathBuf> = std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    let k = k.into_string().ok()?;
+                    Some((
+                        k.strip_prefix("STRATO_IMAGE_")?.to_string(),
+                        PathBuf::from(v),
+                    ))
+                })
+                .collect();
+            if !given.is_empty() {
+                return given;
+            }
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
             let out = Command::new("bash")
                 .arg(root.join("resources/build.sh"))
@@ -300,6 +338,17 @@ pub fn linux_images() -> std::collections::HashMap<String, PathBuf> {
                 .collect()
         })
         .clone()
+}
+
+/// Path of one Linux guest image (`VMLINUX`, `BZIMAGE`, `INITRAMFS`,
+/// `ROOTFS`) as a string for command lines.
+pub fn linux_image(key: &str) -> String {
+    linux_images()
+        .get(key)
+        .unwrap_or_else(|| panic!("resources/build.sh gave no {key}"))
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
 }
 
 /// A network namespace holding tap devices, deleted on drop.

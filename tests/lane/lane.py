@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""The x86 test lane: run a command where /dev/kvm is hardware-style KVM.
+
+The lane is a QEMU TCG virtual machine with `-cpu max` (an emulated AMD
+CPU with SVM) running Debian's generic kernel, which loads `kvm_amd`. Inside
+it strato gets a KVM that behaves like a real host's: Linux user space, TCP,
+distribution kernels. The lane VM sees this machine's root file system
+read-only over virtio-9p (so the test binaries, the checkout and the image
+cache are where they are on the host), with fresh /tmp, /run and /dev, plus
+one read-write directory for results. Nothing is built inside the lane:
+cargo there would be far too slow.
+
+    python3 tests/lane/lane.py test [--release] [-- FILTER ...]
+        builds the integration tests, strato and the guest images on the
+        host, then runs every integration test binary in the lane with
+        --include-ignored (the tests marked as needing hardware KVM too)
+    python3 tests/lane/lane.py run [--] COMMAND [ARG ...]
+        runs one command in the lane (a test binary, a benchmark)
+    python3 tests/lane/lane.py check | install
+        says what is missing | installs it with apt-get (as root)
+
+The exit status is the command's; 124 if the lane hit --timeout (the lane
+VM is killed and the tail of its console printed); 125 if the lane itself
+could not run (a missing package is named in one line).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("STRATO_CACHE", Path.home() / ".cache" / "strato"))
+PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "kmod"]
+# Loaded in the lane in this order (with their dependencies): the 9p root,
+# hardware-style KVM, and what the tests need for networking.
+MODULES = ["virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "tun", "veth", "bridge"]
+LANE_FAILED = 125
+LANE_TIMEOUT = 124
+
+INIT = r"""#!/bin/busybox sh
+# Lane init: load the modules, mount the host's root read-only over 9p with
+# fresh /dev, /proc, /sys, /tmp and /run, run the command, power off.
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /host
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules/order); do
+    insmod /modules/$m || echo "lane: insmod $m failed"
+done
+opts=trans=virtio,version=9p2000.L,msize=1048576
+mount -t 9p -o $opts,ro,cache=loose hostroot /host || { echo "lane: no 9p root"; poweroff -f; }
+for d in proc sys dev; do mount --move /$d /host/$d; done
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2>/dev/null
+for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /host/$d; done
+out=$(sed -n 's/.*lane_out=\([^ ]*\).*/\1/p' /host/proc/cmdline)
+mkdir -p /host$out
+mount -t 9p -o $opts laneout /host$out || { echo "lane: no result dir"; poweroff -f; }
+ln -sf /proc/self/fd /host/dev/fd 2>/dev/null
+echo "lane: kvm $(ls /host/sys/module | grep -E '^kvm_(amd|intel)$'), $(nproc) cpus, \
+$(awk '/MemTotal/ {print int($2/1024)}' /host/proc/meminfo) MiB"
+chroot /host /bin/sh $out/cmd.sh </dev/console >/dev/console 2>&1
+rc=$?
+echo $rc > /host$out/rc
+sync
+echo "STRATO_LANE_EXIT=$rc"
+poweroff -f
+"""
+
+
+def die(msg, code=LANE_FAILED):
+    print(f"lane: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def lane_kernel():
+    """The newest Debian generic kernel that has kvm_amd: (version, vmlinuz)."""
+    wanted = os.environ.get("STRATO_LANE_KERNEL")
+    found = []
+    for vmlinuz in Path("/boot").glob("vmlinuz-*"):
+        ver = vmlinuz.name[len("vmlinuz-"):]
+        if wanted and ver != wanted:
+            continue
+        if (Path("/lib/modules") / ver / "kernel/arch/x86/kvm/kvm-amd.ko").exists():
+            found.append((tuple(int(x) for x in re.findall(r"\d+", ver)), ver, vmlinuz))
+    if not found:
+        return None
+    _, ver, vmlinuz = max(found)
+    return ver, vmlinuz
+
+
+def missing():
+    """What the lane lacks on this machine, as a list of package names."""
+    out = []
+    if not shutil.which("qemu-system-x86_64"):
+        out.append("qemu-system-x86")
+    if not lane_kernel():
+        out.append("linux-image-amd64")
+    if not Path("/bin/busybox").exists():
+        out.append("busybox-static")
+    if not shutil.which("cpio"):
+        out.append("cpio")
+    if not shutil.which("modprobe"):
+        out.append("kmod")
+    return out
+
+
+def require():
+    lack = missing()
+    if lack:
+        die(
+            "the x86 lane needs " + ", ".join(lack) + ": run `python3 tests/lane/lane.py install` "
+            "(as root) or `apt-get install " + " ".join(lack) + "`"
+        )
+
+
+def install():
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def modules(ver):
+    """The module files to load, dependencies first, each once."""
+    res = subprocess.run(
+        ["modprobe", "-S", ver, "--show-depends", "-a", *MODULES],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        die(f"modprobe cannot resolve the lane modules for {ver}: {res.stderr.strip()}")
+    paths = []
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "insmod" and parts[1] not in paths:
+            paths.append(parts[1])
+    return paths
+
+
+def initramfs(ver):
+    """The lane's initramfs, built once per input set and cached."""
+    mods = modules(ver)
+    h = hashlib.sha256()
+    h.update(INIT.encode())
+    h.update(ver.encode())
+    for p in ["/bin/busybox", *mods]:
+        st = os.stat(p)
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out = CACHE / f"lane-x86_64-{h.hexdigest()[:16]}" / "initramfs.cpio"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        stage = Path(tmp) / "root"
+        (stage / "bin").mkdir(parents=True)
+        (stage / "modules").mkdir()
+        shutil.copy2("/bin/busybox", stage / "bin/busybox")
+        names = []
+        for p in mods:
+            shutil.copy2(p, stage / "modules" / Path(p).name)
+            names.append(Path(p).name)
+        (stage / "modules/order").write_text("\n".join(names) + "\n")
+        (stage / "init").write_text(INIT)
+        (stage / "init").chmod(0o755)
+        files = subprocess.run(
+            ["find", ".", "-print0"], cwd=stage, capture_output=True, check=True
+        ).stdout
+        part = Path(tmp) / "initramfs.cpio"
+        with open(part, "wb") as f:
+            subprocess.run(
+                ["cpio", "--quiet", "-o", "-0", "-H", "newc", "-R", "0:0"],
+                cwd=stage,
+                input=files,
+                stdout=f,
+                check=True,
+            )
+        os.replace(part, out)
+    return out
+
+
+def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd):
+    """Runs argv in the lane; returns its exit status."""
+    require()
+    ver, vmlinuz = lane_kernel()
+    cpio = initramfs(ver)
+    outdir = Path(tempfile.mkdtemp(prefix="strato-lane-"))
+    try:
+        script = [f"cd {shlex.quote(str(cwd))} || exit 125"]
+        base = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(Path.home()),
+            "TERM": "dumb",
+            "STRATO_LANE": "x86_64",
+            "STRATO_LANE_OUT": str(outdir),
+        }
+        for k, v in {**base, **env}.items():
+            script.append(f"export {k}={shlex.quote(v)}")
+        script.append("exec " + " ".join(shlex.quote(a) for a in argv))
+        (outdir / "cmd.sh").write_text("\n".join(script) + "\n")
+        qemu = [
+            "qemu-system-x86_64",
+            "-accel", "tcg,thread=multi,tb-size=512",
+            "-cpu", "max",
+            "-smp", str(cpus),
+            "-m", f"{memory_mib}M",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-serial", "stdio",
+            "-kernel", str(vmlinuz),
+            "-initrd", str(cpio),
+            "-append",
+            f"console=ttyS0 loglevel=4 panic=-1 mitigations=off lane_out={outdir}",
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs",
+            f"local,path={outdir},mount_tag=laneout,security_model=none,multidevs=remap",
+        ]
+        tail = deque(maxlen=80)
+        proc = subprocess.Popen(
+            qemu,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def pump():
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").replace("\r", "")
+                tail.append(line)
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            reader.join(5)
+            sys.stdout.write(
+                f"\nlane: killed after {timeout} s; the last lines of its console:\n"
+                + "".join(tail)
+            )
+            return LANE_TIMEOUT
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        reader.join(5)
+        rc_file = outdir / "rc"
+        if not rc_file.exists():
+            sys.stdout.write(
+                f"\nlane: the lane VM ended (qemu status {proc.returncode}) without the "
+                "command's status; the last lines of its console:\n" + "".join(tail)
+            )
+            return LANE_FAILED
+        return int(rc_file.read_text().strip() or LANE_FAILED)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def host_build(release):
+    """Builds strato, the integration tests and the guest images on the host.
+    Returns (env for the lane, [test executables])."""
+    profile = ["--release"] if release else []
+    subprocess.run(["cargo", "build", "-q", "-p", "api", *profile], cwd=ROOT, check=True)
+    res = subprocess.run(
+        ["cargo", "test", "-q", "-p", "strato-tests", "--no-run", "--message-format=json", *profile],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    tests = []
+    for line in res.stdout.splitlines():
+        msg = json.loads(line)
+        if (
+            msg.get("reason") == "compiler-artifact"
+            and msg.get("executable")
+            and "test" in msg["target"]["kind"]
+        ):
+            tests.append(msg["executable"])
+    if not tests:
+        die("cargo built no integration test binaries")
+    images = subprocess.run(
+        ["bash", str(ROOT / "resources/build.sh"), "all"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    target = Path(tests[0]).parents[1]
+    env = {"STRATO_BIN": str(target / "strato")}
+    for line in images.splitlines():
+        k, _, v = line.partition("=")
+        if v:
+            env[f"STRATO_IMAGE_{k}"] = v
+    return env, sorted(tests)
+
+
+def lane_test(args):
+    env, tests = host_build(args.release)
+    # One shell script runs every binary so the lane boots once; each
+    # binary's libtest summary is printed as usual.
+    lines = ["failed=0"]
+    for t in tests:
+        name = Path(t).name.rsplit("-", 1)[0]
+        cmd = " ".join(shlex.quote(a) for a in [t, "--include-ignored", *args.filters])
+        lines.append(f"echo; echo '== {name}'; {cmd} || failed=$((failed + 1))")
+    lines.append('echo; echo "lane: $failed test binaries failed"; [ "$failed" = 0 ]')
+    env.update(dict(kv.split("=", 1) for kv in args.env))
+    return run_in_lane(
+        ["/bin/sh", "-c", "\n".join(lines)], env, args.timeout, args.cpus, args.memory, ROOT
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "test"):
+        s = sub.add_parser(name)
+        s.add_argument("--timeout", type=int, default=3600, help="seconds before the lane VM is killed")
+        s.add_argument("--cpus", type=int, default=2)
+        s.add_argument("--memory", type=int, default=6144, help="lane VM memory in MiB")
+        s.add_argument("--env", action="append", default=[], metavar="K=V",
+                       help="environment for the command (repeatable)")
+        if name == "run":
+            s.add_argument("command", nargs=argparse.REMAINDER)
+        else:
+            s.add_argument("--release", action="store_true")
+            s.add_argument("filters", nargs="*", help="libtest filters and options")
+    sub.add_parser("check")
+    sub.add_parser("install")
+    args = p.parse_args()
+    if args.cmd == "check":
+        lack = missing()
+        print("lane: ready" if not lack else "lane: missing " + " ".join(lack))
+        return 0 if not lack else LANE_FAILED
+    if args.cmd == "install":
+        install()
+        return 0
+    if args.cmd == "test":
+        return lane_test(args)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        die("run needs a command", 2)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    for k in ("RUST_BACKTRACE", "RUST_LOG"):
+        if k in os.environ:
+            env.setdefault(k, os.environ[k])
+    return run_in_lane(command, env, args.timeout, args.cpus, args.memory, Path.cwd())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
