@@ -540,7 +540,7 @@ fn hostile_http_clients_are_refused_and_block_nobody() {
     let dir = Scratch::new("daemon-hostile");
     let daemon = Daemon::start(&dir.0, &[]);
     let api = Api::new(&daemon.sock, "daemon");
-    api::hostile::check(&daemon.sock, daemon.child.id() as i32, "/v1/instances");
+    api::hostile::check(&daemon.sock, daemon.child.id() as i32, "/v1/instances", 64);
 
     let hello = guest("hello");
     let array = format!(

@@ -533,7 +533,7 @@ fn hostile_http_clients_are_refused_and_block_nobody() {
     let dir = Scratch::new("vm-api-hostile");
     let vm = Vm::start(&dir.0, None, &[]);
     let api = Api::new(&vm.sock, "vm");
-    api::hostile::check(&vm.sock, vm.pid(), "/");
+    api::hostile::check(&vm.sock, vm.pid(), "/", 16);
 
     for (method, path, body) in [
         ("PUT", "/machine-config", "[2,256]"),

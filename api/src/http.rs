@@ -3,8 +3,8 @@
 //! sides parse with httparse.
 //!
 //! The server is bounded so that no client can hurt the others or the
-//! process: each connection has its own thread (at most
-//! [`MAX_CONNECTIONS`] at once, more are answered 503), a request must
+//! process: each connection has its own thread (at most a number the
+//! caller sets at once, more are answered 503), a request must
 //! arrive whole within [`REQUEST_TIMEOUT`], its head may not exceed
 //! [`MAX_HEAD`] bytes, and its body is refused (413) from Content-Length
 //! alone when over [`MAX_BODY`], before anything of it is read or
@@ -35,8 +35,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing one response may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 64;
 /// A connection over the limit gets its 503 within this or not at all.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -313,10 +311,13 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<Server, BindError> {
 }
 
 impl Server {
-    /// Serves forever: every connection on a thread of its own, each
-    /// complete request answered with what `handler` returns. Handlers
-    /// may run at once on different connections.
-    pub fn serve<H>(self, handler: H) -> !
+    /// Serves forever: every connection on a thread of its own, at most
+    /// `max_connections` at once, each complete request answered with what
+    /// `handler` returns. Handlers may run at once on different
+    /// connections. Each connection may hold up to [`MAX_HEAD`] plus
+    /// [`MAX_BODY`] bytes and a thread, which is what `max_connections`
+    /// bounds.
+    pub fn serve<H>(self, max_connections: usize, handler: H) -> !
     where
         H: Fn(&Request) -> Response + Send + Sync + 'static,
     {
@@ -334,8 +335,8 @@ impl Server {
                     continue;
                 }
             };
-            let Some(slot) = Slot::take(&active) else {
-                busy(stream);
+            let Some(slot) = Slot::take(&active, max_connections) else {
+                busy(stream, max_connections);
                 continue;
             };
             let handler = handler.clone();
@@ -353,12 +354,12 @@ impl Server {
     }
 }
 
-/// One of the [`MAX_CONNECTIONS`] places, given back on drop.
+/// One of the places for a connection, given back on drop.
 struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Option<Slot> {
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+    fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if active.fetch_add(1, Ordering::AcqRel) >= max {
             active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -373,10 +374,10 @@ impl Drop for Slot {
 }
 
 /// Answers a connection over the limit without reading from it.
-fn busy(mut stream: UnixStream) {
+fn busy(mut stream: UnixStream, max: usize) {
     let err = ApiError::new(
         503,
-        format!("more than {MAX_CONNECTIONS} API connections are open; retry later"),
+        format!("{max} API connections are open already; retry later"),
     );
     let resp = Response::error(&err).with_header("Retry-After", "1");
     let deadline = Instant::now() + BUSY_WRITE_TIMEOUT;

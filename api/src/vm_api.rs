@@ -20,6 +20,11 @@ use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmCont
 
 use crate::http::{self, ApiError, Method, Reply, Request};
 
+/// API connections served at once. A microVM has one or two clients (its
+/// daemon, an SDK); the bound keeps the memory that stalled clients can
+/// pin (about 90 KiB each) well inside the per-instance budget.
+const API_CONNECTIONS: usize = 16;
+
 /// Options of `strato vm`.
 #[derive(clap::Args)]
 pub struct VmArgs {
@@ -724,7 +729,7 @@ pub fn main(args: VmArgs) -> i32 {
     match server {
         Some(server) => {
             let serial = Mutex::new(());
-            server.serve(move |req| {
+            server.serve(API_CONNECTIONS, move |req| {
                 let _one_at_a_time = crate::lock(&serial);
                 http::reply(handle(req, &inst, &signal))
             })

@@ -92,12 +92,13 @@ fn assert_prompt(sock: &Path, probe: &str, after: &str) {
     assert!(took < PROMPT, "GET {probe} after {after} took {took:?}");
 }
 
-/// Runs every attack on the API socket `sock` of process `pid`; `probe`
-/// is a path that answers 200 to GET.
-pub fn check(sock: &Path, pid: i32, probe: &str) {
+/// Runs every attack on the API socket `sock` of process `pid`, which
+/// serves `max_connections` at once; `probe` is a path that answers 200 to
+/// GET.
+pub fn check(sock: &Path, pid: i32, probe: &str, max_connections: usize) {
     huge_content_length(sock, pid, probe);
     huge_head(sock, pid, probe);
-    stalled_requests(sock, probe);
+    stalled_requests(sock, probe, max_connections);
     keep_alive_and_pipelining(sock, probe);
     assert!(alive(pid), "the server died");
 }
@@ -170,8 +171,9 @@ fn huge_head(sock: &Path, pid: i32, probe: &str) {
 }
 
 /// Clients that stop half way through a request (or never begin one)
-/// block nobody and are cut off at the deadline.
-fn stalled_requests(sock: &Path, probe: &str) {
+/// block nobody and are cut off at the deadline; past the connection limit
+/// a client is told at once to come back.
+fn stalled_requests(sock: &Path, probe: &str, max_connections: usize) {
     let start = Instant::now();
     let partial_body = b"PUT /machine-config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"vcpu_count\": 1, \"pad\": \"";
     let stalled: Vec<UnixStream> = (0..12)
@@ -184,8 +186,18 @@ fn stalled_requests(sock: &Path, probe: &str) {
     for _ in 0..5 {
         assert_prompt(sock, probe, "stalled requests");
     }
+    // The probes' connections end just after their answers are read.
+    std::thread::sleep(Duration::from_millis(100));
+    let idle: Vec<UnixStream> = (stalled.len()..max_connections)
+        .map(|_| send(sock, b""))
+        .collect();
+    let start_busy = Instant::now();
+    let a = answer(send(sock, b"GET / HTTP/1.1\r\n\r\n"), PROMPT);
+    assert_eq!(a.status, Some(503), "over the connection limit: {}", a.text);
+    assert!(a.closed && start_busy.elapsed() < PROMPT);
+    let stalled = stalled.into_iter().chain(idle);
     let cut_off = REQUEST_TIMEOUT + SLACK;
-    let mut stalled = stalled.into_iter();
+    let mut stalled = stalled;
     for s in stalled.by_ref().take(13) {
         let a = answer(s, cut_off);
         assert!(a.closed, "a stalled request still open after {cut_off:?}");

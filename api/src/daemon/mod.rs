@@ -47,6 +47,9 @@ pub struct ServeArgs {
     stop_timeout_ms: u64,
 }
 
+/// API connections served at once (handlers of slow operations such as
+/// a stop hold theirs while they wait).
+const API_CONNECTIONS: usize = 64;
 /// How often the monitor looks at the children.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 /// How long a new VMM process may take to serve its API.
@@ -1003,7 +1006,7 @@ pub fn main(args: ServeArgs) -> i32 {
         let daemon = daemon.clone();
         let spawned = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || server.serve(move |req| respond(&daemon, req)));
+            .spawn(move || server.serve(API_CONNECTIONS, move |req| respond(&daemon, req)));
         if let Err(e) = spawned {
             eprintln!("strato: cannot start the API thread: {e}");
             let _ = std::fs::remove_file(&args.api_sock);
