@@ -532,6 +532,53 @@ fn bad_requests_are_refused_and_leave_nothing_behind() {
     api.check_schema(&dir.0);
 }
 
+/// Hostile clients neither crash the daemon nor hold up its API, and a
+/// JSON array where the spec wants an object is refused, not read as the
+/// fields in order.
+#[test]
+fn hostile_http_clients_are_refused_and_block_nobody() {
+    let dir = Scratch::new("daemon-hostile");
+    let daemon = Daemon::start(&dir.0, &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+    api::hostile::check(&daemon.sock, daemon.child.id() as i32, "/v1/instances", 64);
+
+    let hello = guest("hello");
+    let array = format!(
+        r#"["arr",1,16,"{}",null,null,[],[],false]"#,
+        hello.display()
+    );
+    refused(
+        &api,
+        &daemon,
+        "POST",
+        "/v1/instances",
+        &array,
+        400,
+        "expected a JSON object",
+    );
+    api.expect("GET", "/v1/instances/arr", None, 404);
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&create_body("obj", "idle", r#","start":false"#)),
+        201,
+    );
+    api.expect_fault(
+        "PATCH",
+        "/v1/instances/obj",
+        "[2,64]",
+        400,
+        "expected a JSON object",
+    );
+    let v = api.expect("GET", "/v1/instances/obj", None, 200).json();
+    assert_eq!(
+        v["config"]["vcpus"].as_u64(),
+        Some(1),
+        "an array resized the instance"
+    );
+    api.check_schema(&dir.0);
+}
+
 #[test]
 fn drives_and_network_interfaces_reach_the_guest() {
     let dir = Scratch::new("daemon-io");

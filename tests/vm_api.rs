@@ -569,6 +569,33 @@ fn bad_requests_and_wrong_states_are_refused() {
     api.check_schema(&dir.0);
 }
 
+/// Hostile clients neither crash the VMM nor hold up its API, and a JSON
+/// array where the spec wants an object is refused, not read as the
+/// fields in order.
+#[test]
+fn hostile_http_clients_are_refused_and_block_nobody() {
+    let dir = Scratch::new("vm-api-hostile");
+    let vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api::hostile::check(&vm.sock, vm.pid(), "/", 16);
+
+    for (method, path, body) in [
+        ("PUT", "/machine-config", "[2,256]"),
+        ("PATCH", "/machine-config", " [2]"),
+        ("PUT", "/actions", r#"["InstanceStart"]"#),
+        ("PUT", "/boot-source", r#""x""#),
+    ] {
+        api.expect_fault(method, path, body, 400, "expected a JSON object");
+    }
+    let m = api.expect("GET", "/machine-config", None, 200).json();
+    assert_eq!(
+        (m["vcpu_count"].as_u64(), m["mem_size_mib"].as_u64()),
+        (Some(1), Some(128)),
+        "an array changed the machine configuration"
+    );
+    api.check_schema(&dir.0);
+}
+
 #[test]
 fn config_file_boots_without_api_calls() {
     let dir = Scratch::new("vm-api-config");

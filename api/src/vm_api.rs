@@ -2,10 +2,11 @@
 //! wire-compatible with Firecracker's for the endpoints it implements, so
 //! Firecracker clients and SDKs work unchanged.
 //!
-//! The main thread serves requests one at a time (requests on one VM are
-//! serialized by construction); a waiter thread owns the running `Vm` and
-//! ends the process when the guest ends. Requests never wait on a vCPU
-//! except for a pause, which is bounded.
+//! Each API connection has its own thread, so a slow client cannot hold
+//! up another, but requests are handled one at a time (requests on one VM
+//! are serialized); a waiter thread owns the running `Vm` and ends the
+//! process when the guest ends. Requests never wait on a vCPU except for a
+//! pause, which is bounded.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -14,11 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tiny_http::{Method, Request};
 use vmm::config::parse_mac;
 use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
 
-use crate::http::{self, ApiError, Reply};
+use crate::http::{self, ApiError, Method, Reply, Request};
+
+/// API connections served at once. A microVM has one or two clients (its
+/// daemon, an SDK); the bound keeps the memory that stalled clients can
+/// pin (about 90 KiB each) well inside the per-instance budget.
+const API_CONNECTIONS: usize = 16;
 
 /// Options of `strato vm`.
 #[derive(clap::Args)]
@@ -529,7 +534,7 @@ fn start(inst: &Shared, signal: &Arc<std::sync::atomic::AtomicI32>) -> Result<()
 
 /// Handles one request.
 fn handle(
-    req: &mut Request,
+    req: &Request,
     inst: &Shared,
     signal: &Arc<std::sync::atomic::AtomicI32>,
 ) -> Result<Reply, ApiError> {
@@ -723,11 +728,11 @@ pub fn main(args: VmArgs) -> i32 {
     }
     match server {
         Some(server) => {
-            for mut req in server.incoming_requests() {
-                let result = handle(&mut req, &inst, &signal);
-                http::respond(req, result);
-            }
-            crate::run::EXIT_VMM_ERROR
+            let serial = Mutex::new(());
+            server.serve(API_CONNECTIONS, move |req| {
+                let _one_at_a_time = crate::lock(&serial);
+                http::reply(handle(req, &inst, &signal))
+            })
         }
         None => loop {
             // The waiter thread ends the process.

@@ -1,7 +1,8 @@
 //! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`): an
 //! HTTP client over unix sockets that keeps a transcript of every exchange
 //! for the OpenAPI check (`tests/api_schema.py`), a small JSON reader, a
-//! daemon guard that kills everything it started, and a network namespace.
+//! daemon guard that kills everything it started, a network namespace, and
+//! hostile clients for both sockets.
 
 #![allow(dead_code)]
 
@@ -12,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod hostile;
 pub mod json;
 
 pub use json::Json;
@@ -214,6 +216,16 @@ impl Api {
             r.text()
         );
         r
+    }
+
+    /// Asserts the status and that the `fault_message` contains `needle`.
+    pub fn expect_fault(&self, method: &str, path: &str, body: &str, status: u16, needle: &str) {
+        let r = self.expect(method, path, Some(body), status);
+        let fault = r.fault();
+        assert!(
+            fault.contains(needle),
+            "{method} {path} {body}: {fault:?} lacks {needle:?}"
+        );
     }
 
     /// Validates every recorded response against the spec with

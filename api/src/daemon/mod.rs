@@ -4,7 +4,7 @@
 //! through its Firecracker-compatible API, and serves a REST API for
 //! creating and controlling instances (see `api/openapi/daemon.yaml`).
 //!
-//! Threads: a few workers take requests from the server; a monitor reaps
+//! Threads: one per API connection (see `http`); a monitor reaps
 //! children and notices dead VMM processes; the main thread waits for
 //! SIGINT/SIGTERM. Each instance has an operation lock that serializes
 //! state-changing requests on it (start, stop, pause, ...) and a record
@@ -23,9 +23,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response};
 
-use crate::http::{self, ApiError, Reply};
+use crate::http::{self, ApiError, Method, Reply, Request, Response};
 use crate::lock;
 use model::{CreateRequest, Intent, Limits, Record, ResizeRequest, State};
 use process::{Proc, Reaper, Spawn, CONSOLE, EXIT, RECORD, SOCK};
@@ -48,8 +47,9 @@ pub struct ServeArgs {
     stop_timeout_ms: u64,
 }
 
-/// Worker threads serving requests.
-const WORKERS: usize = 8;
+/// API connections served at once (handlers of slow operations such as
+/// a stop hold theirs while they wait).
+const API_CONNECTIONS: usize = 64;
 /// How often the monitor looks at the children.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 /// How long a new VMM process may take to serve its API.
@@ -272,7 +272,7 @@ impl Daemon {
 
     // ----- requests -----
 
-    fn handle(&self, req: &mut Request) -> Result<Reply, ApiError> {
+    fn handle(&self, req: &Request) -> Result<Reply, ApiError> {
         let url = req.url().to_string();
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -312,7 +312,7 @@ impl Daemon {
         }
     }
 
-    fn create(&self, req: &mut Request) -> Result<Reply, ApiError> {
+    fn create(&self, req: &Request) -> Result<Reply, ApiError> {
         let body: CreateRequest = http::json_body(req)?;
         let (id, config, start) = body.validate(&self.limits)?;
         let sock_len = self.state_dir.as_os_str().len() + 2 + id.len() + SOCK.len();
@@ -381,7 +381,7 @@ impl Daemon {
         Ok(Reply::Json(200, inst.view()))
     }
 
-    fn resize(&self, id: &str, req: &mut Request) -> Result<Reply, ApiError> {
+    fn resize(&self, id: &str, req: &Request) -> Result<Reply, ApiError> {
         let body: ResizeRequest = http::json_body(req)?;
         let inst = self.instance(id)?;
         if body.vcpus.is_none() && body.memory_mib.is_none() {
@@ -889,29 +889,14 @@ fn allowed(path: &str) -> &'static str {
     }
 }
 
-fn not_allowed(req: Request, err: &ApiError) {
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    let body = json!({ "fault_message": err.message }).to_string();
-    let resp = Response::from_string(body)
-        .with_status_code(405)
-        .with_header(
-            Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                .expect("static header"),
-        )
-        .with_header(Header::from_bytes(&b"Allow"[..], allowed(&path).as_bytes()).expect("ascii"));
-    if let Err(e) = req.respond(resp) {
-        log::debug!("client went away: {e}");
-    }
-}
-
-fn text_response(req: Request, status: u16, body: Vec<u8>) {
-    let header = Header::from_bytes(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])
-        .expect("static header");
-    let resp = Response::from_data(body)
-        .with_status_code(status)
-        .with_header(header);
-    if let Err(e) = req.respond(resp) {
-        log::debug!("client went away: {e}");
+/// The response to a request: a 405 names the methods allowed.
+fn respond(daemon: &Daemon, req: &Request) -> Response {
+    match daemon.handle(req) {
+        Err(e) if e.status == 405 => {
+            let path = req.url().split('?').next().unwrap_or("");
+            Response::error(&e).with_header("Allow", allowed(path))
+        }
+        result => http::reply(result),
     }
 }
 
@@ -1000,7 +985,7 @@ pub fn main(args: ServeArgs) -> i32 {
     });
     daemon.adopt_all();
     let server = match http::bind(&args.api_sock, args.api_sock_group) {
-        Ok(s) => Arc::new(s),
+        Ok(s) => s,
         Err(e) => {
             eprintln!("strato: {e}");
             return 1;
@@ -1017,26 +1002,13 @@ pub fn main(args: ServeArgs) -> i32 {
             return 1;
         }
     }
-    for n in 0..WORKERS {
+    {
         let daemon = daemon.clone();
-        let server = server.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("worker-{n}"))
-            .spawn(move || loop {
-                match server.recv() {
-                    Ok(mut req) => match daemon.handle(&mut req) {
-                        Ok(Reply::Text(status, body)) => text_response(req, status, body),
-                        Err(e) if e.status == 405 => not_allowed(req, &e),
-                        result => http::respond(req, result),
-                    },
-                    Err(e) => {
-                        log::warn!("accepting a request failed: {e}");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            });
+            .name("api".into())
+            .spawn(move || server.serve(API_CONNECTIONS, move |req| respond(&daemon, req)));
         if let Err(e) = spawned {
-            eprintln!("strato: cannot start a worker thread: {e}");
+            eprintln!("strato: cannot start the API thread: {e}");
             let _ = std::fs::remove_file(&args.api_sock);
             return 1;
         }
