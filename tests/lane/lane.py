@@ -14,8 +14,9 @@ cargo there would be far too slow.
         builds the integration tests, strato and the guest images on the
         host, then runs every integration test binary in the lane with
         --include-ignored (the tests marked as needing hardware KVM too)
-    python3 tests/lane/lane.py run [--] COMMAND [ARG ...]
-        runs one command in the lane (a test binary, a benchmark)
+    python3 tests/lane/lane.py run [--interactive] [--] COMMAND [ARG ...]
+        runs one command in the lane (a test binary, a benchmark; with
+        --interactive the lane console is this terminal)
     python3 tests/lane/lane.py check | install
         says what is missing | installs it with apt-get (as root)
 
@@ -198,8 +199,10 @@ def initramfs(ver):
     return out
 
 
-def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd):
-    """Runs argv in the lane; returns its exit status."""
+def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False):
+    """Runs argv in the lane; returns its exit status. Interactive: the
+    lane's console is this terminal (QEMU makes it raw), so a person can
+    type into the command; nothing is captured."""
     require()
     ver, vmlinuz = lane_kernel()
     cpio = initramfs(ver)
@@ -234,6 +237,16 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd):
             "-virtfs",
             f"local,path={outdir},mount_tag=laneout,security_model=none,multidevs=remap",
         ]
+        if interactive:
+            proc = subprocess.Popen(qemu, start_new_session=False)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return LANE_TIMEOUT
+            rc_file = outdir / "rc"
+            return int(rc_file.read_text().strip() or LANE_FAILED) if rc_file.exists() else LANE_FAILED
         tail = deque(maxlen=80)
         proc = subprocess.Popen(
             qemu,
@@ -345,6 +358,8 @@ def main():
         s.add_argument("--env", action="append", default=[], metavar="K=V",
                        help="environment for the command (repeatable)")
         if name == "run":
+            s.add_argument("--interactive", action="store_true",
+                           help="the lane console on this terminal, for typing into the command")
             s.add_argument("command", nargs=argparse.REMAINDER)
         else:
             s.add_argument("--release", action="store_true")
@@ -368,7 +383,8 @@ def main():
     for k in ("RUST_BACKTRACE", "RUST_LOG"):
         if k in os.environ:
             env.setdefault(k, os.environ[k])
-    return run_in_lane(command, env, args.timeout, args.cpus, args.memory, Path.cwd())
+    return run_in_lane(command, env, args.timeout, args.cpus, args.memory, Path.cwd(),
+                       args.interactive)
 
 
 if __name__ == "__main__":
