@@ -10,7 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use api::{alive, kill, wait_for, Api, Daemon, Json, Netns};
-use strato_tests::{guest, strato_bin, Scratch};
+use strato_tests::{
+    guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, Scratch,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -785,4 +787,101 @@ fn command_line_client() {
     assert_eq!((code, out.as_str()), (0, ""));
     assert!(daemon.instance_dirs().is_empty());
     assert!(daemon.vmm_pids().is_empty());
+}
+
+/// Asks `ip:port` (from inside `ns`) for what the guest's server answers.
+fn ask(ns: &Netns, ip: &str, port: u16) -> std::io::Result<Vec<u8>> {
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+    ns.run(move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
+        Ok(answer)
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// Three Linux instances at once through the daemon, each with its own
+/// root disk, data disk and NIC, each serving TCP from user space; stopping
+/// one leaves the other two serving.
+#[test]
+#[ignore = hardware_kvm!()]
+fn three_linux_instances_serve_tcp_and_survive_a_neighbour_stopping() {
+    require_hardware_kvm();
+    let dir = Scratch::new("daemon-linux");
+    let taps = ["tap0", "tap1", "tap2"];
+    let ns = Netns::new("daemon-linux", &taps);
+    let daemon = Daemon::start_in(&dir.0, Some(&ns), &["--stop-timeout-ms", "30000"]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let ids = ["web-0", "web-1", "web-2"];
+    let mut answers = Vec::new();
+    let threads: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let net = 10 + i;
+            ns.exec(&["ip", "addr", "add", &format!("172.31.{net}.1/24"), "dev", taps[i]]);
+            let root = dir.path(&format!("{id}-root.ext4"));
+            std::fs::copy(linux_image("ROOTFS"), &root).expect("copy the root image");
+            let mut data = random_bytes(64, 50 + i as u64);
+            data.resize(1 << 20, 0);
+            answers.push(data[..64].to_vec());
+            let data = dir.file(&format!("{id}-data.img"), &data);
+            let body = format!(
+                r#"{{"id":"{id}","vcpus":1,"memory_mib":128,"kernel":"{}",
+                "cmdline":"console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip=172.31.{net}.2::172.31.{net}.1:255.255.255.0::eth0:off strato_serve=8000 strato_noreboot",
+                "drives":[{{"id":"root","path":"{root}","root":true}},{{"id":"data","path":"{data}"}}],
+                "nets":[{{"id":"eth0","tap":"{}","mac":"06:00:ac:10:00:{:02x}"}}]}}"#,
+                linux_image("VMLINUX"),
+                taps[i],
+                i + 2
+            );
+            let api = api.clone();
+            std::thread::spawn(move || api.call("POST", "/v1/instances", Some(&body)))
+        })
+        .collect();
+    for (t, id) in threads.into_iter().zip(ids) {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 201, "create {id}: {}", r.text());
+    }
+    let serving = |i: usize| {
+        let ip = format!("172.31.{}.2", 10 + i);
+        // The guest's server starts after init's report; retry until then.
+        wait_for(&format!("{} to serve TCP", ids[i]), LONG * 3, || {
+            ask(&ns, &ip, 8000).ok().filter(|a| !a.is_empty())
+        })
+    };
+    for (i, id) in ids.iter().enumerate() {
+        wait_console(&api, id, "STRATO_INIT_DONE");
+        assert_eq!(
+            serving(i),
+            answers[i],
+            "{id} answered with another disk's bytes"
+        );
+    }
+    // Stop the middle one: its guest shuts down through Ctrl-Alt-Del.
+    let v = api
+        .expect("POST", "/v1/instances/web-1/stop", None, 200)
+        .json();
+    assert_eq!(v["state"], "stopped", "{v:?}");
+    assert!(
+        ask(&ns, "172.31.11.2", 8000).is_err(),
+        "web-1 still answers"
+    );
+    for i in [0, 2] {
+        assert_eq!(
+            serving(i),
+            answers[i],
+            "{} after its neighbour stopped",
+            ids[i]
+        );
+    }
+    for id in ids {
+        api.call("POST", &format!("/v1/instances/{id}/kill"), None);
+        api.expect("DELETE", &format!("/v1/instances/{id}"), None, 204);
+    }
+    api.check_schema(&dir.0);
 }

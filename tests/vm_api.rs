@@ -317,6 +317,37 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
     api.check_schema(&dir.0);
 }
 
+/// Boots the project's Linux with its initramfs through the API: 2 vCPUs,
+/// 256 MiB, `cmdline`, and a NIC on tap0 when `nic`.
+fn boot_linux(api: &Api, cmdline: &str, nic: bool) {
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":2,"mem_size_mib":256}"#),
+        204,
+    );
+    let body = format!(
+        r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 {cmdline}"}}"#,
+        linux_image("VMLINUX"),
+        linux_image("INITRAMFS")
+    );
+    api.expect("PUT", "/boot-source", Some(&body), 204);
+    if nic {
+        api.expect(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:ac:10:00:02"}"#),
+            204,
+        );
+    }
+    api.expect(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+        204,
+    );
+}
+
 /// SendCtrlAltDel on a running Linux: the keyboard's Ctrl-Alt-Del reaches
 /// busybox init, which runs its ctrlaltdel action and reboots cleanly.
 #[test]
@@ -326,24 +357,7 @@ fn ctrl_alt_del_makes_linux_init_reboot() {
     let dir = Scratch::new("vm-api-linux-cad");
     let mut vm = Vm::start(&dir.0, None, &[]);
     let api = Api::new(&vm.sock, "vm");
-    api.expect(
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count":2,"mem_size_mib":256}"#),
-        204,
-    );
-    let body = format!(
-        r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 strato_noreboot"}}"#,
-        linux_image("VMLINUX"),
-        linux_image("INITRAMFS")
-    );
-    api.expect("PUT", "/boot-source", Some(&body), 204);
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-        204,
-    );
+    boot_linux(&api, "strato_noreboot", false);
     // The keyboard must be up before the keys can mean anything: init's
     // last line comes after the i8042 driver probed.
     vm.wait_console("STRATO_INIT_DONE");
@@ -359,6 +373,91 @@ fn ctrl_alt_del_makes_linux_init_reboot() {
     assert!(console.contains("STRATO_CTRLALTDEL"), "{console}");
     assert!(console.contains("reboot: Restarting system"), "{console}");
     assert_eq!(vm.exit_record()["reason"], "guest reset");
+}
+
+/// Seconds since the epoch on the host.
+fn host_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Pause and resume of a running Linux: nothing runs while paused, and
+/// after resume the guest's clock still agrees with the host's and its TCP
+/// connection (open across the pause) goes on carrying data.
+#[test]
+#[ignore = hardware_kvm!()]
+fn pause_resume_keeps_linux_clock_and_tcp_connection() {
+    require_hardware_kvm();
+    let dir = Scratch::new("vm-api-linux-pause");
+    let ns = Netns::new("vmapi-pause", &["tap0"]);
+    ns.exec(&["ip", "addr", "add", "172.31.3.1/24", "dev", "tap0"]);
+    // The host end: one connection; each line the guest sends (its clock)
+    // is passed on with the host's clock at arrival.
+    let (tx, ticks) = std::sync::mpsc::channel::<(i64, i64)>();
+    let listener = ns.run(|| std::net::TcpListener::bind("172.31.3.1:7000"));
+    let listener = listener.join().unwrap().expect("listen in the namespace");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let Ok((conn, _)) = listener.accept() else {
+            return;
+        };
+        for line in std::io::BufReader::new(conn).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(guest) = line.trim().parse::<i64>() {
+                if tx.send((guest, host_now())).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut vm = Vm::start(&dir.0, Some(&ns), &[]);
+    let api = Api::new(&vm.sock, "vm");
+    boot_linux(
+        &api,
+        "ip=172.31.3.2::172.31.3.1:255.255.255.0::eth0:off strato_ticks=172.31.3.1:7000 strato_noreboot",
+        true,
+    );
+    let next = |what: &str| {
+        ticks
+            .recv_timeout(LONG)
+            .unwrap_or_else(|_| panic!("no clock line {what}; console:\n{}", vm.console_text()))
+    };
+    let (g0, h0) = next("before the pause");
+    let offset = g0 - h0;
+    assert!(
+        offset.abs() <= 2,
+        "the guest's clock is {offset} s off the host's"
+    );
+
+    api.expect("PATCH", "/vm", Some(r#"{"state":"Paused"}"#), 204);
+    // A line already in flight may still arrive; then nothing.
+    while ticks.recv_timeout(Duration::from_millis(1500)).is_ok() {}
+    assert!(
+        ticks.recv_timeout(Duration::from_secs(3)).is_err(),
+        "the guest ran while paused"
+    );
+    api.expect("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#), 204);
+    let mut last = g0;
+    for _ in 0..3 {
+        let (g, h) = next("after the resume");
+        assert!(g >= last, "the guest's clock went back: {last} -> {g}");
+        assert!(
+            (g - h - offset).abs() <= 2,
+            "after the resume the guest's clock is {} s off the host's (was {offset})",
+            g - h
+        );
+        last = g;
+    }
+    api.expect(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
+        204,
+    );
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

@@ -20,6 +20,9 @@ pub enum ExitReason {
     TripleFault {
         /// The vCPU.
         cpu: u32,
+        /// Guest RIP at the shutdown, if it could be read: where to look
+        /// in the guest's symbols.
+        rip: Option<u64>,
     },
     /// The guest reported a crash (KVM_SYSTEM_EVENT_CRASH).
     GuestCrash {
@@ -71,7 +74,11 @@ impl fmt::Display for ExitReason {
             ExitReason::Reset => write!(f, "guest reset"),
             ExitReason::PowerOff => write!(f, "guest powered off"),
             ExitReason::Stopped => write!(f, "stopped"),
-            ExitReason::TripleFault { cpu } => write!(f, "triple fault on vCPU {cpu}"),
+            ExitReason::TripleFault { cpu, rip: None } => write!(f, "triple fault on vCPU {cpu}"),
+            ExitReason::TripleFault {
+                cpu,
+                rip: Some(rip),
+            } => write!(f, "triple fault on vCPU {cpu} at RIP {rip:#x}"),
             ExitReason::GuestCrash { cpu } => write!(f, "guest crashed on vCPU {cpu}"),
             ExitReason::InternalError {
                 cpu,
@@ -177,7 +184,7 @@ mod tests {
         let s = ExitState::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         assert!(!s.stopping());
         s.request(ExitReason::Reset);
-        s.request(ExitReason::TripleFault { cpu: 0 });
+        s.request(ExitReason::TripleFault { cpu: 0, rip: None });
         assert!(s.stopping());
         assert_eq!(s.reason(), Some(ExitReason::Reset));
         assert_eq!(s.event().read().unwrap(), 1);

@@ -218,7 +218,10 @@ impl Vcpu {
                     }
                     Next::Continue
                 }
-                Ok(VcpuExit::Shutdown) => Next::Exit(ExitReason::TripleFault { cpu: self.id }),
+                Ok(VcpuExit::Shutdown) => Next::Exit(ExitReason::TripleFault {
+                    cpu: self.id,
+                    rip: self.fd.get_regs().ok().map(|r| r.rip),
+                }),
                 Ok(VcpuExit::FailEntry(reason, _)) => Next::Exit(ExitReason::FailEntry {
                     cpu: self.id,
                     reason,
