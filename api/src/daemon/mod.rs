@@ -87,7 +87,7 @@ impl Files {
             .iter()
             .map(|(p, f)| (f.as_raw_fd(), p))
             .collect();
-        by_fd.sort_by(|a, b| b.0.cmp(&a.0));
+        by_fd.sort_by_key(|(fd, _)| std::cmp::Reverse(*fd));
         by_fd.iter().fold(message.to_string(), |m, (fd, p)| {
             m.replace(&format!("/proc/self/fd/{fd}"), &p.display().to_string())
         })
