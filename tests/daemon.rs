@@ -9,9 +9,10 @@ mod api;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use api::{alive, kill, wait_for, Api, Daemon, Json, Netns};
+use api::{alive, kill, raw_request, wait_for, Api, Daemon, Json, Netns};
 use strato_tests::{
-    guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, Scratch,
+    guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, tiny_elf,
+    Scratch,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -882,6 +883,322 @@ fn three_linux_instances_serve_tcp_and_survive_a_neighbour_stopping() {
     for id in ids {
         api.call("POST", &format!("/v1/instances/{id}/kill"), None);
         api.expect("DELETE", &format!("/v1/instances/{id}"), None, 204);
+    }
+    api.check_schema(&dir.0);
+}
+
+/// Ensures `id` runs with exactly one VMM process of the state directory,
+/// the one its record names, then deletes it and checks that no VMM
+/// process is left.
+fn one_vmm_then_none(api: &Api, daemon: &Daemon, id: &str) {
+    let path = format!("/v1/instances/{id}");
+    match api.get(&path).status {
+        404 => {
+            api.expect(
+                "POST",
+                "/v1/instances",
+                Some(&create_body(id, "idle", "")),
+                201,
+            );
+        }
+        200 if state(api, id) != "running" => {
+            api.expect("POST", &format!("{path}/start"), None, 200);
+        }
+        200 => {}
+        other => panic!("GET {path}: {other}"),
+    }
+    let pid = pid_of(api, id);
+    assert_eq!(daemon.vmm_pids(), vec![pid], "one VMM for {id}");
+    api.expect("DELETE", &format!("{path}?timeout_ms=100"), None, 204);
+    assert!(daemon.vmm_pids().is_empty(), "{:?}", daemon.vmm_pids());
+}
+
+/// `kill -9` of the daemon while it creates and starts an instance, at
+/// several moments: the restarted daemon owns every VMM process there is,
+/// one per instance, and a delete leaves none.
+#[test]
+fn a_daemon_killed_while_starting_leaves_no_orphan() {
+    let dir = Scratch::new("daemon-orphan");
+    let mut unrecorded = 0;
+    for (i, delay_ms) in [0u64, 3, 5, 7, 9, 11, 13, 15, 20, 30]
+        .into_iter()
+        .enumerate()
+    {
+        let mut daemon = Daemon::start(&dir.0, &["--stop-timeout-ms", "100"]);
+        let id = format!("o{i}");
+        let sock = daemon.sock.clone();
+        let body = create_body(&id, "idle", "");
+        let poster = std::thread::spawn(move || {
+            raw_request(
+                &sock,
+                "POST",
+                "/v1/instances",
+                Some(body.as_bytes()),
+                Duration::from_secs(20),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.crash();
+        let _ = poster.join();
+        // What the dead daemon left: a VMM whose pid is not on disk is
+        // what the old daemon orphaned.
+        let record = std::fs::read_to_string(daemon.state.join(&id).join("instance.json"))
+            .unwrap_or_default();
+        let vmms = daemon.vmm_pids();
+        if vmms
+            .iter()
+            .any(|p| !record.contains(&format!("\"pid\":{p}")))
+        {
+            unrecorded += 1;
+        }
+        std::mem::forget(daemon);
+        let daemon = Daemon::start(&dir.0, &["--stop-timeout-ms", "100"]);
+        let api = Api::new(&daemon.sock, "daemon");
+        one_vmm_then_none(&api, &daemon, &id);
+        api.check_schema(&dir.0);
+    }
+    eprintln!("VMM processes not yet recorded when the daemon died: {unrecorded} of 10 runs");
+}
+
+/// A record that cannot be read (truncated, garbage, another id's) is
+/// moved aside with its VMM stopped, and the id can be used again.
+#[test]
+fn unusable_records_are_quarantined_and_their_vmms_stopped() {
+    let dir = Scratch::new("daemon-corrupt");
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let ids = ["trunc", "junk", "other"];
+    let mut pids = Vec::new();
+    for id in ids {
+        api.expect(
+            "POST",
+            "/v1/instances",
+            Some(&create_body(id, "idle", "")),
+            201,
+        );
+        pids.push(pid_of(&api, id));
+    }
+    daemon.crash();
+    let record = |id: &str| daemon.state.join(id).join("instance.json");
+    let text = std::fs::read(record("trunc")).unwrap();
+    std::fs::write(record("trunc"), &text[..text.len() / 2]).unwrap();
+    std::fs::write(record("junk"), b"\x00\xffgarbage").unwrap();
+    let moved = String::from_utf8(std::fs::read(record("other")).unwrap())
+        .unwrap()
+        .replace("\"id\":\"other\"", "\"id\":\"trunc\"");
+    std::fs::write(record("other"), moved).unwrap();
+    let state = daemon.state.clone();
+    std::mem::forget(daemon);
+
+    let daemon = Daemon::start(&dir.0, &[]);
+    let api = api.with_sock(&daemon.sock);
+    for (id, pid) in ids.iter().zip(&pids) {
+        api.expect("GET", &format!("/v1/instances/{id}"), None, 404);
+        let kept = state.join(format!("{id}.corrupt")).join("instance.json");
+        assert!(kept.is_file(), "{} missing", kept.display());
+        assert!(!state.join(id).exists(), "{id} still in place");
+        assert!(!alive(*pid), "the VMM of {id} (pid {pid}) still runs");
+    }
+    assert!(daemon.vmm_pids().is_empty(), "{:?}", daemon.vmm_pids());
+    assert!(daemon.log_text().contains("quarantined"));
+    // The ids are free again, each with one VMM.
+    for id in ids {
+        one_vmm_then_none(&api, &daemon, id);
+    }
+    api.check_schema(&dir.0);
+}
+
+/// A loop device for a test, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    /// Attaches `file`; fails the test with the reason if it cannot.
+    fn attach(file: &str) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show", file])
+            .output()
+            .unwrap_or_else(|e| panic!("this test needs losetup (util-linux): {e}"));
+        assert!(
+            out.status.success(),
+            "cannot make a loop device for the block-device test: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+fn first_bytes(data: &[u8]) -> String {
+    data[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Files a guest may use: with --allow-path only inside those roots
+/// (symlinks resolved), never inside the state directory; without it,
+/// only what the client itself may open. Block devices are drives too.
+#[test]
+fn guest_files_follow_the_path_policy() {
+    let dir = Scratch::new("daemon-paths");
+    let allowed = dir.0.join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let data = strato_tests::random_bytes(64 * 1024, 11);
+    let disk = dir.file("allowed/disk.img", &data);
+    let outside = dir.file("outside.img", &data);
+    let link = allowed.join("link.img");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let guests = guest("many");
+    let guests = guests.parent().unwrap().to_str().unwrap().to_string();
+    let allow = allowed.to_str().unwrap().to_string();
+    let daemon = Daemon::start(&dir.0, &["--allow-path", &allow, "--allow-path", &guests]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let with_drive = |id: &str, path: &str| {
+        create_body(
+            id,
+            "many",
+            &format!(r#","drives":[{{"id":"d","path":"{path}"}}]"#),
+        )
+    };
+    let lock = daemon.state.join(".lock");
+    for (path, needle) in [
+        (
+            "/etc/shadow",
+            "drive d /etc/shadow (resolving to /etc/shadow) is outside",
+        ),
+        (
+            lock.to_str().unwrap(),
+            "is inside the daemon's state directory",
+        ),
+        (
+            link.to_str().unwrap(),
+            &format!("(resolving to {outside}) is outside"),
+        ),
+        (&outside, "is outside the paths this daemon allows"),
+    ] {
+        refused(
+            &api,
+            &daemon,
+            "POST",
+            "/v1/instances",
+            &with_drive("p", path),
+            403,
+            needle,
+        );
+    }
+    refused(
+        &api,
+        &daemon,
+        "POST",
+        "/v1/instances",
+        r#"{"id":"p","kernel":"/etc/shadow"}"#,
+        403,
+        "kernel /etc/shadow",
+    );
+    // An allowed file reaches the guest.
+    api.expect("POST", "/v1/instances", Some(&with_drive("ok", &disk)), 201);
+    let want = format!(
+        "many: blk 0 capacity 128 first-bytes {}",
+        first_bytes(&data)
+    );
+    wait_console(&api, "ok", &want);
+    api.expect("DELETE", "/v1/instances/ok", None, 204);
+    api.check_schema(&dir.0);
+    drop(daemon);
+
+    // Without --allow-path: the client's own credentials decide. The
+    // daemon lets group 65534 on its socket; `nobody` asks for root's
+    // /etc/shadow and is refused, and gets a file of its own.
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&dir.0, &["--api-sock-group", "65534"]);
+    let api = api.with_sock(&daemon.sock);
+    let mine = dir.file("nobody.img", &data);
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let many = guest("many");
+    let as_nobody = |id: &str, drive: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(strato_bin())
+            .args(["create", "--api-sock"])
+            .arg(&daemon.sock)
+            .args(["--id", id, "--memory", "32", "--kernel"])
+            .arg(&many)
+            .args(["--drive", &format!("path={drive},id=d")])
+            .output()
+            .expect("run setpriv")
+    };
+    // Even root may not hand a guest the daemon's own files.
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&create_body("r", "many", r#","start":false"#)),
+        201,
+    );
+    let record = daemon.state.join("r").join("instance.json");
+    refused(
+        &api,
+        &daemon,
+        "POST",
+        "/v1/instances",
+        &with_drive("p", record.to_str().unwrap()),
+        403,
+        "inside the daemon's state directory",
+    );
+    let out = as_nobody("n1", "/etc/shadow");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/etc/shadow: permission denied for the client (uid 65534")
+            && err.contains("403"),
+        "{err}"
+    );
+    let out = as_nobody("n2", &mine);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_console(&api, "n2", &want);
+
+    // A block device as a drive.
+    let img = dir.file("block.img", &data);
+    let dev = Loop::attach(&img);
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&with_drive("blk", &dev.0)),
+        201,
+    );
+    wait_console(&api, "blk", &want);
+    for id in ["r", "n2", "blk"] {
+        api.expect("DELETE", &format!("/v1/instances/{id}"), None, 204);
+    }
+    assert!(daemon.vmm_pids().is_empty());
+    api.check_schema(&dir.0);
+}
+
+/// A kernel the VMM refuses before it runs is a 400 naming the problem.
+#[test]
+fn kernels_for_another_machine_are_refused() {
+    let dir = Scratch::new("daemon-elf");
+    let daemon = Daemon::start(&dir.0, &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let arm = dir.file("arm.elf", &tiny_elf(183, 0x10_0000, 0));
+    let big = dir.file("big.elf", &tiny_elf(62, 0x10_0000, 1 << 30));
+    for (kernel, needle) in [
+        (&arm, format!("kernel {arm} is an ELF for AArch64")),
+        (
+            &big,
+            format!("kernel {big}: ELF segment 0 [0x100000, 0x40100000) lies outside guest RAM"),
+        ),
+    ] {
+        let body = format!(r#"{{"id":"e","memory_mib":128,"kernel":"{kernel}"}}"#);
+        refused(&api, &daemon, "POST", "/v1/instances", &body, 400, &needle);
     }
     api.check_schema(&dir.0);
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use strato_tests::{guest, strato, strato_bin, Run};
+use strato_tests::{guest, strato, strato_bin, tiny_elf, Run};
 
 fn run(args: &[&str]) -> Run {
     let mut all = vec!["run", "--no-stdin"];
@@ -51,6 +51,34 @@ fn missing_or_unusable_files() {
     assert_rejected(&["--kernel", &noise], "is not a kernel");
     let empty = scratch("empty", b"");
     assert_rejected(&["--kernel", &empty], "is not a kernel");
+}
+
+/// EM_X86_64 and EM_AARCH64.
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+const KERNEL_ADDR: u64 = 0x10_0000;
+
+#[test]
+fn elf_kernels_that_cannot_boot_here() {
+    // The crafted kernel runs: it prints "X" and resets.
+    let good = scratch("elf-x86", &tiny_elf(EM_X86_64, KERNEL_ADDR, 0));
+    let r = run(&["--kernel", &good]);
+    assert_eq!((r.code(), r.stdout.as_str()), (0, "X\n"), "{r:#?}");
+    // The same code for another machine is refused before it runs.
+    let arm = scratch("elf-arm", &tiny_elf(EM_AARCH64, KERNEL_ADDR, 0));
+    assert_rejected(&["--kernel", &arm], "is an ELF for AArch64 (e_machine 183)");
+    // A segment that needs more RAM than the guest has.
+    let big = scratch("elf-big", &tiny_elf(EM_X86_64, KERNEL_ADDR, 1 << 30));
+    assert_rejected(
+        &["--kernel", &big, "--memory", "128"],
+        "ELF segment 0 [0x100000, 0x40100000) lies outside guest RAM",
+    );
+    // One that would land in the MMIO gap below 4 GiB.
+    let gap = scratch("elf-gap", &tiny_elf(EM_X86_64, 0xd000_0000, 0));
+    assert_rejected(
+        &["--kernel", &gap, "--memory", "4096"],
+        "ELF segment 0 [0xd0000000, 0xd0000011) lies outside guest RAM",
+    );
 }
 
 #[test]

@@ -159,15 +159,90 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// Who is at the other end of a connection, as the kernel recorded it
+/// when the client connected (SO_PEERCRED, SO_PEERGROUPS): a client
+/// cannot claim anyone else's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (empty when the kernel cannot tell).
+    pub groups: Vec<u32>,
+}
+
+/// Reads socket option `opt` into `value`; returns the bytes written.
+fn sockopt<T>(fd: std::os::fd::RawFd, opt: libc::c_int, value: &mut [T]) -> std::io::Result<usize> {
+    let mut len = std::mem::size_of_val(value) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, which
+    // is a live buffer of that size, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(len as usize)
+}
+
+impl Peer {
+    /// The credentials of the client on `stream`.
+    pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+        use std::os::fd::AsRawFd;
+        let fd = stream.as_raw_fd();
+        let mut cred = [libc::ucred {
+            pid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        }];
+        sockopt(fd, libc::SO_PEERCRED, &mut cred)?;
+        // NGROUPS_MAX is 65536; ask for a few and grow once if needed.
+        let mut groups = vec![0u32; 64];
+        let groups = match sockopt(fd, libc::SO_PEERGROUPS, &mut groups) {
+            Ok(len) => {
+                groups.truncate(len / 4);
+                groups
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                let mut more = vec![0u32; 65536];
+                let len = sockopt(fd, libc::SO_PEERGROUPS, &mut more).unwrap_or(0);
+                more.truncate(len / 4);
+                more
+            }
+            // Older kernels: no supplementary groups, which can only
+            // deny access, never grant it.
+            Err(_) => Vec::new(),
+        };
+        Ok(Peer {
+            uid: cred[0].uid,
+            gid: cred[0].gid,
+            groups,
+        })
+    }
+}
+
 /// A complete request, body included.
 #[derive(Debug)]
 pub struct Request {
     method: Method,
     url: String,
     body: Vec<u8>,
+    peer: Option<Peer>,
 }
 
 impl Request {
+    /// The client's credentials; None if the kernel would not say.
+    pub fn peer(&self) -> Option<&Peer> {
+        self.peer.as_ref()
+    }
+
     /// The method.
     pub fn method(&self) -> &Method {
         &self.method
@@ -258,6 +333,7 @@ fn reason(status: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -389,10 +465,13 @@ fn busy(mut stream: UnixStream, max: usize) {
 /// Serves the requests of one connection until it closes, fails, idles
 /// out or asks to close.
 fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
+    let peer = Peer::of(&stream)
+        .map_err(|e| log::warn!("cannot read the credentials of an API client: {e}"))
+        .ok();
     let mut buf = Vec::new();
     let mut wait_until = Instant::now() + REQUEST_TIMEOUT;
     loop {
-        let (req, keep_alive) = match read_request(&mut stream, &mut buf, wait_until) {
+        let (mut req, keep_alive) = match read_request(&mut stream, &mut buf, wait_until) {
             Ok(Some(got)) => got,
             Ok(None) => return,
             Err(e) => {
@@ -405,6 +484,7 @@ fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
                 return;
             }
         };
+        req.peer = peer.clone();
         let resp = handler(&req);
         let bytes = resp.encode(req.method != Method::Head, keep_alive);
         if let Err(e) = write_by(&mut stream, &bytes, Instant::now() + WRITE_TIMEOUT) {
@@ -482,6 +562,7 @@ fn read_request(
         method: head.method,
         url: head.url,
         body,
+        peer: None,
     };
     Ok(Some((req, head.keep_alive)))
 }
@@ -866,6 +947,7 @@ mod tests {
             method: Method::Put,
             url: "/".into(),
             body: body.as_bytes().to_vec(),
+            peer: None,
         };
         assert!(json_body::<Pair>(&req(" {\"a\":1,\"b\":2}")).is_ok());
         for (body, found) in [

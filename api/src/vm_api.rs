@@ -53,6 +53,29 @@ pub struct VmArgs {
     /// Group allowed on the API socket (mode 0660 instead of 0600).
     #[arg(long)]
     api_sock_group: Option<u32>,
+    /// Before anything else, wait for one byte on this inherited
+    /// descriptor, and exit if it closes first. The daemon opens it once
+    /// the process is in its records, so no VMM runs unrecorded.
+    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
+    wait_fd: Option<i32>,
+}
+
+/// Waits for the go-ahead on `fd` (see `--wait-fd`); false if the writer
+/// went away without giving it.
+fn wait_for_go(fd: i32) -> bool {
+    let mut byte = 0u8;
+    let got = loop {
+        // SAFETY: read writes at most one byte into `byte`.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n == 1;
+    };
+    // SAFETY: the descriptor was inherited for this wait alone and
+    // nothing else in this process uses it.
+    unsafe { libc::close(fd) };
+    got
 }
 
 const FAULT_AFTER_START: &str =
@@ -185,12 +208,17 @@ struct Instance {
     api_sock: Option<PathBuf>,
 }
 
+/// Kernels and initrds are files; a drive may also be a block device,
+/// as `strato run --drive` and the daemon's spec allow.
 fn check_file(what: &str, path: &Path) -> Result<(), ApiError> {
+    use std::os::unix::fs::FileTypeExt;
+    let block_ok = what == "drive";
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_file() || block_ok && m.file_type().is_block_device() => Ok(()),
         Ok(_) => Err(ApiError::bad_request(format!(
-            "{what} {} is not a regular file",
-            path.display()
+            "{what} {} is not a regular file{}",
+            path.display(),
+            if block_ok { " or a block device" } else { "" }
         ))),
         Err(e) => Err(ApiError::bad_request(format!(
             "{what} {}: {e}",
@@ -651,6 +679,12 @@ fn handle(
 
 /// Runs `strato vm`.
 pub fn main(args: VmArgs) -> i32 {
+    if let Some(fd) = args.wait_fd {
+        if !wait_for_go(fd) {
+            eprintln!("strato: the daemon went away before recording this VMM; exiting");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
     let signals = match crate::run::block_stop_signals() {
         Ok(s) => s,
         Err(e) => {

@@ -422,3 +422,47 @@ impl Drop for Netns {
             .output();
     }
 }
+
+/// A minimal ELF64 kernel: one PT_LOAD segment at `paddr` whose code, run
+/// in 64-bit mode, prints "X" on COM1 and resets through the i8042, so a
+/// test sees whether it ran. `machine` is e_machine; `memsz` the segment's
+/// size in memory (at least the code's size).
+pub fn tiny_elf(machine: u16, paddr: u64, memsz: u64) -> Vec<u8> {
+    // mov dx, 0x3f8; mov al, 'X'; out dx, al; mov al, '\n'; out dx, al;
+    // mov al, 0xfe; out 0x64, al; 1: hlt; jmp 1b
+    const CODE: [u8; 17] = [
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0xb0, b'\n', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+        0xeb, 0xfd,
+    ];
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let mut elf = vec![0u8; EHDR + PHDR];
+    let put = |elf: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        elf[at..at + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut elf, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut elf, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut elf, 18, &machine.to_le_bytes());
+    put(&mut elf, 20, &1u32.to_le_bytes());
+    put(&mut elf, 24, &paddr.to_le_bytes()); // e_entry
+    put(&mut elf, 32, &(EHDR as u64).to_le_bytes()); // e_phoff
+    put(&mut elf, 52, &(EHDR as u16).to_le_bytes());
+    put(&mut elf, 54, &(PHDR as u16).to_le_bytes());
+    put(&mut elf, 56, &1u16.to_le_bytes()); // e_phnum
+    put(&mut elf, 58, &64u16.to_le_bytes()); // e_shentsize
+    let ph = EHDR;
+    put(&mut elf, ph, &1u32.to_le_bytes()); // PT_LOAD
+    put(&mut elf, ph + 4, &5u32.to_le_bytes()); // R X
+    put(&mut elf, ph + 8, &((EHDR + PHDR) as u64).to_le_bytes());
+    put(&mut elf, ph + 16, &paddr.to_le_bytes());
+    put(&mut elf, ph + 24, &paddr.to_le_bytes());
+    put(&mut elf, ph + 32, &(CODE.len() as u64).to_le_bytes());
+    put(
+        &mut elf,
+        ph + 40,
+        &memsz.max(CODE.len() as u64).to_le_bytes(),
+    );
+    put(&mut elf, ph + 48, &0x1000u64.to_le_bytes());
+    elf.extend_from_slice(&CODE);
+    elf
+}

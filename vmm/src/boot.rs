@@ -40,8 +40,128 @@ const XLF_KERNEL_64: u16 = 1;
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 const PAGE_SIZE: u64 = 4096;
 
-fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+/// ELF header fields read by [`check_elf`] (ELF64, little endian).
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const EHDR_LEN: usize = 64;
+const PHDR_LEN: usize = 56;
+const PT_LOAD: u32 = 1;
+
+/// Name of an ELF `e_machine` value, for messages.
+pub fn elf_machine_name(machine: u16) -> &'static str {
+    match machine {
+        3 => "i386",
+        8 => "MIPS",
+        20 => "PowerPC",
+        21 => "PowerPC64",
+        22 => "s390",
+        40 => "ARM",
+        62 => "x86_64",
+        183 => "AArch64",
+        243 => "RISC-V",
+        258 => "LoongArch",
+        _ => "an unknown machine",
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// linux-loader copies an ELF's segments to their `p_paddr` without
+/// asking which machine the image is for or whether the segment fits in
+/// RAM: a kernel for another machine would run as garbage, and a segment
+/// past RAM (or in the MMIO gap) would be cut short silently. So before
+/// it loads anything, refuse both. Files that are not ELF64 are left to
+/// the loaders, which say what they are not.
+fn check_elf(file: &mut File, path: &Path, ram: &[arch::RamRegion]) -> Result<(), BootError> {
+    use std::io::{Read, Seek, SeekFrom};
+    use vm_memory::Address;
+    let read = |e| BootError::Read(path.into(), e);
+    let mut ehdr = [0u8; EHDR_LEN];
+    file.rewind().map_err(read)?;
+    match file.read_exact(&mut ehdr) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(read(e)),
+    }
+    // ELFCLASS64, ELFDATA2LSB: anything else is not a kernel of ours,
+    // and linux-loader says so.
+    if &ehdr[..4] != ELF_MAGIC || ehdr[4] != 2 || ehdr[5] != 1 {
+        return Ok(());
+    }
+    let machine = le16(&ehdr, 18);
+    if machine != arch::ELF_MACHINE {
+        return Err(BootError::WrongMachine(path.into(), machine));
+    }
+    let phoff = le64(&ehdr, 32);
+    let phentsize = usize::from(le16(&ehdr, 54));
+    let phnum = usize::from(le16(&ehdr, 56));
+    if phentsize < PHDR_LEN {
+        // linux-loader reads PHDR_LEN bytes per entry regardless; a
+        // smaller entry size is a malformed header it reports itself.
+        return Ok(());
+    }
+    let describe = || {
+        ram.iter()
+            .map(|(start, len)| {
+                format!("[{:#x}, {:#x})", start.raw_value(), start.raw_value() + len)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut phdr = [0u8; PHDR_LEN];
+    for index in 0..phnum {
+        let at = phoff.saturating_add((index * phentsize) as u64);
+        file.seek(SeekFrom::Start(at)).map_err(read)?;
+        if file.read_exact(&mut phdr).is_err() {
+            // A truncated table: linux-loader reports it.
+            return Ok(());
+        }
+        if le32(&phdr, 0) != PT_LOAD {
+            continue;
+        }
+        let start = le64(&phdr, 24);
+        // The loader copies p_filesz bytes and the kernel owns p_memsz.
+        let size = le64(&phdr, 32).max(le64(&phdr, 40));
+        if size == 0 {
+            continue;
+        }
+        let end = start.checked_add(size);
+        let inside = end.is_some_and(|end| {
+            ram.iter().any(|(base, len)| {
+                start >= base.raw_value() && end <= base.raw_value().saturating_add(*len)
+            })
+        });
+        if !inside {
+            return Err(BootError::SegmentOutsideRam {
+                path: path.into(),
+                index,
+                start,
+                end: end.unwrap_or(u64::MAX),
+                ram: describe(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    ram: &[arch::RamRegion],
+) -> Result<LoadedKernel, BootError> {
     let mut file = File::open(path).map_err(|e| BootError::Read(path.into(), e))?;
+    check_elf(&mut file, path, ram)?;
     let himem = Some(GuestAddress(HIMEM_START));
     match Elf::load(mem, None, &mut file, himem) {
         Ok(r) => {
@@ -128,7 +248,7 @@ pub fn load(
 ) -> Result<KernelEntry, BootError> {
     let regions: Vec<_> = mem_regions(mem);
     let low_ram_end = arch::low_ram_end(&regions);
-    let k = load_kernel(mem, kernel)?;
+    let k = load_kernel(mem, kernel, &regions)?;
 
     let max_cmdline = match &k.header {
         Some(h) if h.cmdline_size > 0 => (h.cmdline_size as usize + 1).min(CMDLINE_MAX_SIZE),

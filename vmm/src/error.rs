@@ -46,6 +46,26 @@ pub enum BootError {
     /// The kernel is neither an ELF nor a bzImage.
     #[error("{0} is not a kernel (neither an x86_64 ELF nor a bzImage)")]
     NotAKernel(PathBuf),
+    /// An ELF kernel built for another machine.
+    #[error("kernel {0} is an ELF for {machine} (e_machine {1}), not for {arch} (e_machine {want})",
+        machine = crate::boot::elf_machine_name(*.1), arch = arch::ARCH_NAME, want = arch::ELF_MACHINE)]
+    WrongMachine(PathBuf, u16),
+    /// An ELF segment that would not land in guest RAM.
+    #[error(
+        "kernel {path}: ELF segment {index} [{start:#x}, {end:#x}) lies outside guest RAM ({ram})"
+    )]
+    SegmentOutsideRam {
+        /// The kernel.
+        path: PathBuf,
+        /// Index of the program header.
+        index: usize,
+        /// First guest-physical address of the segment.
+        start: u64,
+        /// End (exclusive); u64::MAX when the sum overflows.
+        end: u64,
+        /// The guest's RAM ranges, for the message.
+        ram: String,
+    },
     /// linux-loader rejected the image.
     #[error("cannot load kernel {0}: {1}")]
     Load(PathBuf, linux_loader::loader::Error),

@@ -11,6 +11,7 @@
 //! lock held only briefly, so reads never wait for a slow stop.
 
 mod model;
+mod policy;
 mod process;
 
 use std::collections::{BTreeMap, HashSet};
@@ -24,9 +25,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{self, ApiError, Method, Reply, Request, Response};
+use crate::http::{self, ApiError, Method, Peer, Reply, Request, Response};
 use crate::lock;
-use model::{CreateRequest, Intent, Limits, Record, ResizeRequest, State};
+use model::{CreateRequest, InstanceConfig, Intent, Limits, Record, ResizeRequest, State};
+use policy::{PathPolicy, Use};
 use process::{Proc, Reaper, Spawn, CONSOLE, EXIT, RECORD, SOCK};
 
 /// Options of `strato serve`.
@@ -45,6 +47,51 @@ pub struct ServeArgs {
     /// Ctrl-Alt-Del before the VMM process is killed.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     stop_timeout_ms: u64,
+    /// A directory (or file) whose files guests may use as kernel, initrd
+    /// or drive; repeat for more. Without any, files are opened with the
+    /// requesting client's credentials. Never inside the state directory.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_paths: Vec<PathBuf>,
+}
+
+/// The files of a configuration, opened for one start as the path policy
+/// allows; the VMM inherits them.
+struct Files {
+    /// (path as configured, open file): kernel, initrd, then the drives.
+    opened: Vec<(PathBuf, std::fs::File)>,
+}
+
+impl Files {
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.opened.iter().map(|(_, f)| f.as_raw_fd()).collect()
+    }
+
+    /// The path by which the VMM reaches the file configured as `path`.
+    fn vmm_path(&self, path: &Path) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        self.opened
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, f)| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+            .unwrap_or_else(|| path.to_path_buf())
+    }
+
+    /// `message` from the VMM with its descriptor paths put back as the
+    /// paths the client gave (highest descriptor first, so that
+    /// /proc/self/fd/12 is not read as /proc/self/fd/1).
+    fn explain(&self, message: &str) -> String {
+        use std::os::fd::AsRawFd;
+        let mut by_fd: Vec<(i32, &PathBuf)> = self
+            .opened
+            .iter()
+            .map(|(p, f)| (f.as_raw_fd(), p))
+            .collect();
+        by_fd.sort_by_key(|(fd, _)| std::cmp::Reverse(*fd));
+        by_fd.iter().fold(message.to_string(), |m, (fd, p)| {
+            m.replace(&format!("/proc/self/fd/{fd}"), &p.display().to_string())
+        })
+    }
 }
 
 /// API connections served at once (handlers of slow operations such as
@@ -187,6 +234,7 @@ struct Daemon {
     /// Ids being created: not listed yet, but taken.
     reserved: Mutex<HashSet<String>>,
     reaper: Reaper,
+    policy: PathPolicy,
 }
 
 /// Releases a reserved id when a create ends, however it ends.
@@ -257,6 +305,48 @@ impl Daemon {
         Ok(guard)
     }
 
+    /// Opens every file of `cfg` for a start requested by `peer`.
+    fn open_files(&self, cfg: &InstanceConfig, peer: Option<&Peer>) -> Result<Files, ApiError> {
+        let mut opened = Vec::new();
+        let mut add = |what: &str, path: &Path, usage: Use| -> Result<(), ApiError> {
+            let file = self.policy.open(what, path, usage, peer)?;
+            opened.push((path.to_path_buf(), file));
+            Ok(())
+        };
+        add("kernel", &cfg.kernel, Use::Image)?;
+        if let Some(initrd) = &cfg.initrd {
+            add("initrd", initrd, Use::Image)?;
+        }
+        for d in &cfg.drives {
+            let usage = Use::Drive { write: !d.readonly };
+            add(&format!("drive {}", d.id), &d.path, usage)?;
+        }
+        Ok(Files { opened })
+    }
+
+    /// Stops every VMM process of this state directory (of instance `id`
+    /// only, if given) that no record owns: left by a daemon that died
+    /// before recording it, or whose record was unusable.
+    fn sweep(&self, id: Option<&str>) {
+        let owned: Vec<i32> = lock(&self.instances)
+            .values()
+            .filter_map(|i| lock(&i.rec).pid)
+            .collect();
+        for (proc, of) in process::vmms_in(&self.state_dir) {
+            if id.is_some_and(|id| id != of) || owned.contains(&proc.pid) {
+                continue;
+            }
+            log::warn!(
+                "stopping VMM process {} of instance {of:?}: no instance record owns it",
+                proc.pid
+            );
+            if !self.reaper.kill(&proc) {
+                log::error!("VMM process {} did not die after SIGKILL", proc.pid);
+            }
+            self.reaper.take(proc.pid);
+        }
+    }
+
     fn reserve(&self, id: &str) -> Result<Reservation<'_>, ApiError> {
         let map = lock(&self.instances);
         let mut reserved = lock(&self.reserved);
@@ -300,7 +390,7 @@ impl Daemon {
             },
             ["v1", "instances", id, action @ ("start" | "stop" | "kill" | "pause" | "resume")] => {
                 match method {
-                    Method::Post => self.action(id, action, query),
+                    Method::Post => self.action(id, action, query, req.peer()),
                     _ => not_allowed(),
                 }
             }
@@ -321,7 +411,13 @@ impl Daemon {
                 "instance id {id:?} is too long for this daemon: its socket path would be {sock_len} bytes, at most {SUN_PATH_MAX} fit"
             )));
         }
+        // Opened (and checked) now even for an instance not started yet,
+        // so a refused file is refused at once.
+        let files = self.open_files(&config, req.peer())?;
         let _reservation = self.reserve(&id)?;
+        // No VMM of an earlier instance of this id may survive beside the
+        // new one.
+        self.sweep(Some(&id));
         let dir = self.state_dir.join(&id);
         if std::fs::symlink_metadata(&dir).is_ok() {
             // Left over from a create that never finished: not an instance.
@@ -338,7 +434,7 @@ impl Daemon {
             inst.persist(&lock(&inst.rec))
                 .map_err(|e| internal(format!("cannot write the instance record: {e}")))?;
             if start {
-                self.launch(&inst)?;
+                self.launch(&inst, &files)?;
             }
             Ok(())
         })();
@@ -414,6 +510,7 @@ impl Daemon {
         if lock(&inst.rec).state.is_live() {
             self.stop(&inst, timeout, false)?;
         }
+        self.sweep(Some(id));
         if let Err(e) = std::fs::remove_dir_all(&inst.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(internal(format!(
@@ -432,7 +529,13 @@ impl Daemon {
         Ok(query_u64(query, "timeout_ms", MAX_STOP_TIMEOUT_MS)?.unwrap_or(self.stop_timeout_ms))
     }
 
-    fn action(&self, id: &str, action: &str, query: &str) -> Result<Reply, ApiError> {
+    fn action(
+        &self,
+        id: &str,
+        action: &str,
+        query: &str,
+        peer: Option<&Peer>,
+    ) -> Result<Reply, ApiError> {
         let timeout = match action {
             "stop" => self.stop_timeout(query)?,
             _ => self.stop_timeout_ms,
@@ -447,7 +550,11 @@ impl Daemon {
             ))
         };
         match action {
-            "start" if !state.is_live() => self.launch(&inst)?,
+            "start" if !state.is_live() => {
+                let config = lock(&inst.rec).config.clone();
+                let files = self.open_files(&config, peer)?;
+                self.launch(&inst, &files)?
+            }
             "stop" if state.is_live() => self.stop(&inst, timeout, false)?,
             "kill" if state.is_live() => self.stop(&inst, timeout, true)?,
             "pause" if state == State::Running => self.pause(&inst, true)?,
@@ -476,29 +583,47 @@ impl Daemon {
 
     // ----- lifecycle -----
 
-    /// Starts the VMM process of a non-live instance and configures it.
-    /// On failure nothing of the attempt is left: no process, no socket.
-    fn launch(&self, inst: &Instance) -> Result<(), ApiError> {
+    /// Starts the VMM process of a non-live instance with `files` and
+    /// configures it. On failure nothing of the attempt is left: no
+    /// process, no socket.
+    fn launch(&self, inst: &Instance, files: &Files) -> Result<(), ApiError> {
         let config = lock(&inst.rec).config.clone();
         let _ = std::fs::remove_file(inst.dir.join(EXIT));
         let _ = std::fs::remove_file(inst.sock());
-        let proc = Spawn {
+        let (proc, gate) = Spawn {
             exe: &self.exe,
             dir: &inst.dir,
             id: &inst.id,
             log_level: self.log_level,
+            keep: &files.fds(),
         }
         .run()
         .map_err(|e| internal(format!("cannot start the VMM process: {e}")))?;
         self.reaper.own(proc.pid);
-        {
-            // Recorded at once, so a daemon that dies now can find it.
+        // The process waits at the gate until its pid is on disk: a daemon
+        // killed before that closes the gate and the process exits, and
+        // one killed after it leaves a record that finds the process.
+        let recorded = {
             let mut rec = lock(&inst.rec);
-            rec.pid = Some(proc.pid);
-            rec.proc_start = Some(proc.start);
+            let mut new = rec.clone();
+            new.pid = Some(proc.pid);
+            new.proc_start = Some(proc.start);
+            let written = inst.persist(&new);
+            if written.is_ok() {
+                *rec = new;
+            }
+            written
+        };
+        if let Err(e) = recorded.and_then(|()| gate.open()) {
+            self.reaper.kill(&proc);
+            self.reaper.take(proc.pid);
+            let mut rec = lock(&inst.rec);
+            rec.pid = None;
+            rec.proc_start = None;
             inst.save(&rec);
+            return Err(internal(format!("cannot record the VMM process: {e}")));
         }
-        match self.configure(inst, &proc, &config) {
+        match self.configure(inst, &proc, &config, files) {
             Ok(()) => {
                 let mut rec = lock(&inst.rec);
                 rec.state = State::Running;
@@ -533,6 +658,7 @@ impl Daemon {
         inst: &Instance,
         proc: &Proc,
         cfg: &model::InstanceConfig,
+        files: &Files,
     ) -> Result<(), ApiError> {
         let sock = inst.sock();
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
@@ -563,9 +689,10 @@ impl Daemon {
             let answer = http::call(&sock, "PUT", path, Some(&body), timeout);
             match answer {
                 Ok(r) if (200..300).contains(&r.status) => Ok(()),
-                Ok(r) if (400..500).contains(&r.status) => {
-                    Err(ApiError::bad_request(format!("{what}: {}", r.message())))
-                }
+                Ok(r) if (400..500).contains(&r.status) => Err(ApiError::bad_request(format!(
+                    "{what}: {}",
+                    files.explain(&r.message())
+                ))),
                 Ok(r) => Err(internal(format!(
                     "{what}: the VMM answered {} to PUT {path}: {}",
                     r.status,
@@ -582,12 +709,12 @@ impl Daemon {
             json!({"vcpu_count": cfg.vcpus, "mem_size_mib": cfg.memory_mib}),
             CALL_TIMEOUT,
         )?;
-        let mut boot = json!({ "kernel_image_path": cfg.kernel });
+        let mut boot = json!({ "kernel_image_path": files.vmm_path(&cfg.kernel) });
         if let Some(c) = &cfg.cmdline {
             boot["boot_args"] = json!(c);
         }
         if let Some(i) = &cfg.initrd {
-            boot["initrd_path"] = json!(i);
+            boot["initrd_path"] = json!(files.vmm_path(i));
         }
         put(
             "the VMM refused the boot source",
@@ -601,7 +728,7 @@ impl Daemon {
                 &format!("/drives/{}", d.id),
                 json!({
                     "drive_id": d.id,
-                    "path_on_host": d.path,
+                    "path_on_host": files.vmm_path(&d.path),
                     "is_root_device": d.root,
                     "is_read_only": d.readonly,
                 }),
@@ -760,8 +887,38 @@ impl Daemon {
 
     // ----- restart -----
 
-    /// Loads every instance record under the state directory.
+    /// Moves an instance directory whose record cannot be used out of the
+    /// way, to `<id>.corrupt` (or `<id>.corrupt.N`), where no id can
+    /// reach it and an operator can look at it. Its VMM, which no record
+    /// owns now, is stopped by the sweep that follows.
+    fn quarantine(&self, dir: &Path, name: &str, why: &str) {
+        let target = (0..1000)
+            .map(|n| match n {
+                0 => self.state_dir.join(format!("{name}.corrupt")),
+                n => self.state_dir.join(format!("{name}.corrupt.{n}")),
+            })
+            .find(|p| std::fs::symlink_metadata(p).is_err());
+        let moved = match &target {
+            Some(t) => std::fs::rename(dir, t).map(|()| t.display().to_string()),
+            None => Err(std::io::Error::other("too many quarantined copies")),
+        };
+        match moved {
+            Ok(t) => log::error!("instance {name}: {why}; record quarantined in {t}"),
+            Err(e) => log::error!(
+                "instance {name}: {why}; cannot quarantine {}: {e}",
+                dir.display()
+            ),
+        }
+    }
+
+    /// Loads every instance record under the state directory, then stops
+    /// every VMM process of the directory that no record owns.
     fn adopt_all(&self) {
+        self.load_all();
+        self.sweep(None);
+    }
+
+    fn load_all(&self) {
         let entries = match std::fs::read_dir(&self.state_dir) {
             Ok(e) => e,
             Err(e) => {
@@ -781,12 +938,13 @@ impl Daemon {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    log::warn!("skipping {}: no usable record ({e})", dir.display());
+                    self.quarantine(&dir, &name, &format!("no usable record ({e})"));
                     continue;
                 }
             };
             if rec.id != name {
-                log::warn!("skipping {}: its record is for {:?}", dir.display(), rec.id);
+                let why = format!("its record is for {:?}", rec.id);
+                self.quarantine(&dir, &name, &why);
                 continue;
             }
             let inst = Arc::new(Instance::new(dir, rec));
@@ -973,6 +1131,13 @@ pub fn main(args: ServeArgs) -> i32 {
             .min(vmm::config::MAX_VCPUS),
         host_mib: vmm::config::host_memory_mib().unwrap_or(u64::MAX),
     };
+    let policy = match PathPolicy::new(&args.allow_paths, state_dir.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return 1;
+        }
+    };
     let daemon = Arc::new(Daemon {
         state_dir,
         exe,
@@ -982,6 +1147,7 @@ pub fn main(args: ServeArgs) -> i32 {
         instances: Mutex::new(BTreeMap::new()),
         reserved: Mutex::new(HashSet::new()),
         reaper: Reaper::default(),
+        policy,
     });
     daemon.adopt_all();
     let server = match http::bind(&args.api_sock, args.api_sock_group) {

@@ -307,32 +307,6 @@ pub fn check_size(vcpus: u32, memory_mib: u64, limits: &Limits) -> Result<(), Ap
     Ok(())
 }
 
-/// Checks that `path` is absolute, exists, is a regular file (or, for
-/// drives, a block device) and can be opened as the VM will open it.
-fn check_file(what: &str, path: &Path, block_ok: bool, write: bool) -> Result<(), ApiError> {
-    if !path.is_absolute() {
-        return Err(ApiError::bad_request(format!(
-            "{what} path {} must be absolute",
-            path.display()
-        )));
-    }
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ApiError::bad_request(format!("{what} {}: {e}", path.display())))?;
-    use std::os::unix::fs::FileTypeExt;
-    if !(meta.is_file() || block_ok && meta.file_type().is_block_device()) {
-        return Err(ApiError::bad_request(format!(
-            "{what} {} is not a regular file",
-            path.display()
-        )));
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|e| ApiError::bad_request(format!("{what} {}: {e}", path.display())))?;
-    Ok(())
-}
-
 /// Checks a tap name as Linux would and that the device exists.
 fn check_tap(tap: &str) -> Result<(), ApiError> {
     let valid = !tap.is_empty()
@@ -383,10 +357,7 @@ impl CreateRequest {
     pub fn validate(self, limits: &Limits) -> Result<(String, InstanceConfig, bool), ApiError> {
         check_id("instance id", &self.id)?;
         check_size(self.vcpus, self.memory_mib, limits)?;
-        check_file("kernel", &self.kernel, false, false)?;
-        if let Some(initrd) = &self.initrd {
-            check_file("initrd", initrd, false, false)?;
-        }
+        // Files are checked when the daemon opens them (see `policy`).
         if let Some(c) = &self.cmdline {
             if c.len() >= vmm::config::CMDLINE_MAX_SIZE {
                 return Err(ApiError::bad_request(format!(
@@ -421,7 +392,6 @@ impl CreateRequest {
                     d.id
                 )));
             }
-            check_file(&format!("drive {}", d.id), &d.path, true, !d.readonly)?;
             drives.push(Drive {
                 id: d.id,
                 path: d.path,
@@ -516,17 +486,9 @@ mod tests {
         rejects(json!({"vcpus": 9}), "vcpus must be 1 to 8");
         rejects(json!({"memory_mib": 15}), "at least 16");
         rejects(json!({"memory_mib": 5000}), "more than the host");
-        rejects(json!({"kernel": "/nonexistent/k"}), "kernel /nonexistent/k");
-        rejects(json!({"kernel": "relative/k"}), "must be absolute");
-        rejects(json!({"kernel": "/tmp"}), "not a regular file");
-        rejects(json!({"initrd": "/nonexistent"}), "initrd");
         rejects(json!({"cmdline": "x".repeat(5000)}), "cmdline");
         rejects(json!({"bogus": 1}), "unknown field");
         rejects(json!({"vcpus": "two"}), "invalid type");
-        rejects(
-            json!({"drives": [{"id": "r", "path": "/nonexistent"}]}),
-            "drive r",
-        );
         rejects(
             json!({"nets": [{"id": "eth0", "tap": "strato-no-such"}]}),
             "does not exist",

@@ -106,12 +106,35 @@ impl Reaper {
         }
     }
 
-    /// Sends `signal` to `p` if it is still the same live process.
+    /// Sends `signal` to `p` if it is still the same live process. The
+    /// signal goes through a pidfd taken before the start time is
+    /// compared, so it cannot reach a later process that reused the pid.
     pub fn signal(&self, p: &Proc, signal: libc::c_int) {
-        if self.alive(p) {
-            // SAFETY: kill has no memory effects; `p` was just checked to
-            // be the process we started.
+        if !self.alive(p) {
+            return;
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor (or -1); no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid, 0) } as libc::c_int;
+        if fd < 0 {
+            // Kernels before 5.3: the start-time check above is all there is.
+            // SAFETY: kill has no memory effects.
             unsafe { libc::kill(p.pid, signal) };
+            return;
+        }
+        // SAFETY: `fd` is the new descriptor pidfd_open returned, owned here.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        if matches!(stat(p.pid), Some((_, start)) if start == p.start) {
+            // SAFETY: pidfd_send_signal with a null siginfo reads no memory.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
         }
     }
 
@@ -140,20 +163,83 @@ pub fn is_our_vmm(pid: i32, id: &str) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    let exe_ok = args.first().is_some_and(|a| {
-        Path::new(std::ffi::OsStr::from_bytes(a))
-            .file_name()
-            .is_some_and(|n| n.as_bytes().windows(6).any(|w| w == b"strato"))
-    });
-    let vm_ok = args.get(1).is_some_and(|a| *a == b"vm");
     let joined = [b"--id=", id.as_bytes()].concat();
     let id_ok = args.contains(&joined.as_slice())
         || args
             .windows(2)
             .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
-    exe_ok && vm_ok && id_ok
+    is_strato_vm(&args) && id_ok
 }
 
+/// True if a command line is `strato vm ...` (argv[0] any path whose file
+/// name contains "strato").
+fn is_strato_vm(args: &[&[u8]]) -> bool {
+    let exe_ok = args.first().is_some_and(|a| {
+        Path::new(std::ffi::OsStr::from_bytes(a))
+            .file_name()
+            .is_some_and(|n| n.as_bytes().windows(6).any(|w| w == b"strato"))
+    });
+    exe_ok && args.get(1).is_some_and(|a| *a == b"vm")
+}
+
+/// Every live `strato vm` process whose API socket is in `state_dir`,
+/// with the instance id its arguments name, found through /proc. Any
+/// user's processes are listed: only root (the daemon) could have made
+/// them with sockets in a 0700 directory of root's.
+pub fn vmms_in(state_dir: &Path) -> Vec<(Proc, String)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    // The daemon names the socket `--api-sock=<state_dir>/<id>/api.sock`.
+    let prefix = [b"--api-sock=", state_dir.as_os_str().as_bytes(), b"/"].concat();
+    let suffix = format!("/{SOCK}");
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        if !is_strato_vm(&args) {
+            continue;
+        }
+        let id = args.iter().find_map(|a| {
+            let rest = a.strip_prefix(prefix.as_slice())?;
+            let id = rest.strip_suffix(suffix.as_bytes())?;
+            std::str::from_utf8(id)
+                .ok()
+                .filter(|id| super::model::valid_id(id))
+        });
+        let (Some(id), Some((state, start))) = (id, stat(pid)) else {
+            continue;
+        };
+        if state != 'Z' && state != 'X' {
+            found.push((Proc { pid, start }, id.to_string()));
+        }
+    }
+    found
+}
+
+/// The write end of the pipe a new VMM process waits on before it does
+/// anything: the daemon opens the gate once the process is in its record,
+/// and if the daemon dies first the pipe closes and the process exits.
+pub struct Gate(std::os::fd::OwnedFd);
+
+impl Gate {
+    /// Lets the process go on.
+    pub fn open(self) -> std::io::Result<()> {
+        let mut f = std::fs::File::from(self.0);
+        std::io::Write::write_all(&mut f, b"1")
+    }
+}
+
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// What a VMM process is started with.
@@ -166,6 +252,9 @@ pub struct Spawn<'a> {
     pub id: &'a str,
     /// The child's log level.
     pub log_level: log::LevelFilter,
+    /// Descriptors the child inherits (the files it may use, opened by
+    /// the daemon), at the same numbers.
+    pub keep: &'a [RawFd],
 }
 
 /// File names inside an instance directory.
@@ -181,8 +270,23 @@ pub const RECORD: &str = "instance.json";
 
 impl Spawn<'_> {
     /// Starts `strato vm` in its own session with stdin on /dev/null and
-    /// stdout/stderr appended to vmm.log.
-    pub fn run(&self) -> std::io::Result<Proc> {
+    /// stdout/stderr appended to vmm.log. The process waits at its start
+    /// until the returned [`Gate`] is opened.
+    pub fn run(&self) -> std::io::Result<(Proc, Gate)> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 just returned these descriptors; each is owned once.
+        let (wait, gate) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        let mut inherit: Vec<RawFd> = self.keep.to_vec();
+        inherit.push(wait.as_raw_fd());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -199,6 +303,7 @@ impl Spawn<'_> {
         cmd.arg0(self.exe)
             .arg("vm")
             .arg(opt("api-sock", self.dir.join(SOCK).as_os_str()))
+            .arg(format!("--wait-fd={}", wait.as_raw_fd()))
             .arg(opt("id", self.id.as_ref()))
             .arg(opt("console-log", self.dir.join(CONSOLE).as_os_str()))
             .arg(opt("exit-file", self.dir.join(EXIT).as_os_str()))
@@ -211,12 +316,20 @@ impl Spawn<'_> {
             .stdout(log.try_clone()?)
             .stderr(log);
         // SAFETY: the closure runs in the child between fork and exec and
-        // calls only async-signal-safe functions (setsid, sigemptyset,
-        // sigprocmask) on its own stack data.
+        // calls only async-signal-safe functions (setsid, fcntl,
+        // sigemptyset, sigprocmask) on its own stack data and the
+        // descriptor list it owns, without allocating.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // Everything the daemon opens is close-on-exec; these
+                // alone reach the VMM, in this child only.
+                for fd in &inherit {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 // The daemon blocks SIGINT/SIGTERM in all its threads; the
                 // VMM must start with nothing blocked.
@@ -227,11 +340,12 @@ impl Spawn<'_> {
             });
         }
         let child = cmd.spawn()?;
+        drop(wait);
         let pid = child.id() as i32;
         // The child is ours until reaped, so its /proc entry is there even
         // if it already exited.
         let start = start_time(pid).unwrap_or(0);
-        Ok(Proc { pid, start })
+        Ok((Proc { pid, start }, Gate(gate)))
     }
 }
 

@@ -8,6 +8,11 @@ pub mod memory;
 pub mod mptable;
 pub mod regs;
 
+/// The ELF `e_machine` of kernels this platform boots (EM_X86_64).
+pub const ELF_MACHINE: u16 = 62;
+/// The platform's name in messages.
+pub const ARCH_NAME: &str = "x86_64";
+
 pub use boot::{write_pvh_info, write_zero_page, BootInfo};
 pub use cpuid::setup_cpuid;
 pub use lapic::setup_lint;
