@@ -18,9 +18,7 @@ use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::net::Net;
 use devices::{Bus, EventFdTrigger};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use log::info;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -33,6 +31,7 @@ use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
+use crate::pit::Pit;
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
 /// Size of the boot timer's MMIO window.
@@ -154,6 +153,9 @@ impl VmController {
 /// println!("guest ended: {reason}; boot time {:?}", vm.boot_time());
 /// ```
 pub struct Vm {
+    // Before `_vm_fd`: fields drop in order, and the PIT's helper thread
+    // must be done before the VM fd closes.
+    pit: Pit,
     // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
     _vm_fd: VmFd,
     shared: Arc<Shared>,
@@ -223,6 +225,8 @@ impl Vm {
                 }
             }
         }
+        let mut pit = built.pit;
+        pit.start_reinject_off(&vm_fd);
         info!(
             "started {} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
             threads.len(),
@@ -231,6 +235,7 @@ impl Vm {
             started.elapsed()
         );
         Ok(Vm {
+            pit,
             _vm_fd: vm_fd,
             shared: Arc::new(Shared {
                 exit: built.exit,
@@ -256,12 +261,7 @@ impl Vm {
         vm_fd
             .create_irq_chip()
             .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        vm_fd
-            .create_pit2(kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            })
-            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        let pit = Pit::create(kvm, vm_fd)?;
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
         let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
@@ -391,6 +391,7 @@ impl Vm {
             vcpus.push(vcpu);
         }
         Ok(Built {
+            pit,
             exit,
             control,
             i8042,
@@ -440,6 +441,7 @@ impl Vm {
         }
         drop(threads);
         self.events.stop();
+        self.pit.settle();
         exit.reason()
             .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
     }
@@ -502,6 +504,7 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
 
 /// What `Vm::build` hands back to `Vm::start`.
 struct Built {
+    pit: Pit,
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Arc<Mutex<Keyboard>>,
