@@ -12,17 +12,23 @@
 //! path: a jiffy or two per phase, 8-24 ms at HZ=250. That was the slow
 //! mode of a VMM process's exit, for strato and Firecracker alike.
 //!
-//! Turning reinjection off as soon as the vCPUs run moves that wait to a
-//! thread beside the guest, and leaves nothing for the teardown to
-//! unregister; the helper is spawned after the vCPUs so that its start
-//! costs the guest's start-up nothing. While the ioctl sleeps it holds the
-//! PIT's lock, so a guest touching the PIT in those milliseconds waits for
-//! it once. Lost PIT ticks are then dropped rather than re-injected, as
-//! with QEMU's `lost_tick_policy=discard` (which its microvm documentation
+//! Turning reinjection off while the guest runs moves that wait to a
+//! thread beside it, and leaves nothing for the teardown to unregister.
+//! While the ioctl sleeps it holds the PIT's lock, which vCPU 0 also takes
+//! whenever it is loaded on another host CPU (KVM moves the PIT's timer
+//! with it), first of all on its first KVM_RUN. So the helper is spawned
+//! after the vCPUs and waits until vCPU 0 has entered the guest once: its
+//! start then costs the guest's start-up nothing, and vCPU 0 can wait for
+//! it at most once, if it changes host CPU in those milliseconds (as can a
+//! guest touching the PIT).
+//!
+//! Lost PIT ticks are then dropped rather than re-injected, as with QEMU's
+//! `lost_tick_policy=discard` (which its microvm documentation
 //! recommends): guests that count PIT ticks for time-keeping drift, Linux
 //! with a TSC or LAPIC timer does not.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_pit_config, kvm_reinject_control, KVMIO, KVM_PIT_SPEAKER_DUMMY};
@@ -56,10 +62,11 @@ impl Pit {
         })
     }
 
-    /// Starts turning reinjection off on a helper thread. A failure is
-    /// only logged: the guest runs the same, the VM's teardown just takes
-    /// longer.
-    pub(crate) fn start_reinject_off(&mut self, vm_fd: &VmFd) {
+    /// Starts a helper thread that turns reinjection off once `entered`
+    /// says that vCPU 0 has entered the guest, and does nothing if its
+    /// sender is dropped first. A failure is only logged: the guest runs
+    /// the same, the VM's teardown just takes longer.
+    pub(crate) fn start_reinject_off(&mut self, vm_fd: &VmFd, entered: Receiver<()>) {
         if !self.reinject_control || self.reinject_off.is_some() {
             return;
         }
@@ -74,7 +81,11 @@ impl Pit {
         };
         self.reinject_off = std::thread::Builder::new()
             .name("strato-pit".into())
-            .spawn(move || reinject_off(vm))
+            .spawn(move || {
+                if entered.recv().is_ok() {
+                    reinject_off(vm);
+                }
+            })
             .map_err(|e| warn!("cannot start the PIT thread: {e}; the VM's teardown will wait"))
             .ok();
     }

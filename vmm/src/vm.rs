@@ -201,7 +201,7 @@ impl Vm {
         // runs in the guest before both are done.
         let memory_mib = config.memory_mib;
         let mem = map_memory(memory_mib)?;
-        let built = std::thread::scope(|s| {
+        let mut built = std::thread::scope(|s| {
             let slots = s.spawn(|| register_memory(&vm_fd, &mem, memory_mib));
             let built = Self::build(&kvm, &vm_fd, &mem, config, started);
             let slots = slots.join().unwrap_or_else(|_| {
@@ -214,6 +214,10 @@ impl Vm {
         })?;
 
         let events = EventLoop::start(built.subscribers)?;
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        if let Some(boot_cpu) = built.vcpus.first_mut() {
+            boot_cpu.notify_first_exit(entered_tx);
+        }
         let mut threads = Vec::with_capacity(built.vcpus.len());
         for vcpu in built.vcpus {
             match vcpu.start() {
@@ -226,7 +230,7 @@ impl Vm {
             }
         }
         let mut pit = built.pit;
-        pit.start_reinject_off(&vm_fd);
+        pit.start_reinject_off(&vm_fd, entered);
         info!(
             "started {} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
             threads.len(),
