@@ -444,8 +444,11 @@ impl Vm {
             let _ = t.join();
         }
         drop(threads);
-        self.events.stop();
+        // The event loop's thread and the PIT's helper end on their own
+        // once asked: wait for both at once, not one after the other.
+        self.events.request_stop();
         self.pit.settle();
+        self.events.stop();
         exit.reason()
             .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
     }
