@@ -98,6 +98,10 @@ class Vmm:
 
 
 class Strato(Vmm):
+    # Set when the benchmark built the binary from this checkout: only then
+    # does the checkout's git revision describe it.
+    built_here = False
+
     def argv(self, kernel, cmdline, scratch, drives=(), nic=None):
         argv = [self.path, "run", "--kernel", str(kernel), "--cmdline", cmdline,
                 "--vcpus", str(VCPUS), "--memory", str(MEM_MIB), "--no-stdin"]
@@ -108,6 +112,8 @@ class Strato(Vmm):
         return argv
 
     def version(self):
+        if not self.built_here:
+            return "given with --strato"
         try:
             rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True, timeout=10).stdout.strip()
@@ -1170,6 +1176,7 @@ def main():
         if "strato" in want:
             strato = executable(args.strato, "--strato") if args.strato else build_strato()
             vmms.append(Strato("strato", "strato", executable(strato, "strato")))
+            vmms[-1].built_here = not args.strato
         qemu = args.qemu or shutil.which("qemu-system-x86_64")
         if "qemu" not in want:
             pass
