@@ -90,9 +90,12 @@ impl Pit {
             .ok();
     }
 
-    /// Waits until reinjection is off. Called before the VM fd is closed, so
-    /// that the helper's duplicate is not the last reference and the
-    /// teardown runs where the VM is dropped.
+    /// Waits for the helper: reinjection is then off, or the helper gave up
+    /// because vCPU 0 ended without entering the guest. Called after the
+    /// vCPU threads are joined (until then vCPU 0 holds the sender the
+    /// helper may be waiting on) and before the VM fd is closed (so that
+    /// the helper's duplicate is not the last reference and the teardown
+    /// runs where the VM is dropped).
     pub(crate) fn settle(&mut self) {
         if let Some(t) = self.reinject_off.take() {
             let _ = t.join();
