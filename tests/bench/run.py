@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """strato benchmark: start-up, exits, memory, virtio block and net throughput.
 
-    python3 tests/bench/run.py [--only boot,block,net,micro] [--runs N]
+    python3 tests/bench/run.py [--only boot,pairs,block,net,micro,api]
+                               [--runs N] [--pairs N]
                                [--io-runs N] [--scale F] [--vmms LIST]
                                [--strato PATH] [--qemu PATH]
                                [--firecracker PATH] [--loops N]
@@ -14,6 +15,9 @@ $STRATO_BENCH_FIRECRACKER names a binary) and prints Markdown tables of
 min / median / max.  Every guest runs with 1 vCPU and 128 MiB.  Sections:
 
   boot   start-up time, port-I/O exits per second, peak RSS (--runs N)
+  pairs  the hello guest's start -> first output and start -> exit, one
+         run per VMM per round, back to back, the order rotating each round,
+         with each round's strato / other ratio (--pairs N)
   block  virtio-blk: 4 KiB and 1 MiB reads and writes with blk-copy's
          benchmark mode on a 256 MiB raw image, a 16 MiB copy between two
          drives, and the host's own read speed of the image (--io-runs N)
@@ -94,6 +98,10 @@ class Vmm:
 
 
 class Strato(Vmm):
+    # Set when the benchmark built the binary from this checkout: only then
+    # does the checkout's git revision describe it.
+    built_here = False
+
     def argv(self, kernel, cmdline, scratch, drives=(), nic=None):
         argv = [self.path, "run", "--kernel", str(kernel), "--cmdline", cmdline,
                 "--vcpus", str(VCPUS), "--memory", str(MEM_MIB), "--no-stdin"]
@@ -104,6 +112,8 @@ class Strato(Vmm):
         return argv
 
     def version(self):
+        if not self.built_here:
+            return "given with --strato"
         try:
             rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True, timeout=10).stdout.strip()
@@ -456,6 +466,66 @@ def boot_section(args, vmms, guests, helpers, scratch):
     out += odd_status_lines(vmms, res, 3 * args.runs)
     out += [""] + table(vmms, labels, rows)
     failed = any(not x.ok for v in vmms for k in res[v.key] for x in res[v.key][k])
+    return out, failed
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def pairs_section(args, vmms, guests, scratch):
+    """The hello guest under every VMM back to back, --pairs rounds, the
+    order rotating each round so that neither VMM always runs first; returns
+    (lines, failed)."""
+    hello = guests / "hello.elf"
+    for v in vmms:  # untimed warm-up
+        v.run(hello, HELLO_CMDLINE, GREETING, args.timeout, scratch)
+    log(f"pairs: {args.pairs} rounds of hello under {', '.join(v.label for v in vmms)}")
+    res = {v.key: {"hello": []} for v in vmms}
+    for i in range(args.pairs):
+        k = i % len(vmms)
+        for v in vmms[k:] + vmms[:k]:
+            r = v.run(hello, HELLO_CMDLINE, GREETING, args.timeout, scratch)
+            res[v.key]["hello"].append(r)
+            if not r.ok:
+                log(f"pairs round {i + 1}: {v.label} FAILED: {r.why}")
+    keep_raw("pairs", res)
+
+    ms = lambda x: f"{x:.1f}"  # noqa: E731
+    strato = next((v for v in vmms if v.key == "strato"), None)
+    rows = {}
+    for v in vmms:
+        runs = res[v.key]["hello"]
+        ok = [x for x in runs if x.ok]
+        fails = len(runs) - len(ok)
+        rows[v.key] = [
+            cell(fmt_triplet([x.first * 1000 for x in ok], ms), fails),
+            cell(fmt_triplet([x.exit * 1000 for x in ok], ms), fails),
+            cell(fmt_triplet([(x.exit - x.first) * 1000 for x in ok], ms), fails),
+        ]
+        for what in ("first", "exit"):
+            if strato is None or v is strato:
+                rows[v.key].append("—")
+                continue
+            ratios = [getattr(a, what) / getattr(b, what)
+                      for a, b in zip(res["strato"]["hello"], runs) if a.ok and b.ok]
+            rows[v.key].append(
+                f"{fmt_triplet(ratios, lambda x: f'{x:.2f}')}; strato slower in "
+                f"{sum(r > 1 for r in ratios)} of {len(ratios)}" if ratios else "n/a")
+    labels = [
+        "start → first guest output (ms)",
+        "start → exit (ms)",
+        "first output → exit (ms)",
+        "strato ÷ this VMM per round, start → first output",
+        "strato ÷ this VMM per round, start → exit",
+    ]
+    out = ["## Start and exit, back to back", ""]
+    out.append(f"- hello guest, {args.pairs} rounds of one run per VMM, the order rotating "
+               f"each round; cells are min / median / max")
+    out.append("- first output → exit: the guest's last lines, the VMM's stop and the "
+               "kernel's teardown of the VM, up to the process being reaped")
+    out += odd_status_lines(vmms, res, args.pairs)
+    out += [""] + table(vmms, labels, rows)
+    failed = any(not x.ok for v in vmms for x in res[v.key]["hello"])
     return out, failed
 
 
@@ -1057,7 +1127,7 @@ def api_section(args, vmms, guests):
 
 # ----------------------------------------------------------------- main
 
-SECTIONS = ("boot", "block", "net", "micro", "api")
+SECTIONS = ("boot", "pairs", "block", "net", "micro", "api")
 
 
 def main():
@@ -1066,6 +1136,8 @@ def main():
                     help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
     ap.add_argument("--runs", type=int, default=10,
                     help="runs per measurement in the boot section (at least 10)")
+    ap.add_argument("--pairs", type=int, default=20,
+                    help="rounds in the pairs section (at least 10)")
     ap.add_argument("--io-runs", type=int, default=5,
                     help="runs per measurement in the block and net sections (at least 3)")
     ap.add_argument("--scale", type=float, default=1.0,
@@ -1085,6 +1157,8 @@ def main():
     args = ap.parse_args()
     if args.runs < 10:
         ap.error("--runs must be at least 10")
+    if args.pairs < 10:
+        ap.error("--pairs must be at least 10")
     if args.io_runs < 3:
         ap.error("--io-runs must be at least 3")
     if args.scale <= 0:
@@ -1098,10 +1172,11 @@ def main():
     if not want or any(w not in ("strato", "qemu", "firecracker") for w in want):
         ap.error("--vmms: a comma-separated subset of strato,qemu,firecracker")
     vmms = []
-    if any(s in only for s in ("boot", "block", "net", "api")):
+    if any(s in only for s in ("boot", "pairs", "block", "net", "api")):
         if "strato" in want:
             strato = executable(args.strato, "--strato") if args.strato else build_strato()
             vmms.append(Strato("strato", "strato", executable(strato, "strato")))
+            vmms[-1].built_here = not args.strato
         qemu = args.qemu or shutil.which("qemu-system-x86_64")
         if "qemu" not in want:
             pass
@@ -1129,6 +1204,8 @@ def main():
                 continue
             if name == "boot":
                 lines, bad = boot_section(args, vmms, guests, helpers, scratch)
+            elif name == "pairs":
+                lines, bad = pairs_section(args, vmms, guests, scratch)
             elif name == "block":
                 lines, bad = block_section(args, vmms, guests, scratch)
             elif name == "net":

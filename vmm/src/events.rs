@@ -121,6 +121,7 @@ impl MutEventSubscriber for StopSubscriber {
 /// The running event loop thread.
 pub struct EventLoop {
     stop_evt: EventFd,
+    stop_requested: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -154,17 +155,29 @@ impl EventLoop {
             .map_err(|e| Error::Io("cannot start the event loop thread", e))?;
         Ok(EventLoop {
             stop_evt,
+            stop_requested: false,
             thread: Some(thread),
         })
     }
 
+    /// Asks the loop to end without waiting for it, so that the caller can
+    /// wait for other things meanwhile; `stop` then joins it.
+    pub fn request_stop(&mut self) {
+        if self.thread.is_some() && !self.stop_requested {
+            match self.stop_evt.write(1) {
+                Ok(()) => self.stop_requested = true,
+                Err(e) => error!("cannot stop the event loop: {e}"),
+            }
+        }
+    }
+
     /// Stops the loop and joins its thread.
     pub fn stop(&mut self) {
+        self.request_stop();
+        if !self.stop_requested {
+            return;
+        }
         if let Some(t) = self.thread.take() {
-            if let Err(e) = self.stop_evt.write(1) {
-                error!("cannot stop the event loop: {e}");
-                return;
-            }
             let _ = t.join();
         }
     }

@@ -1,5 +1,6 @@
 //! vCPU threads: configuration, the KVM_RUN loop and exit handling.
 
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,6 +98,8 @@ pub struct Vcpu {
     mem: GuestMemoryMmap,
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
+    /// Told once KVM_RUN has returned for the first time.
+    first_exit: Option<Sender<()>>,
 }
 
 /// What the run loop does after an exit whose data borrows the vCPU.
@@ -126,7 +129,14 @@ impl Vcpu {
             mem,
             exit,
             control,
+            first_exit: None,
         }
+    }
+
+    /// Sends on `tx` once this vCPU's first KVM_RUN has returned, that is
+    /// once it has entered the guest; dropped unsent if it never does.
+    pub fn notify_first_exit(&mut self, tx: Sender<()>) {
+        self.first_exit = Some(tx);
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the entry
@@ -203,7 +213,11 @@ impl Vcpu {
             if self.exit.stopping() {
                 break;
             }
-            let next = match self.fd.run() {
+            let result = self.fd.run();
+            if let Some(tx) = self.first_exit.take() {
+                let _ = tx.send(());
+            }
+            let next = match result {
                 Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => Next::PortIo,
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     if !self.mmio.read(addr, data) {

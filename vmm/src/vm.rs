@@ -18,9 +18,7 @@ use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::net::Net;
 use devices::{Bus, EventFdTrigger};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use log::info;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -33,6 +31,7 @@ use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
+use crate::pit::Pit;
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
 /// Size of the boot timer's MMIO window.
@@ -154,6 +153,9 @@ impl VmController {
 /// println!("guest ended: {reason}; boot time {:?}", vm.boot_time());
 /// ```
 pub struct Vm {
+    // Before `_vm_fd`: fields drop in order, and the PIT's helper thread
+    // must be done before the VM fd closes.
+    pit: Pit,
     // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
     _vm_fd: VmFd,
     shared: Arc<Shared>,
@@ -192,26 +194,25 @@ impl Vm {
                 .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
         }
 
-        // Registering memory and creating the irqchip each sleep a few ms in
-        // the kernel, waiting for grace periods of two different SRCU domains
-        // (memslots, IRQ routing); the PIT waits for a kthread. Register the
-        // memory on a second thread while this one builds the rest; nothing
-        // runs in the guest before both are done.
+        // Guest memory first, while the VM's memslot SRCU domain is idle:
+        // KVM_SET_USER_MEMORY_REGION waits for an expedited grace period of
+        // that domain, which takes microseconds on an idle domain. Creating
+        // the irqchip and the PIT registers their devices on KVM's I/O
+        // buses, and each such registration starts a normal grace period of
+        // the same domain, paced by one-jiffy timers; a memory registration
+        // made after them (or beside them, on another thread) waits for that
+        // one to end first: 2-8 ms here (`perf record -a -e
+        // workqueue:workqueue_queue_work -e timer:timer_start -g`).
         let memory_mib = config.memory_mib;
         let mem = map_memory(memory_mib)?;
-        let built = std::thread::scope(|s| {
-            let slots = s.spawn(|| register_memory(&vm_fd, &mem, memory_mib));
-            let built = Self::build(&kvm, &vm_fd, &mem, config, started);
-            let slots = slots.join().unwrap_or_else(|_| {
-                Err(Error::Memory(
-                    memory_mib,
-                    "the memory registration thread panicked".into(),
-                ))
-            });
-            slots.and(built)
-        })?;
+        register_memory(&vm_fd, &mem, memory_mib)?;
+        let mut built = Self::build(&kvm, &vm_fd, &mem, config, started)?;
 
         let events = EventLoop::start(built.subscribers)?;
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        if let Some(boot_cpu) = built.vcpus.first_mut() {
+            boot_cpu.notify_first_exit(entered_tx);
+        }
         let mut threads = Vec::with_capacity(built.vcpus.len());
         for vcpu in built.vcpus {
             match vcpu.start() {
@@ -223,6 +224,8 @@ impl Vm {
                 }
             }
         }
+        let mut pit = built.pit;
+        pit.start_reinject_off(&vm_fd, entered);
         info!(
             "started {} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
             threads.len(),
@@ -231,6 +234,7 @@ impl Vm {
             started.elapsed()
         );
         Ok(Vm {
+            pit,
             _vm_fd: vm_fd,
             shared: Arc::new(Shared {
                 exit: built.exit,
@@ -244,7 +248,7 @@ impl Vm {
         })
     }
 
-    /// Everything but guest memory registration: irqchip, PIT, devices,
+    /// Everything after guest memory registration: irqchip, PIT, devices,
     /// kernel and configured (not yet running) vCPUs.
     fn build(
         kvm: &Kvm,
@@ -256,12 +260,7 @@ impl Vm {
         vm_fd
             .create_irq_chip()
             .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        vm_fd
-            .create_pit2(kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            })
-            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        let pit = Pit::create(kvm, vm_fd)?;
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
         let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
@@ -391,6 +390,7 @@ impl Vm {
             vcpus.push(vcpu);
         }
         Ok(Built {
+            pit,
             exit,
             control,
             i8042,
@@ -439,6 +439,10 @@ impl Vm {
             let _ = t.join();
         }
         drop(threads);
+        // The event loop's thread and the PIT's helper end on their own
+        // once asked: wait for both at once, not one after the other.
+        self.events.request_stop();
+        self.pit.settle();
         self.events.stop();
         exit.reason()
             .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
@@ -502,6 +506,7 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
 
 /// What `Vm::build` hands back to `Vm::start`.
 struct Built {
+    pit: Pit,
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Arc<Mutex<Keyboard>>,

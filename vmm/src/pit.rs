@@ -1,0 +1,124 @@
+//! The in-kernel PIT (i8254), with tick reinjection turned off on a helper
+//! thread while the guest runs, so that KVM's VM teardown does not wait
+//! for it.
+//!
+//! KVM creates its PIT in "reinject" mode: the PIT registers an IRQ-ack and
+//! an IRQ-mask notifier so that it can re-inject ticks the guest missed.
+//! Unregistering them (on `KVM_REINJECT_CONTROL` off, or in the teardown on
+//! the last close of the VM fd) waits for two grace periods of the VM's
+//! IRQ SRCU domain back to back. The first ends within microseconds, so the
+//! second finds the domain "not idle" (a grace period ended less than
+//! `srcutree.exp_holdoff`, 25 µs, ago) and takes SRCU's normal, timer-paced
+//! path: a jiffy or two per phase, 8-24 ms at HZ=250. That was the slow
+//! mode of a VMM process's exit, for strato and Firecracker alike.
+//!
+//! Turning reinjection off while the guest runs moves that wait to a
+//! thread beside it, and leaves nothing for the teardown to unregister.
+//! While the ioctl sleeps it holds the PIT's lock, which vCPU 0 also takes
+//! whenever it is loaded on another host CPU (KVM moves the PIT's timer
+//! with it), first of all on its first KVM_RUN. So the helper is spawned
+//! after the vCPUs and waits until vCPU 0 has entered the guest once: its
+//! start then costs the guest's start-up nothing, and vCPU 0 can wait for
+//! it at most once, if it changes host CPU in those milliseconds (as can a
+//! guest touching the PIT).
+//!
+//! Lost PIT ticks are then dropped rather than re-injected, as with QEMU's
+//! `lost_tick_policy=discard` (which its microvm documentation
+//! recommends): guests that count PIT ticks for time-keeping drift, Linux
+//! with a TSC or LAPIC timer does not.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_pit_config, kvm_reinject_control, KVMIO, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use log::warn;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_io_nr;
+
+use crate::error::{Error, Result};
+
+ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
+
+/// The VM's PIT; dropping it waits for the helper thread, if one runs.
+pub(crate) struct Pit {
+    reinject_control: bool,
+    reinject_off: Option<JoinHandle<()>>,
+}
+
+impl Pit {
+    /// Creates the PIT; the irqchip must exist.
+    pub(crate) fn create(kvm: &Kvm, vm_fd: &VmFd) -> Result<Pit> {
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+        Ok(Pit {
+            reinject_control: kvm.check_extension(Cap::ReinjectControl),
+            reinject_off: None,
+        })
+    }
+
+    /// Starts a helper thread that turns reinjection off once `entered`
+    /// says that vCPU 0 has entered the guest, and does nothing if its
+    /// sender is dropped first. A failure is only logged: the guest runs
+    /// the same, the VM's teardown just takes longer.
+    pub(crate) fn start_reinject_off(&mut self, vm_fd: &VmFd, entered: Receiver<()>) {
+        if !self.reinject_control || self.reinject_off.is_some() {
+            return;
+        }
+        // SAFETY: `vm_fd` is borrowed, so its descriptor stays open while
+        // this borrow exists; it is only duplicated here.
+        let vm = match unsafe { BorrowedFd::borrow_raw(vm_fd.as_raw_fd()) }.try_clone_to_owned() {
+            Ok(vm) => vm,
+            Err(e) => {
+                warn!("cannot duplicate the VM fd: {e}; the VM's teardown will wait");
+                return;
+            }
+        };
+        self.reinject_off = std::thread::Builder::new()
+            .name("strato-pit".into())
+            .spawn(move || {
+                if entered.recv().is_ok() {
+                    reinject_off(vm);
+                }
+            })
+            .map_err(|e| warn!("cannot start the PIT thread: {e}; the VM's teardown will wait"))
+            .ok();
+    }
+
+    /// Waits for the helper: reinjection is then off, or the helper gave up
+    /// because vCPU 0 ended without entering the guest. Called after the
+    /// vCPU threads are joined (until then vCPU 0 holds the sender the
+    /// helper may be waiting on) and before the VM fd is closed (so that
+    /// the helper's duplicate is not the last reference and the teardown
+    /// runs where the VM is dropped).
+    pub(crate) fn settle(&mut self) {
+        if let Some(t) = self.reinject_off.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pit {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// `KVM_REINJECT_CONTROL` with `pit_reinject = 0` on the VM behind `vm`.
+fn reinject_off(vm: OwnedFd) {
+    let control = kvm_reinject_control::default();
+    // SAFETY: `vm` is an open KVM VM fd; the kernel only reads a
+    // `kvm_reinject_control`, which `control` is, for the call's duration.
+    let rc = unsafe { ioctl_with_ref(&vm, KVM_REINJECT_CONTROL(), &control) };
+    if rc != 0 {
+        warn!(
+            "KVM_REINJECT_CONTROL failed: {}; the VM's teardown will wait",
+            std::io::Error::last_os_error()
+        );
+    }
+}
