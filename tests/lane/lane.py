@@ -265,6 +265,15 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False):
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
+
+        # QEMU runs in a session of its own (so the deadline can kill all of
+        # it): take it down with us when we are told to stop.
+        def stop(signum, _frame):
+            os.killpg(proc.pid, signal.SIGKILL)
+            sys.exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGHUP, stop)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -341,6 +350,10 @@ def lane_test(args):
         cmd = " ".join(shlex.quote(a) for a in [t, "--include-ignored", *args.filters])
         lines.append(f"echo; echo '== {name}'; {cmd} || failed=$((failed + 1))")
     lines.append('echo; echo "lane: $failed test binaries failed"; [ "$failed" = 0 ]')
+    # One test at a time: the lane's two emulated CPUs are the whole
+    # machine, and two Linux guests of two vCPUs each starve one another
+    # (timeouts, soft lockups) where a test alone runs steadily.
+    env.setdefault("RUST_TEST_THREADS", "1")
     env.update(dict(kv.split("=", 1) for kv in args.env))
     return run_in_lane(
         ["/bin/sh", "-c", "\n".join(lines)], env, args.timeout, args.cpus, args.memory, ROOT
