@@ -112,14 +112,19 @@ impl PathPolicy {
         if !path.is_absolute() {
             return Err(PolicyError::Relative(what.into(), path.into()));
         }
-        let file = if self.roots.is_empty() {
+        let place = |real: &Path| self.check_place(what, path, real);
+        if self.roots.is_empty() {
             let peer = peer.ok_or_else(|| PolicyError::NoPeer(what.into(), path.into()))?;
-            open_as(peer, what, path, usage)?
+            open_as(peer, what, path, usage, &place)
         } else {
-            open_checked(what, path, usage)?
-        };
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(|e| PolicyError::Open(what.into(), path.into(), e))?;
+            open_checked(what, path, usage, &place)
+        }
+    }
+
+    /// Refuses `real` (where `path` resolved to) when it is in the state
+    /// directory or, with roots configured, outside every root.
+    fn check_place(&self, what: &str, path: &Path, real: &Path) -> Result<(), PolicyError> {
+        let real = real.to_path_buf();
         if real.starts_with(&self.state_dir) {
             return Err(PolicyError::StateDir(
                 what.into(),
@@ -136,9 +141,12 @@ impl PathPolicy {
                 roots.join(", "),
             ));
         }
-        Ok(file)
+        Ok(())
     }
 }
+
+/// The policy's judgement of where a path really leads.
+type PlaceCheck<'a> = &'a (dyn Fn(&Path) -> Result<(), PolicyError> + Sync);
 
 fn cstr(what: &str, path: &Path) -> Result<CString, PolicyError> {
     CString::new(path.as_os_str().as_bytes()).map_err(|e| {
@@ -163,13 +171,23 @@ fn open_raw(path: &CString, flags: libc::c_int) -> std::io::Result<File> {
 
 /// Opens `path` with this thread's credentials. First with O_PATH, which
 /// neither needs read permission nor has the side effects opening a
-/// device can have, to check what the path names; then the object itself
-/// through that descriptor, which checks the permissions for the access
-/// the guest gets and cannot be redirected by a rename in between.
-fn open_checked(what: &str, path: &Path, usage: Use) -> Result<File, PolicyError> {
+/// device can have, to check what the path names and where it really
+/// leads (`place`, before any access is tried, so a refusal does not
+/// depend on the file's permissions or a read-only mount); then the object
+/// itself through that descriptor, which checks the permissions for the
+/// access the guest gets and cannot be redirected by a rename in between.
+fn open_checked(
+    what: &str,
+    path: &Path,
+    usage: Use,
+    place: PlaceCheck<'_>,
+) -> Result<File, PolicyError> {
     let c = cstr(what, path)?;
     let denied_or = |e: std::io::Error| PolicyError::Open(what.into(), path.into(), e);
     let handle = open_raw(&c, libc::O_PATH).map_err(denied_or)?;
+    let real =
+        std::fs::read_link(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(denied_or)?;
+    place(&real)?;
     let meta = handle.metadata().map_err(denied_or)?;
     let kind_ok = match usage {
         Use::Image => meta.is_file(),
@@ -200,12 +218,18 @@ fn open_checked(what: &str, path: &Path, usage: Use) -> Result<File, PolicyError
 /// non-zero fsuid also drops the capabilities that let root bypass
 /// permission checks. The open then succeeds exactly when the client could
 /// open the file itself, search permission on every directory included.
-fn open_as(peer: &Peer, what: &str, path: &Path, usage: Use) -> Result<File, PolicyError> {
+fn open_as(
+    peer: &Peer,
+    what: &str,
+    path: &Path,
+    usage: Use,
+    place: PlaceCheck<'_>,
+) -> Result<File, PolicyError> {
     let cred_err = |e| PolicyError::Credentials(what.into(), path.into(), peer.uid, e);
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             become_peer(peer).map_err(cred_err)?;
-            open_checked(what, path, usage)
+            open_checked(what, path, usage, place)
         })
         .join()
     });
