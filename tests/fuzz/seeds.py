@@ -174,6 +174,10 @@ def http_seeds():
         "two-lengths": b"PUT / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 2\r\n\r\nab",
         "truncated": b"PUT / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
     }
+    # Just over the head limit (16 KiB), and a body of 20 KiB: these also
+    # raise libFuzzer's input length limit, which starts at the largest seed.
+    reqs["head-limit"] = b"GET / HTTP/1.1\r\nX: " + b"a" * 16384 + b"\r\n\r\n"
+    reqs["large-body"] = b"PUT / HTTP/1.1\r\nContent-Length: 20480\r\n\r\n" + b"{" * 20480
     for name, data in reqs.items():
         write("http_request", name, data)
 
