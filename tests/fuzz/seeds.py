@@ -110,6 +110,14 @@ def console_seeds():
           + b"\x00" + img.b)
     write("virtio_console", "eof", bytes([sizes | 0x40]) + struct.pack("<H", 3) + b"ls\n"
           + bytes([1, 0x81]) + img.b)
+    # A zero-length receive buffer before a real one: it once read as the
+    # end of the host input (regression test in console/mod.rs).
+    img = Image()
+    img.desc(0, 0, 0x2000, 0, WRITE)
+    img.desc(0, 1, 0x2100, 64, WRITE)
+    img.avail(0, [0, 1])
+    write("virtio_console", "zero-length-rx", bytes([sizes]) + struct.pack("<H", 2) + b"hi"
+          + b"\x00" + img.b)
 
 
 def mmio_seeds():
