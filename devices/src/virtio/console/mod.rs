@@ -291,10 +291,8 @@ mod tests {
         make_available(&m, 0, &[0, 1]);
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two descriptors into `fds`.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
         // SAFETY: both descriptors are fresh and owned by nothing else.
         let (reader, writer) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
