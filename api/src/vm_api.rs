@@ -860,6 +860,29 @@ mod tests {
     }
 
     #[test]
+    fn unbooted_serves_the_api_without_a_vm() {
+        let vm = Unbooted::new();
+        let put = |body: &str| {
+            vm.handle(&Request::new("PUT", "/machine-config", body.into()))
+                .status()
+        };
+        assert_eq!(put(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#), 204);
+        assert_eq!(put(r#"{"vcpu_count": 0, "mem_size_mib": 256}"#), 400);
+        let start = br#"{"action_type": "InstanceStart"}"#.to_vec();
+        let started = vm.handle(&Request::new("PUT", "/actions", start));
+        assert_eq!(started.status(), 204);
+        // What GET /vm/config shows is a valid --config-file.
+        let shown = vm.handle(&Request::new("GET", "/vm/config", Vec::new()));
+        let again = Unbooted::from_config(shown.body()).unwrap();
+        let m = crate::lock(&again.0).config.machine_config.clone();
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256));
+        assert!(Unbooted::from_config(
+            br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
     fn ids_and_machine_limits() {
         assert!(check_id("drive", "rootfs_1-a").is_ok());
         for bad in ["", "a/b", "a b", &"x".repeat(65)] {

@@ -5,11 +5,18 @@
 # what a target finds is in tests/fuzz/artifacts/<target>/, and the
 # command to reproduce it is printed.
 #
-#   tests/fuzz/run.sh [SECONDS]
+#   tests/fuzz/run.sh [--merge] [SECONDS]
 #
+# --merge adds to the committed corpus the new inputs that reach edges it
+# does not (a set-cover merge, so it stays small); commit the result.
 # Needs a nightly toolchain; installs cargo-fuzz from crates.io if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+merge=false
+if [[ ${1:-} == --merge ]]; then
+    merge=true
+    shift
+fi
 secs=${1:-60}
 fuzz_dir=tests/fuzz
 
@@ -40,6 +47,12 @@ for target in $(cargo +nightly fuzz list --fuzz-dir "$fuzz_dir"); do
     grep -E '^(Done|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb))' \
         "$scratch/$target.log" || true
     grep -E '^#[0-9]+.*DONE' "$scratch/$target.log" | tail -n 1 || true
+    if $merge; then
+        cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" "$target" \
+            "$fuzz_dir/corpus/$target" "$scratch/$target" -- \
+            -set_cover_merge=1 -use_counters=0 -rss_limit_mb=2048 -timeout=10 \
+            2>>"$scratch/$target.log"
+    fi
 done
 
 if ((${#failed[@]})); then
