@@ -238,6 +238,18 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request as the server would have read it, from no particular
+    /// client: for tests and the fuzz targets, which drive the handlers
+    /// without a socket.
+    pub fn new(method: &str, url: &str, body: Vec<u8>) -> Request {
+        Request {
+            method: Method::parse(method),
+            url: url.to_string(),
+            body,
+            peer: None,
+        }
+    }
+
     /// The client's credentials; None if the kernel would not say.
     pub fn peer(&self) -> Option<&Peer> {
         self.peer.as_ref()
@@ -297,6 +309,16 @@ impl Response {
             headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
             body,
         }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 
     /// Adds a header field; `value` must be a valid field value (no CR
@@ -463,8 +485,10 @@ fn busy(mut stream: UnixStream, max: usize) {
 }
 
 /// Serves the requests of one connection until it closes, fails, idles
-/// out or asks to close.
-fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
+/// out or asks to close. [`Server::serve`] runs it on a thread per
+/// connection; tests and the fuzz targets call it on one end of a socket
+/// pair.
+pub fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
     let peer = Peer::of(&stream)
         .map_err(|e| log::warn!("cannot read the credentials of an API client: {e}"))
         .ok();

@@ -2,14 +2,7 @@
 //! serves one microVM's Firecracker-compatible API, `serve` is the daemon
 //! that manages many, and the other subcommands are the daemon's client.
 
-mod client;
-mod daemon;
-mod http;
-mod logger;
-mod run;
-mod terminal;
-mod vm_api;
-
+use api::{client, daemon, logger, run, vm_api};
 use clap::{Parser, Subcommand};
 
 /// strato: a microVM monitor on KVM.
@@ -34,11 +27,6 @@ enum Command {
     Serve(daemon::ServeArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it.
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {

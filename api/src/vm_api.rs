@@ -560,12 +560,11 @@ fn start(inst: &Shared, signal: &Arc<std::sync::atomic::AtomicI32>) -> Result<()
     Ok(())
 }
 
-/// Handles one request.
-fn handle(
-    req: &Request,
-    inst: &Shared,
-    signal: &Arc<std::sync::atomic::AtomicI32>,
-) -> Result<Reply, ApiError> {
+/// How `InstanceStart` boots the VM of an instance.
+type Starter<'a> = &'a dyn Fn(&Shared) -> Result<(), ApiError>;
+
+/// Handles one request; `start` boots the VM on `InstanceStart`.
+fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiError> {
     let url = req.url().to_string();
     let path = url.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -642,7 +641,7 @@ fn handle(
         (Method::Put, ["actions"]) => {
             let a: Action = http::json_body(req)?;
             match a.action_type.as_str() {
-                "InstanceStart" => start(inst, signal)?,
+                "InstanceStart" => start(inst)?,
                 "SendCtrlAltDel" => crate::lock(inst)
                     .controller()?
                     .send_ctrl_alt_del()
@@ -765,7 +764,7 @@ pub fn main(args: VmArgs) -> i32 {
             let serial = Mutex::new(());
             server.serve(API_CONNECTIONS, move |req| {
                 let _one_at_a_time = crate::lock(&serial);
-                http::reply(handle(req, &inst, &signal))
+                http::reply(handle(req, &inst, &|i| start(i, &signal)))
             })
         }
         None => loop {
@@ -777,10 +776,53 @@ pub fn main(args: VmArgs) -> i32 {
 
 fn load_config_file(path: &Path) -> Result<FullConfig, String> {
     let text = std::fs::read(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
-    let config: FullConfig = serde_json::from_slice(&text)
-        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    parse_config(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+fn parse_config(text: &[u8]) -> Result<FullConfig, String> {
+    let config: FullConfig = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     check_machine(&config.machine_config).map_err(|e| e.message)?;
     Ok(config)
+}
+
+/// The API of a microVM that never boots: requests are parsed, validated
+/// and applied to its configuration by the same handler `strato vm`
+/// serves with, but `InstanceStart` only answers as if it had started.
+/// The fuzz targets and tests drive the API through it without KVM.
+pub struct Unbooted(Shared);
+
+impl Unbooted {
+    /// An instance as `strato vm` begins without `--config-file`.
+    pub fn new() -> Self {
+        Self::with_config(FullConfig::default())
+    }
+
+    /// An instance configured from the text of a `--config-file`.
+    pub fn from_config(text: &[u8]) -> Result<Self, String> {
+        parse_config(text).map(Self::with_config)
+    }
+
+    fn with_config(config: FullConfig) -> Self {
+        Unbooted(Arc::new(Mutex::new(Instance {
+            id: "unbooted".into(),
+            config,
+            phase: Phase::NotStarted,
+            console_log: None,
+            exit_file: None,
+            api_sock: None,
+        })))
+    }
+
+    /// Answers `req` as the server would.
+    pub fn handle(&self, req: &Request) -> http::Response {
+        http::reply(handle(req, &self.0, &|_| Ok(())))
+    }
+}
+
+impl Default for Unbooted {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(test)]
@@ -815,6 +857,29 @@ mod tests {
         assert_eq!(back["drives"][0]["drive_id"], "rootfs");
         assert_eq!(back["network-interfaces"][0]["host_dev_name"], "tap0");
         assert!(serde_json::from_str::<FullConfig>(r#"{"bogus": 1}"#).is_err());
+    }
+
+    #[test]
+    fn unbooted_serves_the_api_without_a_vm() {
+        let vm = Unbooted::new();
+        let put = |body: &str| {
+            vm.handle(&Request::new("PUT", "/machine-config", body.into()))
+                .status()
+        };
+        assert_eq!(put(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#), 204);
+        assert_eq!(put(r#"{"vcpu_count": 0, "mem_size_mib": 256}"#), 400);
+        let start = br#"{"action_type": "InstanceStart"}"#.to_vec();
+        let started = vm.handle(&Request::new("PUT", "/actions", start));
+        assert_eq!(started.status(), 204);
+        // What GET /vm/config shows is a valid --config-file.
+        let shown = vm.handle(&Request::new("GET", "/vm/config", Vec::new()));
+        let again = Unbooted::from_config(shown.body()).unwrap();
+        let m = crate::lock(&again.0).config.machine_config.clone();
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256));
+        assert!(Unbooted::from_config(
+            br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! state-changing requests on it (start, stop, pause, ...) and a record
 //! lock held only briefly, so reads never wait for a slow stop.
 
-mod model;
+pub mod model;
 mod policy;
 mod process;
 

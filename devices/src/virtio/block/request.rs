@@ -101,6 +101,9 @@ fn run(
                 return Err(VIRTIO_BLK_S_IOERR);
             }
             let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+            // The driver learns how much was read from a u32 used length;
+            // no driver sends 4 GiB in one request.
+            let total_u32 = u32::try_from(total).map_err(|_| VIRTIO_BLK_S_IOERR)?;
             let start = hdr
                 .sector
                 .checked_mul(SECTOR_SIZE)
@@ -115,7 +118,7 @@ fn run(
                     .map_err(|_| VIRTIO_BLK_S_IOERR)?;
                 offset += u64::from(d.len());
             }
-            Ok(if write { 0 } else { total as u32 })
+            Ok(if write { 0 } else { total_u32 })
         }
         VIRTIO_BLK_T_FLUSH => {
             if !read_only {
@@ -431,6 +434,30 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
         header(&m, VIRTIO_BLK_T_OUT, 0);
         exec(&m, &f, false, &chain(Descriptor::new(DATA, 512, NEXT, 2)));
+        assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn reads_over_4_gib_are_refused() {
+        // Five 1 GiB buffers (the same guest RAM each time, which a
+        // driver may do) over a sparse 6 GiB image: the used length could
+        // not say how much was read.
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 30)]).unwrap();
+        let f = tempfile();
+        f.set_len(6 << 30).unwrap();
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let mut descs = vec![Descriptor::new(HDR, 16, NEXT, 1)];
+        for i in 1..=5 {
+            descs.push(Descriptor::new(
+                DATA,
+                (1 << 30) - 0x4000,
+                NEXT | WRITE,
+                i + 1,
+            ));
+        }
+        descs.push(Descriptor::new(STATUS, 1, WRITE, 0));
+        let out = execute(&m, &f, false, (6 << 30) / SECTOR_SIZE, b"", &descs);
+        assert_eq!(out, Outcome::Done { used_len: 1 });
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
     }
 }

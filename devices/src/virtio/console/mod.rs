@@ -124,7 +124,9 @@ impl Console {
                 break;
             };
             let head = chain.head_index();
-            let Some(d) = chain.into_iter().find(|d| d.is_write_only()) else {
+            // A zero-length buffer is refused here: reading into it would
+            // return 0, which means the end of the host input.
+            let Some(d) = chain.into_iter().find(|d| d.is_write_only() && d.len() > 0) else {
                 self.bad_request.warn(format_args!(
                     "virtio-console: no writable buffer on receiveq"
                 ));
@@ -260,5 +262,66 @@ impl MutEventSubscriber for Console {
             }
             self.process_rx(ops);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_utils::{make_available, mem, ring_queue, used_entry, write_desc};
+    use event_manager::{EventManager, SubscriberOps};
+    use std::os::fd::FromRawFd;
+    use std::sync::Mutex;
+    use vm_memory::GuestAddress;
+
+    const W: u16 = 2; // VRING_DESC_F_WRITE
+
+    fn eventfd() -> EventFd {
+        EventFd::new(libc::EFD_NONBLOCK).unwrap()
+    }
+
+    /// Found while writing the console fuzz target: a zero-length receive
+    /// buffer read 0 bytes from the host input, which the console took for
+    /// its end and stopped reading input for good.
+    #[test]
+    fn zero_length_receive_buffer_keeps_the_input() {
+        let m = mem();
+        write_desc(&m, 0, 0, (0x4000, 0, W, 0));
+        write_desc(&m, 0, 1, (0x5000, 64, W, 0));
+        make_available(&m, 0, &[0, 1]);
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
+        // SAFETY: both descriptors are fresh and owned by nothing else.
+        let (reader, writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut writer = std::fs::File::from(writer);
+        writer.write_all(b"hi").unwrap();
+        let signals = Arc::new(DeviceSignals::new(eventfd()));
+        let console = Console::new(
+            Box::new(std::io::sink()),
+            Some(reader),
+            [eventfd(), eventfd()],
+            signals,
+        );
+        let console = Arc::new(Mutex::new(console));
+        let mut em = EventManager::new().unwrap();
+        em.add_subscriber(console.clone());
+        console
+            .lock()
+            .unwrap()
+            .activate(m.clone(), 0, vec![ring_queue(0, 16), ring_queue(1, 16)])
+            .unwrap();
+        for _ in 0..4 {
+            em.run_with_timeout(10).unwrap();
+        }
+        // The empty buffer comes back unused, the next one gets the input.
+        assert_eq!(used_entry(&m, 0, 0), (0, 0));
+        assert_eq!(used_entry(&m, 0, 1), (1, 2));
+        let mut got = [0u8; 2];
+        m.read_slice(&mut got, GuestAddress(0x5000)).unwrap();
+        assert_eq!(&got, b"hi");
+        assert!(console.lock().unwrap().input.is_some());
     }
 }

@@ -35,7 +35,7 @@ pub const VNET_HDR_LEN: usize = 12;
 /// Queue size of both queues.
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest frame: a 64 KiB GSO packet, its Ethernet header and our header.
-const MAX_FRAME: usize = 65536 + 14 + VNET_HDR_LEN;
+pub const MAX_FRAME: usize = 65536 + 14 + VNET_HDR_LEN;
 const RX: usize = 0;
 const TX: usize = 1;
 /// Most buffers a transmitted frame may be gathered from (Linux uses up to
