@@ -143,8 +143,9 @@ def one_run(vmm, args, scratch):
     marks = {}
     out = bytearray()
     t0 = time.perf_counter()
+    errlog = open(Path(scratch) / "vmm-stderr.log", "wb")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, cwd=scratch, start_new_session=True)
+                            stderr=errlog, cwd=scratch, start_new_session=True)
     timer = threading.Timer(args.timeout, proc.kill)
     timer.start()
     overhead = None
@@ -167,10 +168,14 @@ def one_run(vmm, args, scratch):
     finally:
         timer.cancel()
         peer.close()
+        errlog.close()
     if "BENCH_FAILED" in marks or "end" not in marks or proc.returncode != 0:
         tail = out[-600:].decode(errors="replace")
+        # The VMM's own words: its stderr, and its log file if it has one.
+        logs = "".join(f"\n{p.name} ends:\n" + p.read_text(errors="replace")[-800:]
+                       for p in sorted(Path(scratch).glob("*.log")))
         raise RuntimeError(f"{vmm.label}: status {proc.returncode}, marks {sorted(marks)}; "
-                           f"console ends:\n{tail}")
+                           f"console ends:\n{tail}{logs}")
     order = ["INIT_OK"] + STEPS + ["end"]
     dur = {s: marks[order[i + 1]] - marks[s] for i, s in enumerate(order[:-1])}
     mib = args.mib
