@@ -9,52 +9,16 @@ mod api;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use api::{alive, kill, raw_request, wait_for, Api, Daemon, Json, Netns};
+use api::{
+    alive, create_body, kill, pid_of, raw_request, state, wait_console, wait_for, wait_state, Api,
+    Daemon, Json, Netns,
+};
 use strato_tests::{
     guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, tiny_elf,
     Scratch,
 };
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn create_body(id: &str, guest_name: &str, extra: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","vcpus":1,"memory_mib":32,"kernel":"{}"{extra}}}"#,
-        guest(guest_name).display()
-    )
-}
-
-fn state(api: &Api, id: &str) -> String {
-    api.expect("GET", &format!("/v1/instances/{id}"), None, 200)
-        .json()["state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn wait_state(api: &Api, id: &str, want: &str) -> Json {
-    wait_for(&format!("{id} to be {want}"), LONG, || {
-        let v = api
-            .expect("GET", &format!("/v1/instances/{id}"), None, 200)
-            .json();
-        (v["state"] == want).then_some(v)
-    })
-}
-
-fn wait_console(api: &Api, id: &str, marker: &str) -> String {
-    wait_for(&format!("{marker:?} on {id}'s console"), LONG, || {
-        let r = api.expect("GET", &format!("/v1/instances/{id}/console"), None, 200);
-        let text = r.text();
-        text.contains(marker).then_some(text)
-    })
-}
-
-fn pid_of(api: &Api, id: &str) -> i32 {
-    api.expect("GET", &format!("/v1/instances/{id}"), None, 200)
-        .json()["pid"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{id} has no pid")) as i32
-}
 
 #[test]
 fn instances_run_stop_crash_and_survive_a_daemon_restart() {

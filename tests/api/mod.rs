@@ -1,7 +1,8 @@
 //! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`): an
 //! HTTP client over unix sockets that keeps a transcript of every exchange
 //! for the OpenAPI check (`tests/api_schema.py`), a small JSON reader, a
-//! daemon guard that kills everything it started, a network namespace, and
+//! daemon guard that kills everything it started, daemon instance helpers,
+//! a process's descriptors, threads and memory, a network namespace, and
 //! hostile clients for both sockets.
 
 #![allow(dead_code)]
@@ -340,6 +341,110 @@ pub fn kill(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// How long the daemon helpers wait for a state or a console line.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A POST /v1/instances body for test guest `guest_name` (1 vCPU, 32 MiB)
+/// with `extra` JSON members (each beginning with a comma).
+pub fn create_body(id: &str, guest_name: &str, extra: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","vcpus":1,"memory_mib":32,"kernel":"{}"{extra}}}"#,
+        strato_tests::guest(guest_name).display()
+    )
+}
+
+/// The state of daemon instance `id`.
+pub fn state(api: &Api, id: &str) -> String {
+    api.expect("GET", &format!("/v1/instances/{id}"), None, 200)
+        .json()["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits for daemon instance `id` to be in state `want`; returns its view.
+pub fn wait_state(api: &Api, id: &str, want: &str) -> Json {
+    wait_for(&format!("{id} to be {want}"), WAIT, || {
+        let v = api
+            .expect("GET", &format!("/v1/instances/{id}"), None, 200)
+            .json();
+        (v["state"] == want).then_some(v)
+    })
+}
+
+/// Waits for `marker` on daemon instance `id`'s console; returns the
+/// console text.
+pub fn wait_console(api: &Api, id: &str, marker: &str) -> String {
+    wait_for(&format!("{marker:?} on {id}'s console"), WAIT, || {
+        let r = api.expect("GET", &format!("/v1/instances/{id}/console"), None, 200);
+        let text = r.text();
+        text.contains(marker).then_some(text)
+    })
+}
+
+/// The VMM process id of daemon instance `id`.
+pub fn pid_of(api: &Api, id: &str) -> i32 {
+    api.expect("GET", &format!("/v1/instances/{id}"), None, 200)
+        .json()["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{id} has no pid")) as i32
+}
+
+/// What a process holds: open descriptors, threads, resident memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Entries of /proc/PID/fd.
+    pub fds: usize,
+    /// Entries of /proc/PID/task.
+    pub threads: usize,
+    /// VmRSS of /proc/PID/status, in KiB.
+    pub rss_kib: u64,
+}
+
+impl Usage {
+    /// One sample of `pid`.
+    pub fn of(pid: i32) -> Usage {
+        let count = |what: &str| {
+            std::fs::read_dir(format!("/proc/{pid}/{what}"))
+                .unwrap_or_else(|e| panic!("/proc/{pid}/{what}: {e}"))
+                .count()
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+        Usage {
+            fds: count("fd"),
+            threads: count("task"),
+            rss_kib,
+        }
+    }
+
+    /// A sample of `pid` once its descriptors and threads have stopped
+    /// changing for 200 ms (a connection's thread ends just after its
+    /// response), or the last one after 5 s.
+    pub fn settled(pid: i32) -> Usage {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = Usage::of(pid);
+        let mut same = 0;
+        while same < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = Usage::of(pid);
+            same = if (now.fds, now.threads) == (last.fds, last.threads) {
+                same + 1
+            } else {
+                0
+            };
+            last = now;
+        }
+        last
+    }
+}
+
 /// A `strato serve` for one test; kills the daemon and every VMM process
 /// of its state directory on drop.
 pub struct Daemon {
@@ -423,6 +528,56 @@ impl Daemon {
     pub fn crash(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Child processes of the daemon, zombies included.
+    pub fn children(&self) -> Vec<i32> {
+        let parent = self.pid();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rfind(')')
+                        .and_then(|i| s[i + 1..].split_whitespace().nth(1))
+                        .and_then(|p| p.parse::<i32>().ok())
+                        == Some(parent)
+                })
+            })
+            .collect()
+    }
+
+    /// Bound unix sockets in the daemon's network namespace whose path is
+    /// in its state directory.
+    pub fn state_sockets(&self) -> Vec<String> {
+        let table =
+            std::fs::read_to_string(format!("/proc/{}/net/unix", self.pid())).unwrap_or_default();
+        let state = format!("{}/", self.state.display());
+        table
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(7))
+            .filter(|p| p.starts_with(&state))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Entries of the state directory besides the daemon's lock file.
+    pub fn state_entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".lock")
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// VMM processes of this daemon's state directory.

@@ -357,7 +357,8 @@ pub struct Netns {
     pub name: String,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip` with `args`, asserting success; returns its output.
+fn ip(args: &[&str]) -> String {
     let out = std::process::Command::new("ip")
         .args(args)
         .output()
@@ -367,6 +368,7 @@ fn ip(args: &[&str]) {
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Netns {
@@ -396,6 +398,16 @@ impl Netns {
         let mut args = vec!["netns", "exec", &self.name];
         args.extend_from_slice(cmd);
         ip(&args);
+    }
+
+    /// Names of the network interfaces in the namespace (`lo` included).
+    pub fn links(&self) -> Vec<String> {
+        // "1: lo: <LOOPBACK,UP,...> ..."
+        ip(&["netns", "exec", &self.name, "ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
     }
 
     /// Runs `f` on a thread inside the namespace.
