@@ -354,6 +354,9 @@ def lane_test(args):
     # machine, and two Linux guests of two vCPUs each starve one another
     # (timeouts, soft lockups) where a test alone runs steadily.
     env.setdefault("RUST_TEST_THREADS", "1")
+    # The soak's leak checks are the host suite's job; here a short soak
+    # shows the daemon's life cycle under hardware-style KVM.
+    env.setdefault("STRATO_SOAK_CYCLES", "100")
     env.update(dict(kv.split("=", 1) for kv in args.env))
     return run_in_lane(
         ["/bin/sh", "-c", "\n".join(lines)], env, args.timeout, args.cpus, args.memory, ROOT
