@@ -1,6 +1,6 @@
 //! Boots the tiny test guests with `strato run` and checks what they report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strato_tests::{guest, run_guest, strato};
 
 const MIB: u64 = 1 << 20;
@@ -195,4 +195,54 @@ fn sigterm_stops_the_vm_and_reports_it() {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stopped by signal"), "{err}");
+}
+
+/// Runs the idle guest with the seccomp self-test for threads of `kind`
+/// (`STRATO_SECCOMP_PROBE`, see `vmm::seccomp`) and `extra` options;
+/// a run still going after a second is stopped with SIGTERM. Returns the
+/// exit status and stderr.
+fn run_with_probe(kind: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(strato_tests::strato_bin())
+        .args(["run", "--no-stdin", "--memory", "32", "--kernel"])
+        .arg(guest("idle"))
+        .args(extra)
+        .env("STRATO_SECCOMP_PROBE", kind)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child process (if it is still there,
+    // it is not reaped yet, so the pid is still its own).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_forbidden_system_call_kills_strato_run_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    for kind in ["vcpu", "event-loop", "vmm"] {
+        let (status, err) = run_with_probe(kind, &[]);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGSYS),
+            "{kind}: {status:?}, stderr: {err}"
+        );
+        assert!(err.contains("seccomp self-test"), "{kind}: {err}");
+        // Without filters the same call succeeds and the VM runs on.
+        let (status, err) = run_with_probe(kind, &["--no-seccomp"]);
+        assert_eq!(
+            status.code(),
+            Some(128 + libc::SIGTERM),
+            "{kind} with --no-seccomp: {status:?}, stderr: {err}"
+        );
+        assert!(err.contains("seccomp self-test"), "{kind}: {err}");
+    }
 }

@@ -10,6 +10,7 @@ mod device_manager;
 pub mod error;
 mod events;
 pub mod exit;
+pub mod seccomp;
 mod vcpu;
 mod vm;
 

@@ -33,6 +33,7 @@ use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
+use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
 /// Size of the boot timer's MMIO window.
@@ -179,6 +180,8 @@ impl Vm {
         let max_vcpus = (kvm.get_max_vcpus() as u32).min(MAX_VCPUS);
         let host_mib = host_memory_mib().unwrap_or(u64::MAX);
         config.validate(max_vcpus, host_mib)?;
+        let vcpu_filter = ThreadFilter::new(ThreadKind::Vcpu, config.seccomp)?;
+        let events_filter = ThreadFilter::new(ThreadKind::EventLoop, config.seccomp)?;
 
         let vm_fd = kvm
             .create_vm()
@@ -211,10 +214,10 @@ impl Vm {
             slots.and(built)
         })?;
 
-        let events = EventLoop::start(built.subscribers)?;
+        let events = EventLoop::start(built.subscribers, events_filter)?;
         let mut threads = Vec::with_capacity(built.vcpus.len());
         for vcpu in built.vcpus {
-            match vcpu.start() {
+            match vcpu.start(&vcpu_filter) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     built.exit.request(ExitReason::VmmError(e.to_string()));
