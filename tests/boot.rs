@@ -246,3 +246,42 @@ fn a_forbidden_system_call_kills_strato_run_with_sigsys() {
         assert!(err.contains("seccomp self-test"), "{kind}: {err}");
     }
 }
+
+#[test]
+fn a_terminal_on_stdin_is_put_back_as_it_was() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into `master` and
+    // `slave`; the name and settings pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty just returned these descriptors, owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let settings = |fd: &OwnedFd| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data that tcgetattr fills for a tty.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open terminal and `t` a termios to fill.
+        assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+        (t.c_iflag, t.c_oflag, t.c_lflag)
+    };
+    let before = settings(&slave);
+    let out = std::process::Command::new(strato_tests::strato_bin())
+        .args(["run", "--memory", "32", "--kernel"])
+        .arg(guest("hello"))
+        .stdin(slave.try_clone().unwrap())
+        .output()
+        .unwrap();
+    // strato puts the terminal in raw mode and back, under its filters.
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(settings(&slave), before);
+    drop(master);
+}

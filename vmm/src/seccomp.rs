@@ -399,8 +399,9 @@ fn rules(kind: ThreadKind) -> Rules {
             ])
             // The exit record, written and renamed into place.
             .open_flags(&[CREATE_FLAGS])
-            // Putting the terminal back as it was.
-            .ioctls(&[libc::TCSETS]),
+            // Putting the terminal back as it was (glibc's tcsetattr
+            // reads the settings back to check them).
+            .ioctls(&[libc::TCSETS, libc::TCGETS]),
     };
     allow.0
 }
