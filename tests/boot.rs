@@ -1,6 +1,6 @@
 //! Boots the tiny test guests with `strato run` and checks what they report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strato_tests::{guest, run_guest, strato};
 
 const MIB: u64 = 1 << 20;
@@ -195,4 +195,93 @@ fn sigterm_stops_the_vm_and_reports_it() {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stopped by signal"), "{err}");
+}
+
+/// Runs the idle guest with the seccomp self-test for threads of `kind`
+/// (`STRATO_SECCOMP_PROBE`, see `vmm::seccomp`) and `extra` options;
+/// a run still going after a second is stopped with SIGTERM. Returns the
+/// exit status and stderr.
+fn run_with_probe(kind: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(strato_tests::strato_bin())
+        .args(["run", "--no-stdin", "--memory", "32", "--kernel"])
+        .arg(guest("idle"))
+        .args(extra)
+        .env("STRATO_SECCOMP_PROBE", kind)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child process (if it is still there,
+    // it is not reaped yet, so the pid is still its own).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_forbidden_system_call_kills_strato_run_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    for kind in ["vcpu", "event-loop", "vmm"] {
+        let (status, err) = run_with_probe(kind, &[]);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGSYS),
+            "{kind}: {status:?}, stderr: {err}"
+        );
+        assert!(err.contains("seccomp self-test"), "{kind}: {err}");
+        // Without filters the same call succeeds and the VM runs on.
+        let (status, err) = run_with_probe(kind, &["--no-seccomp"]);
+        assert_eq!(
+            status.code(),
+            Some(128 + libc::SIGTERM),
+            "{kind} with --no-seccomp: {status:?}, stderr: {err}"
+        );
+        assert!(err.contains("seccomp self-test"), "{kind}: {err}");
+    }
+}
+
+#[test]
+fn a_terminal_on_stdin_is_put_back_as_it_was() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into `master` and
+    // `slave`; the name and settings pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty just returned these descriptors, owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let settings = |fd: &OwnedFd| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data that tcgetattr fills for a tty.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open terminal and `t` a termios to fill.
+        assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+        (t.c_iflag, t.c_oflag, t.c_lflag)
+    };
+    let before = settings(&slave);
+    let out = std::process::Command::new(strato_tests::strato_bin())
+        .args(["run", "--memory", "32", "--kernel"])
+        .arg(guest("hello"))
+        .stdin(slave.try_clone().unwrap())
+        .output()
+        .unwrap();
+    // strato puts the terminal in raw mode and back, under its filters.
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(settings(&slave), before);
+    drop(master);
 }

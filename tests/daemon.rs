@@ -1166,3 +1166,65 @@ fn kernels_for_another_machine_are_refused() {
     }
     api.check_schema(&dir.0);
 }
+
+#[test]
+fn a_vmm_killed_by_its_seccomp_filter_is_reported_crashed() {
+    let dir = Scratch::new("daemon-seccomp");
+    // The self-test (STRATO_SECCOMP_PROBE, inherited by the VMMs) makes a
+    // thread of one kind open an IPv4 socket, which its filter forbids:
+    // vCPU and event-loop threads a second after they start (once the
+    // create has answered), the API on the first request after the start.
+    for probe in ["vcpu:1000", "event-loop:1000", "api"] {
+        let kind = probe.split(':').next().unwrap();
+        let run = dir.0.join(kind);
+        std::fs::create_dir_all(&run).unwrap();
+        let daemon = Daemon::start_with_env(&run, None, &[("STRATO_SECCOMP_PROBE", probe)], &[]);
+        let api = Api::new(&daemon.sock, "daemon");
+        api.expect(
+            "POST",
+            "/v1/instances",
+            Some(&create_body(kind, "idle", "")),
+            201,
+        );
+        if kind == "api" {
+            // Pausing goes through the VMM's API.
+            let r = api.call("POST", &format!("/v1/instances/{kind}/pause"), None);
+            assert_ne!(r.status, 200, "{kind}: {}", r.text());
+        }
+        let v = wait_state(&api, kind, "crashed");
+        let reason = v["exit_reason"].as_str().unwrap_or_default().to_string();
+        assert!(
+            reason.contains("killed by signal 31 (SIGSYS: seccomp"),
+            "{kind}: {v:?}"
+        );
+        assert_eq!(v["exit_status"].as_i64(), Some(128 + 31), "{kind}: {v:?}");
+    }
+
+    // `serve --no-seccomp` starts its VMMs without filters: the same
+    // forbidden call does no harm.
+    let run = dir.0.join("off");
+    std::fs::create_dir_all(&run).unwrap();
+    let daemon = Daemon::start_with_env(
+        &run,
+        None,
+        &[("STRATO_SECCOMP_PROBE", "vcpu")],
+        &["--no-seccomp"],
+    );
+    let api = Api::new(&daemon.sock, "daemon");
+    api.expect(
+        "POST",
+        "/v1/instances",
+        Some(&create_body("off", "idle", "")),
+        201,
+    );
+    wait_console(&api, "off", "idle: ready");
+    let pid = pid_of(&api, "off");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        cmdline.split(|b| *b == 0).any(|a| a == b"--no-seccomp"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(&api, "off"), "running");
+}

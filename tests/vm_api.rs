@@ -29,6 +29,16 @@ impl Vm {
     /// an exit file in `dir`, plus `extra` options; waits for the socket
     /// unless `--no-api` is among them.
     fn start(dir: &Path, netns: Option<&Netns>, extra: &[&str]) -> Vm {
+        Self::start_with_env(dir, netns, &[], extra)
+    }
+
+    /// [`Vm::start`] with `env` added to the process's environment.
+    fn start_with_env(
+        dir: &Path,
+        netns: Option<&Netns>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Vm {
         let sock = dir.join("vm.sock");
         let console = dir.join("console.log");
         let exit_file = dir.join("exit.json");
@@ -49,6 +59,7 @@ impl Vm {
             .arg("--exit-file")
             .arg(&exit_file)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -756,4 +767,45 @@ fn config_file_boots_without_api_calls() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_forbidden_system_call_on_an_api_thread_kills_the_vmm_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = Scratch::new("vm-api-seccomp");
+    let cfg = dir.file(
+        "idle.json",
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}}}"#,
+            guest("idle").display()
+        )
+        .as_bytes(),
+    );
+    // The self-test makes the API thread that serves the first request
+    // after the start open an IPv4 socket, which its filter forbids.
+    let probe = [("STRATO_SECCOMP_PROBE", "api")];
+    for (run, filters) in [("on", true), ("off", false)] {
+        let run_dir = dir.0.join(run);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let mut extra = vec!["--config-file", &cfg];
+        if !filters {
+            extra.push("--no-seccomp");
+        }
+        let mut vm = Vm::start_with_env(&run_dir, None, &probe, &extra);
+        vm.wait_console("idle: ready");
+        let api = Api::new(&vm.sock, "vm");
+        let answer = api::raw_request(&vm.sock, "GET", "/", None, Duration::from_secs(10));
+        if filters {
+            assert!(answer.is_err(), "the API answered: {answer:?}");
+            let status = vm.child.wait().unwrap();
+            assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}");
+            // Killed: no exit record.
+            assert!(!vm.exit_file.exists());
+        } else {
+            assert_eq!(answer.map(|r| r.status).ok(), Some(200));
+            assert_eq!(state(&api), "Running");
+            kill(vm.pid(), libc::SIGTERM);
+            assert_eq!(vm.wait_exit().0, 143);
+        }
+    }
 }

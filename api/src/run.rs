@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vmm::config::{parse_drive, parse_net};
+use vmm::seccomp::{SeccompError, ThreadFilter, ThreadKind};
 use vmm::{ConsoleKind, ExitReason, SerialInput, SerialOutput, Vm, VmConfig, DEFAULT_CMDLINE};
 
 use crate::terminal::RawTerminal;
@@ -48,6 +49,10 @@ pub struct RunArgs {
     /// Console device for input: serial (ttyS0) or virtio (hvc0).
     #[arg(long, value_enum, default_value = "serial")]
     console: ConsoleArg,
+    /// Run without the seccomp filters that limit each thread's system
+    /// calls.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// `--console` values.
@@ -66,7 +71,15 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_VMM_ERROR;
         }
     };
+    let vmm_filter = match ThreadFilter::new(ThreadKind::Vmm, !args.no_seccomp) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
     let mut config = VmConfig::new(args.kernel, args.vcpus, args.memory);
+    config.seccomp = !args.no_seccomp;
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     if let Some(path) = args.serial_log {
@@ -106,20 +119,26 @@ pub fn run(args: RunArgs) -> i32 {
     let _raw = interactive.then(RawTerminal::stdin).flatten();
     let controller = vm.controller();
     let signal = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
-    {
+    // Stops the VM on SIGINT/SIGTERM so terminal and threads are cleaned up.
+    let on_signal = {
         let signal = signal.clone();
-        // Stops the VM on SIGINT/SIGTERM so terminal and threads are cleaned up.
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `signals` is a valid set blocked in every thread;
-                // sigwait writes the received signal into `sig`.
-                if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
-                    signal.store(sig, std::sync::atomic::Ordering::SeqCst);
-                    controller.stop();
-                }
-            });
+        move |sig| {
+            signal.store(sig, std::sync::atomic::Ordering::SeqCst);
+            controller.stop();
+        }
+    };
+    // Everything is open and every thread started: from here this thread
+    // only waits, stops the others and reports.
+    let filtered = signal_thread(signals, &vmm_filter, on_signal).and_then(|()| {
+        vmm_filter.install()?;
+        vmm_filter.probe();
+        Ok(())
+    });
+    if let Err(e) = filtered {
+        eprintln!("strato: {e}");
+        vm.stop();
+        vm.wait();
+        return EXIT_VMM_ERROR;
     }
     let reason = vm.wait();
     drop(_raw);
@@ -141,6 +160,25 @@ pub fn run(args: RunArgs) -> i32 {
             EXIT_GUEST_FAILED
         }
     }
+}
+
+/// Starts the thread that waits for the stop signals in `signals` (see
+/// [`block_stop_signals`]) under `filter`, and calls `on_signal` with the
+/// first one.
+pub fn signal_thread(
+    signals: libc::sigset_t,
+    filter: &ThreadFilter,
+    on_signal: impl FnOnce(i32) + Send + 'static,
+) -> Result<(), SeccompError> {
+    vmm::seccomp::spawn("signals".into(), filter.clone(), move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `signals` is a valid set blocked in every thread;
+        // sigwait writes the received signal into `sig`.
+        if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+            on_signal(sig);
+        }
+    })
+    .map(drop)
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and all threads it starts, so

@@ -11,11 +11,13 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmm::config::parse_mac;
+use vmm::seccomp::{ThreadFilter, ThreadKind};
 use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
 
 use crate::http::{self, ApiError, Method, Reply, Request};
@@ -58,6 +60,10 @@ pub struct VmArgs {
     /// the process is in its records, so no VMM runs unrecorded.
     #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
     wait_fd: Option<i32>,
+    /// Run without the seccomp filters that limit each thread's system
+    /// calls.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// Waits for the go-ahead on `fd` (see `--wait-fd`); false if the writer
@@ -206,7 +212,14 @@ struct Instance {
     console_log: Option<(PathBuf, u64)>,
     exit_file: Option<PathBuf>,
     api_sock: Option<PathBuf>,
+    seccomp: bool,
+    /// The VM thread, which boots a configuration when sent one.
+    vm_thread: SyncSender<StartRequest>,
 }
+
+/// A configuration to boot and where the VM thread answers: the running
+/// VM's controller, or why it could not start.
+type StartRequest = (VmConfig, SyncSender<Result<VmController, String>>);
 
 /// Kernels and initrds are files; a drive may also be a block device,
 /// as `strato run --drive` and the daemon's spec allow.
@@ -386,6 +399,7 @@ impl Instance {
             }
         }
         config.cmdline = cmdline;
+        config.seccomp = self.seccomp;
         config.drives = drives
             .into_iter()
             .map(|d| BlockConfig {
@@ -530,34 +544,66 @@ fn finish(
 }
 
 type Shared = Arc<Mutex<Instance>>;
+type Signal = Arc<std::sync::atomic::AtomicI32>;
 
-/// Starts the VM and the thread that ends the process with it.
-fn start(inst: &Shared, signal: &Arc<std::sync::atomic::AtomicI32>) -> Result<(), ApiError> {
+/// Starts the VM on the VM thread.
+fn start(inst: &Shared) -> Result<(), ApiError> {
     let mut guard = crate::lock(inst);
     guard.before_start()?;
     let config = guard.vm_config()?;
-    let mut vm = Vm::start(config).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let ctl = vm.controller();
-    guard.phase = Phase::Running(ctl.clone());
-    let exit_file = guard.exit_file.clone();
-    let api_sock = guard.api_sock.clone();
-    let signal = signal.clone();
-    std::thread::Builder::new()
-        .name("vm-waiter".into())
-        .spawn(move || {
-            let reason = vm.wait();
-            let boot = ctl.boot_time().map(|t| t.as_micros() as u64);
-            let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
-            finish(
-                &reason,
-                boot,
-                sig,
-                exit_file.as_deref(),
-                api_sock.as_deref(),
-            );
-        })
-        .map_err(|e| ApiError::new(500, format!("cannot start the waiter thread: {e}")))?;
+    let (answer, started) = std::sync::mpsc::sync_channel(1);
+    let gone = || ApiError::new(500, "the VM thread has ended");
+    guard.vm_thread.send((config, answer)).map_err(|_| gone())?;
+    let ctl = started
+        .recv()
+        .map_err(|_| gone())?
+        .map_err(ApiError::bad_request)?;
+    guard.phase = Phase::Running(ctl);
     Ok(())
+}
+
+/// Where the VM thread reports how the VM ended.
+struct Ending {
+    signal: Signal,
+    exit_file: Option<PathBuf>,
+    api_sock: Option<PathBuf>,
+}
+
+/// The VM thread: boots the first configuration that starts, then, under
+/// its seccomp filter, waits for the VM and ends the process with it.
+/// Booting here rather than on an API thread means that the vCPU and
+/// event-loop threads inherit no API filter, and that the API threads
+/// never need the system calls of building a VM (opening /dev/kvm,
+/// images and taps, mapping memory).
+fn vm_thread(requests: Receiver<StartRequest>, filter: ThreadFilter, ending: Ending) {
+    for (config, answer) in requests {
+        let mut vm = match Vm::start(config) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = answer.send(Err(e.to_string()));
+                continue;
+            }
+        };
+        if let Err(e) = filter.install() {
+            vm.stop();
+            vm.wait();
+            let _ = answer.send(Err(e.to_string()));
+            continue;
+        }
+        let ctl = vm.controller();
+        let _ = answer.send(Ok(ctl.clone()));
+        filter.probe();
+        let reason = vm.wait();
+        let boot = ctl.boot_time().map(|t| t.as_micros() as u64);
+        let sig = ending.signal.load(std::sync::atomic::Ordering::SeqCst);
+        finish(
+            &reason,
+            boot,
+            sig,
+            ending.exit_file.as_deref(),
+            ending.api_sock.as_deref(),
+        );
+    }
 }
 
 /// How `InstanceStart` boots the VM of an instance.
@@ -691,6 +737,16 @@ pub fn main(args: VmArgs) -> i32 {
             return crate::run::EXIT_VMM_ERROR;
         }
     };
+    let seccomp = !args.no_seccomp;
+    let filters = ThreadFilter::new(ThreadKind::Vmm, seccomp)
+        .and_then(|vmm| Ok((vmm, ThreadFilter::new(ThreadKind::Api, seccomp)?)));
+    let (vmm_filter, api_filter) = match filters {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    };
     let config = match &args.config_file {
         Some(path) => match load_config_file(path) {
             Ok(c) => c,
@@ -711,47 +767,59 @@ pub fn main(args: VmArgs) -> i32 {
         },
         _ => None,
     };
+    let api_sock = server.as_ref().and(args.api_sock.clone());
+    let signal: Signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let (requests, pending) = std::sync::mpsc::sync_channel(0);
+    let ending = Ending {
+        signal: signal.clone(),
+        exit_file: args.exit_file.clone(),
+        api_sock: api_sock.clone(),
+    };
+    let filter = vmm_filter.clone();
+    let spawned = std::thread::Builder::new()
+        .name("vm".into())
+        .spawn(move || vm_thread(pending, filter, ending));
+    if let Err(e) = spawned {
+        eprintln!("strato: cannot start the VM thread: {e}");
+        return crate::run::EXIT_VMM_ERROR;
+    }
     let inst: Shared = Arc::new(Mutex::new(Instance {
         id: args.id.clone(),
         config,
         phase: Phase::NotStarted,
         console_log: args.console_log.clone().map(|p| (p, args.console_log_max)),
         exit_file: args.exit_file.clone(),
-        api_sock: server.as_ref().and(args.api_sock.clone()),
+        api_sock,
+        seccomp,
+        vm_thread: requests,
     }));
-    let signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
 
-    // SIGINT/SIGTERM stop a running VM (the waiter then ends the process)
-    // or end a process whose VM never started.
-    {
+    // SIGINT/SIGTERM stop a running VM (the VM thread then ends the
+    // process) or end a process whose VM never started.
+    let on_signal = {
         let inst = inst.clone();
-        let signal = signal.clone();
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `signals` is a valid set blocked in every thread;
-                // sigwait writes the received signal into `sig`.
-                if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
-                    return;
-                }
-                signal.store(sig, std::sync::atomic::Ordering::SeqCst);
-                let i = crate::lock(&inst);
-                match &i.phase {
-                    Phase::Running(ctl) => ctl.stop(),
-                    Phase::NotStarted => finish(
-                        &ExitReason::Stopped,
-                        None,
-                        sig,
-                        i.exit_file.as_deref(),
-                        i.api_sock.as_deref(),
-                    ),
-                }
-            });
+        move |sig| {
+            signal.store(sig, std::sync::atomic::Ordering::SeqCst);
+            let i = crate::lock(&inst);
+            match &i.phase {
+                Phase::Running(ctl) => ctl.stop(),
+                Phase::NotStarted => finish(
+                    &ExitReason::Stopped,
+                    None,
+                    sig,
+                    i.exit_file.as_deref(),
+                    i.api_sock.as_deref(),
+                ),
+            }
+        }
+    };
+    if let Err(e) = crate::run::signal_thread(signals, &vmm_filter, on_signal) {
+        eprintln!("strato: {e}");
+        return crate::run::EXIT_VMM_ERROR;
     }
 
     if args.config_file.is_some() {
-        if let Err(e) = start(&inst, &signal) {
+        if let Err(e) = start(&inst) {
             eprintln!("strato: {}", e.message);
             if let Some(sock) = &args.api_sock {
                 let _ = std::fs::remove_file(sock);
@@ -759,16 +827,29 @@ pub fn main(args: VmArgs) -> i32 {
             return crate::run::EXIT_VMM_ERROR;
         }
     }
+    // This thread serves the API, or only waits while the VM thread runs.
+    let filter = if server.is_some() {
+        &api_filter
+    } else {
+        &vmm_filter
+    };
+    if let Err(e) = filter.install() {
+        eprintln!("strato: {e}");
+        return crate::run::EXIT_VMM_ERROR;
+    }
     match server {
         Some(server) => {
             let serial = Mutex::new(());
             server.serve(API_CONNECTIONS, move |req| {
                 let _one_at_a_time = crate::lock(&serial);
-                http::reply(handle(req, &inst, &|i| start(i, &signal)))
+                if matches!(crate::lock(&inst).phase, Phase::Running(_)) {
+                    api_filter.probe();
+                }
+                http::reply(handle(req, &inst, &start))
             })
         }
         None => loop {
-            // The waiter thread ends the process.
+            // The VM thread ends the process.
             std::thread::park();
         },
     }
@@ -810,6 +891,9 @@ impl Unbooted {
             console_log: None,
             exit_file: None,
             api_sock: None,
+            seccomp: false,
+            // Never used: `handle` below boots nothing.
+            vm_thread: std::sync::mpsc::sync_channel(0).0,
         })))
     }
 

@@ -467,6 +467,17 @@ impl Daemon {
     /// Starts a daemon inside network namespace `netns` (so its instances
     /// see that namespace's taps) and waits for its socket.
     pub fn start_in(dir: &Path, netns: Option<&Netns>, extra: &[&str]) -> Daemon {
+        Self::start_with_env(dir, netns, &[], extra)
+    }
+
+    /// [`Daemon::start_in`] with `env` added to the daemon's environment,
+    /// which its VMM processes inherit.
+    pub fn start_with_env(
+        dir: &Path,
+        netns: Option<&Netns>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Daemon {
         let sock = dir.join("strato.sock");
         let state = dir.join("state");
         let log = dir.join("daemon.log");
@@ -491,6 +502,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&state)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)

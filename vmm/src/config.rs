@@ -77,6 +77,11 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Which device the console input goes to.
     pub console: ConsoleKind,
+    /// Whether the vCPU and event-loop threads run under their seccomp
+    /// filters (see [`crate::seccomp`]); on by default. With filters on, a
+    /// [`SerialOutput::Writer`] runs on those threads and may only write
+    /// and take locks.
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -93,6 +98,7 @@ impl VmConfig {
             drives: Vec::new(),
             nets: Vec::new(),
             console: ConsoleKind::Serial,
+            seccomp: true,
         }
     }
 

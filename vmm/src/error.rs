@@ -119,6 +119,9 @@ pub enum Error {
     /// A tap cannot be used.
     #[error(transparent)]
     Tap(#[from] devices::virtio::net::TapError),
+    /// A thread's seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// An OS resource (eventfd, thread, file) failed.
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),

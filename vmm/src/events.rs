@@ -14,6 +14,7 @@ use log::{debug, error};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
+use crate::seccomp::ThreadFilter;
 
 pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -126,8 +127,8 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Starts a thread serving `subscribers`.
-    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self> {
+    /// Starts a thread serving `subscribers`, under `filter`.
+    pub fn start(subscribers: Vec<Subscriber>, filter: ThreadFilter) -> Result<Self> {
         let mut em: EventManager<Subscriber> =
             EventManager::new().map_err(|e| Error::Device(format!("event manager: {e:?}")))?;
         let stop_evt = EventFd::new(libc::EFD_NONBLOCK)
@@ -142,17 +143,14 @@ impl EventLoop {
         for s in subscribers {
             em.add_subscriber(s);
         }
-        let thread = std::thread::Builder::new()
-            .name("strato-events".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Err(e) = em.run() {
-                        error!("event loop failed: {e:?}");
-                        break;
-                    }
+        let thread = crate::seccomp::spawn("strato-events".into(), filter, move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = em.run() {
+                    error!("event loop failed: {e:?}");
+                    break;
                 }
-            })
-            .map_err(|e| Error::Io("cannot start the event loop thread", e))?;
+            }
+        })?;
         Ok(EventLoop {
             stop_evt,
             stop_requested: false,

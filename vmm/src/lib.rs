@@ -11,6 +11,7 @@ pub mod error;
 mod events;
 pub mod exit;
 mod pit;
+pub mod seccomp;
 mod vcpu;
 mod vm;
 

@@ -19,6 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::KernelEntry;
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitState};
+use crate::seccomp::ThreadFilter;
 
 /// Longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
@@ -198,13 +199,14 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU on its own thread.
-    pub fn start(self) -> Result<JoinHandle<()>> {
+    /// Starts the vCPU on its own thread, under `filter`.
+    pub fn start(self, filter: &ThreadFilter) -> Result<JoinHandle<()>> {
         install_kick_handler();
-        std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
-            .spawn(move || self.run())
-            .map_err(|e| Error::Io("cannot start a vCPU thread", e))
+        Ok(crate::seccomp::spawn(
+            format!("vcpu{}", self.id),
+            filter.clone(),
+            move || self.run(),
+        )?)
     }
 
     fn run(mut self) {

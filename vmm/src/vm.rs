@@ -32,6 +32,7 @@ use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, ResetTrigger};
 use crate::pit::Pit;
+use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
 /// Size of the boot timer's MMIO window.
@@ -181,6 +182,8 @@ impl Vm {
         let max_vcpus = (kvm.get_max_vcpus() as u32).min(MAX_VCPUS);
         let host_mib = host_memory_mib().unwrap_or(u64::MAX);
         config.validate(max_vcpus, host_mib)?;
+        let vcpu_filter = ThreadFilter::new(ThreadKind::Vcpu, config.seccomp)?;
+        let events_filter = ThreadFilter::new(ThreadKind::EventLoop, config.seccomp)?;
 
         let vm_fd = kvm
             .create_vm()
@@ -208,14 +211,14 @@ impl Vm {
         register_memory(&vm_fd, &mem, memory_mib)?;
         let mut built = Self::build(&kvm, &vm_fd, &mem, config, started)?;
 
-        let events = EventLoop::start(built.subscribers)?;
+        let events = EventLoop::start(built.subscribers, events_filter)?;
         let (entered_tx, entered) = std::sync::mpsc::channel();
         if let Some(boot_cpu) = built.vcpus.first_mut() {
             boot_cpu.notify_first_exit(entered_tx);
         }
         let mut threads = Vec::with_capacity(built.vcpus.len());
         for vcpu in built.vcpus {
-            match vcpu.start() {
+            match vcpu.start(&vcpu_filter) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     built.exit.request(ExitReason::VmmError(e.to_string()));

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// requesting client's credentials. Never inside the state directory.
     #[arg(long = "allow-path", value_name = "DIR")]
     allow_paths: Vec<PathBuf>,
+    /// Start the VMM processes without their seccomp filters
+    /// (`strato vm --no-seccomp`).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// The files of a configuration, opened for one start as the path policy
@@ -235,6 +239,8 @@ struct Daemon {
     reserved: Mutex<HashSet<String>>,
     reaper: Reaper,
     policy: PathPolicy,
+    /// Pass `--no-seccomp` to the VMM processes.
+    no_seccomp: bool,
 }
 
 /// Releases a reserved id when a create ends, however it ends.
@@ -595,6 +601,7 @@ impl Daemon {
             dir: &inst.dir,
             id: &inst.id,
             log_level: self.log_level,
+            no_seccomp: self.no_seccomp,
             keep: &files.fds(),
         }
         .run()
@@ -1148,6 +1155,7 @@ pub fn main(args: ServeArgs) -> i32 {
         reserved: Mutex::new(HashSet::new()),
         reaper: Reaper::default(),
         policy,
+        no_seccomp: args.no_seccomp,
     });
     daemon.adopt_all();
     let server = match http::bind(&args.api_sock, args.api_sock_group) {

@@ -145,11 +145,22 @@ impl Reaper {
     }
 }
 
-/// Describes a wait status: "exited with status N" or "killed by signal N".
+/// Describes a wait status: "exited with status N" or "was killed by signal
+/// N (NAME)", with what a SIGSYS means for a VMM.
 pub fn describe_status(status: i32) -> (String, i32) {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
-        (format!("killed by signal {sig}"), 128 + sig)
+        let name = match sig {
+            // A seccomp filter's KILL_PROCESS action kills with SIGSYS,
+            // and nothing else in a VMM raises it.
+            libc::SIGSYS => " (SIGSYS: seccomp, a forbidden system call)",
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            _ => "",
+        };
+        (format!("was killed by signal {sig}{name}"), 128 + sig)
     } else {
         let code = libc::WEXITSTATUS(status);
         (format!("exited with status {code}"), code)
@@ -252,6 +263,8 @@ pub struct Spawn<'a> {
     pub id: &'a str,
     /// The child's log level.
     pub log_level: log::LevelFilter,
+    /// Start the child without its seccomp filters.
+    pub no_seccomp: bool,
     /// Descriptors the child inherits (the files it may use, opened by
     /// the daemon), at the same numbers.
     pub keep: &'a [RawFd],
@@ -311,6 +324,7 @@ impl Spawn<'_> {
                 "--log-level={}",
                 self.log_level.to_string().to_lowercase()
             ))
+            .args(self.no_seccomp.then_some("--no-seccomp"))
             .current_dir(self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -376,6 +390,10 @@ mod tests {
     #[test]
     fn wait_status_text() {
         assert_eq!(describe_status(9).1, 137);
+        assert_eq!(
+            describe_status(libc::SIGSYS).0,
+            "was killed by signal 31 (SIGSYS: seccomp, a forbidden system call)"
+        );
         assert_eq!(describe_status(3 << 8), ("exited with status 3".into(), 3));
     }
 }

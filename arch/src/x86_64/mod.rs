@@ -7,6 +7,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod regs;
+pub mod seccomp;
 
 /// The ELF `e_machine` of kernels this platform boots (EM_X86_64).
 pub const ELF_MACHINE: u16 = 62;

@@ -106,6 +106,13 @@ impl Tap {
         }
     }
 
+    /// The ioctls a tap needs once open: the driver's offloads are set
+    /// when it activates the device, on a vCPU thread (its seccomp filter
+    /// allows these and no other tap ioctl).
+    pub fn runtime_ioctls() -> [libc::c_ulong; 1] {
+        [TUNSETOFFLOAD()]
+    }
+
     fn ioctl_error(&self, what: &'static str) -> Error {
         Error::Ioctl(self.name.clone(), what, io::Error::last_os_error())
     }
