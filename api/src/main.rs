@@ -5,6 +5,7 @@
 mod client;
 mod daemon;
 mod http;
+mod jail;
 mod logger;
 mod run;
 mod terminal;

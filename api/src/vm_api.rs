@@ -58,6 +58,8 @@ pub struct VmArgs {
     /// the process is in its records, so no VMM runs unrecorded.
     #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
     wait_fd: Option<i32>,
+    #[command(flatten)]
+    jail: crate::jail::JailArgs,
 }
 
 /// Waits for the go-ahead on `fd` (see `--wait-fd`); false if the writer
@@ -213,7 +215,7 @@ struct Instance {
 fn check_file(what: &str, path: &Path) -> Result<(), ApiError> {
     use std::os::unix::fs::FileTypeExt;
     let block_ok = what == "drive";
-    match std::fs::metadata(path) {
+    match vmm::fd_path::metadata(path) {
         Ok(m) if m.is_file() || block_ok && m.file_type().is_block_device() => Ok(()),
         Ok(_) => Err(ApiError::bad_request(format!(
             "{what} {} is not a regular file{}",
@@ -677,21 +679,34 @@ fn handle(
     }
 }
 
+/// Enters the jail if asked (see `crate::jail`), pointing the VMM's own
+/// files at their places inside it.
+fn jail(args: &mut VmArgs) -> Result<Option<crate::jail::Jailed>, crate::jail::Error> {
+    if args.jail.jail.is_none() {
+        return Ok(None);
+    }
+    let mut io = crate::jail::Io {
+        api_sock: args.api_sock.take().filter(|_| !args.no_api),
+        console_log: args.console_log.take(),
+        exit_file: args.exit_file.take(),
+    };
+    let jailed = crate::jail::enter(&args.jail, &args.id, &mut io)?;
+    args.api_sock = io.api_sock;
+    args.console_log = io.console_log;
+    args.exit_file = io.exit_file;
+    Ok(Some(jailed))
+}
+
 /// Runs `strato vm`.
-pub fn main(args: VmArgs) -> i32 {
+pub fn main(mut args: VmArgs) -> i32 {
     if let Some(fd) = args.wait_fd {
         if !wait_for_go(fd) {
             eprintln!("strato: the daemon went away before recording this VMM; exiting");
             return crate::run::EXIT_VMM_ERROR;
         }
     }
-    let signals = match crate::run::block_stop_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("strato: cannot set up signal handling: {e}");
-            return crate::run::EXIT_VMM_ERROR;
-        }
-    };
+    // Read from the host's tree, before a jail hides it; the paths in it
+    // are the guest files' paths as the VMM will see them.
     let config = match &args.config_file {
         Some(path) => match load_config_file(path) {
             Ok(c) => c,
@@ -702,6 +717,23 @@ pub fn main(args: VmArgs) -> i32 {
         },
         None => FullConfig::default(),
     };
+    // Before any thread starts: the jail forks.
+    let jailed = match jail(&mut args) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    };
+    let signals = match crate::run::block_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strato: cannot set up signal handling: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    };
+    // The socket is made while still root (it is 0600 root's, or the
+    // group's, as without a jail); privileges go before any request.
     let server = match (&args.api_sock, args.no_api) {
         (Some(path), false) => match http::bind(path, args.api_sock_group) {
             Ok(s) => Some(s),
@@ -712,6 +744,15 @@ pub fn main(args: VmArgs) -> i32 {
         },
         _ => None,
     };
+    if let Some(j) = &jailed {
+        if let Err(e) = j.drop_privileges() {
+            eprintln!("strato: {e}");
+            if let Some(sock) = &args.api_sock {
+                let _ = std::fs::remove_file(sock);
+            }
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
     let inst: Shared = Arc::new(Mutex::new(Instance {
         id: args.id.clone(),
         config,

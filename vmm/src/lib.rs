@@ -17,6 +17,8 @@ mod vm;
 pub use config::{
     BlockConfig, ConsoleKind, NetConfig, SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE,
 };
+/// Guest files handed over as inherited descriptors (`/proc/self/fd/N`).
+pub use devices::fd_path;
 pub use error::{Error, Result};
 pub use exit::ExitReason;
 pub use vm::{ControlError, Vm, VmController};

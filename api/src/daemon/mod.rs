@@ -52,6 +52,29 @@ pub struct ServeArgs {
     /// requesting client's credentials. Never inside the state directory.
     #[arg(long = "allow-path", value_name = "DIR")]
     allow_paths: Vec<PathBuf>,
+    /// Start VMMs unjailed: no namespaces, no cgroup, as root.
+    #[arg(long)]
+    no_jail: bool,
+    /// Unprivileged uid jailed VMMs run as (not 0).
+    #[arg(long, default_value_t = 65534, value_name = "UID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    jail_uid: u32,
+    /// Unprivileged gid jailed VMMs run as (not 0).
+    #[arg(long, default_value_t = 65534, value_name = "GID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    jail_gid: u32,
+    /// Memory a jailed VMM may use beyond its guest's (cgroup memory.max
+    /// is guest memory plus this).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    jail_memory_overhead: u64,
+}
+
+/// The jail settings of a daemon: uid, gid, memory overhead in MiB.
+#[derive(Clone, Copy, Debug)]
+struct JailPolicy {
+    uid: u32,
+    gid: u32,
+    overhead_mib: u64,
 }
 
 /// The files of a configuration, opened for one start as the path policy
@@ -235,6 +258,8 @@ struct Daemon {
     reserved: Mutex<HashSet<String>>,
     reaper: Reaper,
     policy: PathPolicy,
+    /// None when started with `--no-jail`.
+    jail: Option<JailPolicy>,
 }
 
 /// Releases a reserved id when a create ends, however it ends.
@@ -333,7 +358,10 @@ impl Daemon {
             .filter_map(|i| lock(&i.rec).pid)
             .collect();
         for (proc, of) in process::vmms_in(&self.state_dir) {
-            if id.is_some_and(|id| id != of) || owned.contains(&proc.pid) {
+            // A jailed VMM is the child of the recorded process (its
+            // keeper, which has the same command line).
+            let kept = process::parent(proc.pid).is_some_and(|p| owned.contains(&p));
+            if id.is_some_and(|id| id != of) || owned.contains(&proc.pid) || kept {
                 continue;
             }
             log::warn!(
@@ -590,12 +618,20 @@ impl Daemon {
         let config = lock(&inst.rec).config.clone();
         let _ = std::fs::remove_file(inst.dir.join(EXIT));
         let _ = std::fs::remove_file(inst.sock());
+        let jail = self.jail.map(|j| process::Jail {
+            uid: j.uid,
+            gid: j.gid,
+            memory_max_mib: config.memory_mib.saturating_add(j.overhead_mib),
+            cpus: config.vcpus,
+        });
+        self.run_dir(inst, jail.as_ref())?;
         let (proc, gate) = Spawn {
             exe: &self.exe,
             dir: &inst.dir,
             id: &inst.id,
             log_level: self.log_level,
             keep: &files.fds(),
+            jail,
         }
         .run()
         .map_err(|e| internal(format!("cannot start the VMM process: {e}")))?;
@@ -649,6 +685,28 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// Makes the instance's `run/` directory, where the VMM writes its
+    /// socket, console log and exit record: owned by the jail uid for a
+    /// jailed VMM, which sees only this directory of the instance's.
+    fn run_dir(&self, inst: &Instance, jail: Option<&process::Jail>) -> Result<(), ApiError> {
+        let run = inst.dir.join(process::RUN);
+        let made = std::fs::DirBuilder::new().mode(0o700).create(&run);
+        let fail = |e: std::io::Error| internal(format!("cannot make {}: {e}", run.display()));
+        match made {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(fail(e)),
+            _ => {}
+        }
+        let (uid, gid) = jail.map_or((0, 0), |j| (j.uid, j.gid));
+        std::os::unix::fs::lchown(&run, Some(uid), Some(gid)).map_err(fail)?;
+        // The files of an earlier run may belong to another uid.
+        if let Ok(entries) = std::fs::read_dir(&run) {
+            for e in entries.flatten() {
+                std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).map_err(fail)?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the new VMM's API and sends it the configuration, then
@@ -859,6 +917,10 @@ impl Daemon {
         rec.intent = None;
         inst.save(&rec);
         let _ = std::fs::remove_file(inst.sock());
+        drop(rec);
+        // The keeper removes the cgroup when its VMM ends; not if it was
+        // killed itself.
+        crate::jail::cgroup::remove(&inst.id);
     }
 
     /// Notices VMM processes that ended without a request.
@@ -1148,6 +1210,11 @@ pub fn main(args: ServeArgs) -> i32 {
         reserved: Mutex::new(HashSet::new()),
         reaper: Reaper::default(),
         policy,
+        jail: (!args.no_jail).then_some(JailPolicy {
+            uid: args.jail_uid,
+            gid: args.jail_gid,
+            overhead_mib: args.jail_memory_overhead,
+        }),
     });
     daemon.adopt_all();
     let server = match http::bind(&args.api_sock, args.api_sock_group) {
