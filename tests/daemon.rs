@@ -9,7 +9,7 @@ mod api;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use api::{alive, kill, raw_request, wait_for, Api, Daemon, Json, Netns};
+use api::{alive, kill, raw_request, wait_for, wait_state, Api, Daemon, Json, Netns};
 use strato_tests::{
     guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, tiny_elf,
     Scratch,
@@ -30,15 +30,6 @@ fn state(api: &Api, id: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn wait_state(api: &Api, id: &str, want: &str) -> Json {
-    wait_for(&format!("{id} to be {want}"), LONG, || {
-        let v = api
-            .expect("GET", &format!("/v1/instances/{id}"), None, 200)
-            .json();
-        (v["state"] == want).then_some(v)
-    })
 }
 
 fn wait_console(api: &Api, id: &str, marker: &str) -> String {

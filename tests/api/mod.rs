@@ -1,4 +1,5 @@
-//! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`): an
+//! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`,
+//! `tests/jail.rs`): an
 //! HTTP client over unix sockets that keeps a transcript of every exchange
 //! for the OpenAPI check (`tests/api_schema.py`), a small JSON reader, a
 //! daemon guard that kills everything it started, a network namespace, and
@@ -316,6 +317,21 @@ pub fn pids_with(needle: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// Waits up to a minute for daemon instance `id` to be in state `want`;
+/// returns its view.
+pub fn wait_state(api: &Api, id: &str, want: &str) -> Json {
+    wait_for(
+        &format!("{id} to be {want}"),
+        Duration::from_secs(60),
+        || {
+            let v = api
+                .expect("GET", &format!("/v1/instances/{id}"), None, 200)
+                .json();
+            (v["state"] == want).then_some(v)
+        },
+    )
 }
 
 /// The parent of `pid`, from /proc/<pid>/stat.

@@ -372,6 +372,7 @@ impl Daemon {
                 log::error!("VMM process {} did not die after SIGKILL", proc.pid);
             }
             self.reaper.take(proc.pid);
+            crate::jail::cgroup::remove(&of, proc.pid);
         }
     }
 
@@ -653,6 +654,7 @@ impl Daemon {
         if let Err(e) = recorded.and_then(|()| gate.open()) {
             self.reaper.kill(&proc);
             self.reaper.take(proc.pid);
+            crate::jail::cgroup::remove(&inst.id, proc.pid);
             let mut rec = lock(&inst.rec);
             rec.pid = None;
             rec.proc_start = None;
@@ -675,6 +677,7 @@ impl Daemon {
             Err(e) => {
                 self.reaper.kill(&proc);
                 self.reaper.take(proc.pid);
+                crate::jail::cgroup::remove(&inst.id, proc.pid);
                 let _ = std::fs::remove_file(inst.sock());
                 let _ = std::fs::remove_file(inst.dir.join(EXIT));
                 let mut rec = lock(&inst.rec);
@@ -920,7 +923,7 @@ impl Daemon {
         drop(rec);
         // The keeper removes the cgroup when its VMM ends; not if it was
         // killed itself.
-        crate::jail::cgroup::remove(&inst.id);
+        crate::jail::cgroup::remove(&inst.id, proc.pid);
     }
 
     /// Notices VMM processes that ended without a request.
@@ -1063,6 +1066,7 @@ impl Daemon {
                 // A start the earlier daemon did not finish.
                 if ours(&p) {
                     self.reaper.kill(&p);
+                    crate::jail::cgroup::remove(&inst.id, p.pid);
                 }
                 let _ = std::fs::remove_file(inst.sock());
                 let mut rec = lock(&inst.rec);

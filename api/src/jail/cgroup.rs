@@ -2,11 +2,13 @@
 //!
 //! cgroup v2 is used for each controller it offers; a controller still
 //! bound to a v1 hierarchy (hosts in hybrid mode) is used there with the
-//! v1 files, so the limits hold either way. On v2 the groups are
-//! `strato/<id>` under the hierarchy's root (v2 allows no processes in a
+//! v1 files, so the limits hold either way. A group is named
+//! `<id>.<pid>` after the instance and the keeper process (see `super`),
+//! so that VMMs of one id under two daemons never share one. On v2 the
+//! groups are `strato/<name>` under the hierarchy's root (v2 allows no processes in a
 //! group that hands controllers to its children, so they cannot go under
 //! the daemon's own group, which holds the daemon); on v1 they are
-//! `strato/<id>` under this process's own group, so whatever limits the
+//! `strato/<name>` under this process's own group, so whatever limits the
 //! daemon runs under still bound its VMMs.
 
 use std::io;
@@ -103,20 +105,20 @@ fn own_v1_path(controller: &str) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::Invalid(format!("this process is in no {controller} cgroup")))
 }
 
-/// Where the group of instance `id` goes for `controller`: (hierarchy,
-/// group directory).
+/// Where the group `name` goes for `controller`: (hierarchy, group
+/// directory).
 fn place<'a>(
     all: &'a [Hierarchy],
     controller: &str,
-    id: &str,
+    name: &str,
 ) -> Result<(&'a Hierarchy, PathBuf), Error> {
     let has = |h: &&Hierarchy| h.controllers.iter().any(|c| c == controller);
     if let Some(h) = all.iter().filter(|h| h.v2).find(has) {
-        return Ok((h, h.mount.join("strato").join(id)));
+        return Ok((h, h.mount.join("strato").join(name)));
     }
     if let Some(h) = all.iter().filter(|h| !h.v2).find(has) {
         let own = own_v1_path(controller)?;
-        return Ok((h, h.mount.join(own).join("strato").join(id)));
+        return Ok((h, h.mount.join(own).join("strato").join(name)));
     }
     Err(Error::Invalid(format!(
         "no cgroup hierarchy offers the {controller} controller (is cgroup2 mounted at /sys/fs/cgroup?)"
@@ -157,8 +159,15 @@ fn make_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// Makes the group of instance `id` with `limits` (nothing without any).
+/// The group name of instance `id` kept by process `keeper`.
+fn name(id: &str, keeper: u32) -> String {
+    format!("{id}.{keeper}")
+}
+
+/// Makes the group of instance `id` kept by this process, with `limits`
+/// (nothing without any).
 pub fn create(id: &str, limits: Limits) -> Result<Cgroup, Error> {
+    let id = &name(id, std::process::id());
     let mut group = Cgroup::default();
     if limits.memory_bytes.is_none() && limits.cpus.is_none() {
         return Ok(group);
@@ -252,9 +261,13 @@ fn remove_dir(dir: &Path) {
     }
 }
 
-/// Removes the groups of instance `id` if left behind (its VMM was
-/// killed with the process that would have removed them).
-pub fn remove(id: &str) {
+/// Removes the groups of instance `id` kept by process `keeper` if left
+/// behind (the keeper was killed, its VMM with it).
+pub fn remove(id: &str, keeper: i32) {
+    let Ok(keeper) = u32::try_from(keeper) else {
+        return;
+    };
+    let id = &name(id, keeper);
     let Ok(all) = hierarchies() else {
         return;
     };
