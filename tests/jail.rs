@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use api::{alive, vmm_of, wait_for, wait_state, Api, Daemon, Json};
+use api::{alive, vmm_of, wait_for, wait_state, Api, Daemon, Json, Netns};
 use strato_tests::{guest, random_bytes, strato_bin, Scratch};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -373,4 +373,94 @@ fn no_jail_runs_the_vmm_as_before() {
     create(&api, "hello", "hello", 32, "");
     let v = wait_state(&api, "hello", "stopped");
     assert_eq!(v["exit_status"].as_i64(), Some(0), "{v:?}");
+}
+
+#[test]
+fn the_daemon_hands_a_jailed_vmm_its_tap() {
+    // A tap owned by another user: the jail uid could not attach to it,
+    // the daemon can and hands it over.
+    let ns = Netns::new("jail-tap", &[]);
+    ns.exec(&[
+        "ip", "tuntap", "add", "dev", "tap0", "mode", "tap", "user", "1000",
+    ]);
+    let dir = Scratch::new("jail-tap");
+    let daemon = Daemon::start_in(&dir.0, Some(&ns), &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let nets = r#","nets":[{"id":"eth0","tap":"tap0"}]"#;
+    let v = create(&api, "net", "idle", 32, nets);
+    let pid = vmm_of(pid_of(&v));
+    check_jailed(pid, &[]);
+    let attached = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().eq(["iff:", "tap0"]))
+        });
+    assert!(attached, "the VMM holds no descriptor attached to tap0");
+    api.expect("POST", "/v1/instances/net/kill", None, 200);
+}
+
+#[test]
+fn jail_set_up_failures_are_one_line_and_exit_1() {
+    let dir = Scratch::new("jail-errors");
+    let sock = dir.path("api.sock");
+    let jail = dir.path("jail");
+    let base = [
+        "vm",
+        "--api-sock",
+        &sock,
+        "--jail",
+        &jail,
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+    ];
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--jail-file", "/nonexistent/kernel"],
+            "strato: jail: --jail-file /nonexistent/kernel: No such file or directory",
+        ),
+        (
+            &["--console-log", "/tmp/elsewhere.log"],
+            "must be in one directory",
+        ),
+        (
+            &["--jail-file", "/dev"],
+            "the name \"dev\" is taken in the jail",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = Command::new(strato_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Root is not an unprivileged uid; the ids come together.
+    for bad in [&["--uid", "0"][..], &["--gid", "0"]] {
+        let mut args = vec!["vm", "--api-sock", &sock, "--jail", &jail];
+        args.extend_from_slice(if bad[0] == "--uid" {
+            &["--gid", "65534"]
+        } else {
+            &["--uid", "65534"]
+        });
+        args.extend_from_slice(bad);
+        let out = Command::new(strato_bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let out = Command::new(strato_bin())
+        .args(["vm", "--api-sock", &sock, "--jail", &jail, "--uid", "65534"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!Path::new(&sock).exists());
+    assert!(
+        !Path::new(&jail).exists(),
+        "a refused jail made its directory"
+    );
 }

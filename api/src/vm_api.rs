@@ -58,8 +58,48 @@ pub struct VmArgs {
     /// the process is in its records, so no VMM runs unrecorded.
     #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
     wait_fd: Option<i32>,
+    /// A tap another process (the daemon) attached, inherited as
+    /// descriptor FD: a network interface whose host_dev_name is NAME uses
+    /// it instead of attaching itself. Repeat for more.
+    #[arg(long = "tap-fd", value_name = "NAME:FD", value_parser = parse_tap_fd)]
+    tap_fds: Vec<(String, i32)>,
     #[command(flatten)]
     jail: crate::jail::JailArgs,
+}
+
+fn parse_tap_fd(s: &str) -> Result<(String, i32), String> {
+    let (name, fd) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not NAME:FD"))?;
+    match fd.parse::<i32>() {
+        Ok(fd) if fd >= 3 && !name.is_empty() => Ok((name.to_string(), fd)),
+        _ => Err(format!(
+            "{s:?}: FD must be a descriptor number of 3 or more after a name"
+        )),
+    }
+}
+
+/// Takes the taps handed over with `--tap-fd`.
+fn take_taps(args: &VmArgs) -> Result<(), String> {
+    use std::os::fd::FromRawFd;
+    let mut seen = Vec::new();
+    for (name, fd) in &args.tap_fds {
+        if seen.contains(fd) || args.wait_fd == Some(*fd) {
+            return Err(format!("--tap-fd: descriptor {fd} is given twice"));
+        }
+        seen.push(*fd);
+        // SAFETY: F_GETFD only reads the descriptor's flags; an fd that
+        // is not open fails with EBADF.
+        if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+            return Err(format!("--tap-fd {name}:{fd}: descriptor {fd} is not open"));
+        }
+        // SAFETY: the descriptor is open (checked above), was inherited
+        // for this tap alone and is owned nowhere else in this process
+        // (each number is taken once, and not the --wait-fd one).
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
+        vmm::Tap::hand_over(name, owned).map_err(|e| format!("--tap-fd {name}:{fd}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Waits for the go-ahead on `fd` (see `--wait-fd`); false if the writer
@@ -717,6 +757,10 @@ pub fn main(mut args: VmArgs) -> i32 {
         },
         None => FullConfig::default(),
     };
+    if let Err(e) = take_taps(&args) {
+        eprintln!("strato: {e}");
+        return crate::run::EXIT_VMM_ERROR;
+    }
     // Before any thread starts: the jail forks.
     let jailed = match jail(&mut args) {
         Ok(j) => j,
@@ -856,6 +900,15 @@ mod tests {
         assert_eq!(back["drives"][0]["drive_id"], "rootfs");
         assert_eq!(back["network-interfaces"][0]["host_dev_name"], "tap0");
         assert!(serde_json::from_str::<FullConfig>(r#"{"bogus": 1}"#).is_err());
+    }
+
+    #[test]
+    fn tap_fd_values() {
+        assert_eq!(parse_tap_fd("tap0:5"), Ok(("tap0".into(), 5)));
+        assert_eq!(parse_tap_fd("a:b:7"), Ok(("a:b".into(), 7)));
+        for bad in ["tap0", "tap0:2", ":5", "tap0:x", "tap0:-3"] {
+            assert!(parse_tap_fd(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

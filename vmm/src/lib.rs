@@ -19,6 +19,8 @@ pub use config::{
 };
 /// Guest files handed over as inherited descriptors (`/proc/self/fd/N`).
 pub use devices::fd_path;
+/// Taps, which the daemon attaches and hands over to a jailed VMM.
+pub use devices::virtio::net::Tap;
 pub use error::{Error, Result};
 pub use exit::ExitReason;
 pub use vm::{ControlError, Vm, VmController};

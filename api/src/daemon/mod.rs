@@ -78,16 +78,34 @@ struct JailPolicy {
 }
 
 /// The files of a configuration, opened for one start as the path policy
-/// allows; the VMM inherits them.
+/// allows, and its taps, attached with the daemon's rights (a jailed VMM
+/// has none on them); the VMM inherits them.
 struct Files {
     /// (path as configured, open file): kernel, initrd, then the drives.
     opened: Vec<(PathBuf, std::fs::File)>,
+    /// (tap name, attached /dev/net/tun).
+    taps: Vec<(String, std::fs::File)>,
 }
 
 impl Files {
     fn fds(&self) -> Vec<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self.opened.iter().map(|(_, f)| f.as_raw_fd()).collect()
+        let taps = self.taps.iter().map(|(_, f)| f);
+        self.opened
+            .iter()
+            .map(|(_, f)| f)
+            .chain(taps)
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+
+    /// (tap name, descriptor) of each tap, for `strato vm --tap-fd`.
+    fn tap_fds(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        self.taps
+            .iter()
+            .map(|(n, f)| (n.clone(), f.as_raw_fd()))
+            .collect()
     }
 
     /// The path by which the VMM reaches the file configured as `path`.
@@ -346,7 +364,16 @@ impl Daemon {
             let usage = Use::Drive { write: !d.readonly };
             add(&format!("drive {}", d.id), &d.path, usage)?;
         }
-        Ok(Files { opened })
+        let taps = cfg
+            .nets
+            .iter()
+            .map(|n| {
+                vmm::Tap::attach(&n.tap)
+                    .map(|f| (n.tap.clone(), f))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Files { opened, taps })
     }
 
     /// Stops every VMM process of this state directory (of instance `id`
@@ -632,6 +659,7 @@ impl Daemon {
             id: &inst.id,
             log_level: self.log_level,
             keep: &files.fds(),
+            taps: &files.tap_fds(),
             jail,
         }
         .run()

@@ -266,6 +266,8 @@ pub struct Spawn<'a> {
     /// Descriptors the child inherits (the files it may use, opened by
     /// the daemon), at the same numbers.
     pub keep: &'a [RawFd],
+    /// Taps attached by the daemon, among `keep`: (name, descriptor).
+    pub taps: &'a [(String, RawFd)],
     /// The jail to start it in; None runs it unjailed.
     pub jail: Option<Jail>,
 }
@@ -343,6 +345,9 @@ impl Spawn<'_> {
                 "--log-level={}",
                 self.log_level.to_string().to_lowercase()
             ));
+        for (name, fd) in self.taps {
+            cmd.arg(format!("--tap-fd={name}:{fd}"));
+        }
         if let Some(j) = &self.jail {
             cmd.arg(opt("jail", self.dir.join(ROOT).as_os_str()))
                 .arg(format!("--uid={}", j.uid))

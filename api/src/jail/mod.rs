@@ -243,13 +243,13 @@ pub fn enter(args: &JailArgs, id: &str, io: &mut Io) -> Result<Jailed, Error> {
             "must be set up before any thread starts".into(),
         ));
     }
+    let files = file_names(&args.files)?;
+    let run = run_dir(io)?;
     std::fs::create_dir_all(dir).map_err(path_err("directory", dir))?;
     let dir = std::fs::canonicalize(dir).map_err(path_err("directory", dir))?;
     if dir == Path::new("/") {
         return Err(Error::Invalid("the jail directory cannot be /".into()));
     }
-    let files = file_names(&args.files)?;
-    let run = run_dir(io)?;
     let limits = cgroup::Limits {
         memory_bytes: args.memory_max.map(|m| m << 20),
         cpus: args.cpu_max,
