@@ -300,6 +300,19 @@ fn daemon_instances_are_jailed_by_default_and_held_to_their_memory() {
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&run).unwrap()),
         NOBODY
     );
+    // run/ is the jailed VMM's: the daemon follows no symlink it puts
+    // there, to a file or to another socket.
+    let secret = dir.file("secret", b"not for the console endpoint");
+    std::fs::remove_file(run.join("console.log")).unwrap();
+    std::os::unix::fs::symlink(&secret, run.join("console.log")).unwrap();
+    let r = api.call("GET", "/v1/instances/idle/console", None);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(!r.text().contains("not for"), "{}", r.text());
+    std::fs::rename(run.join("api.sock"), run.join("real.sock")).unwrap();
+    std::os::unix::fs::symlink(&daemon.sock, run.join("api.sock")).unwrap();
+    let r = api.call("POST", "/v1/instances/idle/pause", None);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.fault().contains("not the VMM's socket"), "{}", r.fault());
     api.expect("POST", "/v1/instances/idle/kill", None, 200);
     wait_for("the VMM to be gone", LONG, || (!alive(pid)).then_some(()));
     wait_for("its cgroup to be removed", LONG, || {

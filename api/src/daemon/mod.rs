@@ -317,9 +317,10 @@ fn query_u64(query: &str, key: &str, max: u64) -> Result<Option<u64>, ApiError> 
     Ok(None)
 }
 
-/// The last `n` bytes of `path` (empty if it does not exist).
+/// The last `n` bytes of `path`, a file the VMM wrote (empty if it does
+/// not exist).
 fn read_tail(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = match std::fs::File::open(path) {
+    let mut f = match process::open_vmm_file(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -518,7 +519,7 @@ impl Daemon {
         if ask {
             // The boot time is known once the guest has signalled it; ask
             // the VMM (without the operation lock: a stop may be running).
-            let got = http::call(&inst.sock(), "GET", "/", None, Duration::from_secs(1))
+            let got = process::call_vmm(&inst.sock(), "GET", "/", None, Duration::from_secs(1))
                 .ok()
                 .filter(|r| r.status == 200)
                 .and_then(|r| r.json()["boot_time_us"].as_u64());
@@ -759,7 +760,7 @@ impl Daemon {
                 )));
             }
             if sock.exists() {
-                if let Ok(r) = http::call(&sock, "GET", "/", None, Duration::from_secs(2)) {
+                if let Ok(r) = process::call_vmm(&sock, "GET", "/", None, Duration::from_secs(2)) {
                     if r.status == 200 {
                         break;
                     }
@@ -775,7 +776,7 @@ impl Daemon {
         }
         // `what` names the step in error messages.
         let put = |what: &str, path: &str, body: Value, timeout: Duration| {
-            let answer = http::call(&sock, "PUT", path, Some(&body), timeout);
+            let answer = process::call_vmm(&sock, "PUT", path, Some(&body), timeout);
             match answer {
                 Ok(r) if (200..300).contains(&r.status) => Ok(()),
                 Ok(r) if (400..500).contains(&r.status) => Err(ApiError::bad_request(format!(
@@ -861,11 +862,12 @@ impl Daemon {
             let sock = inst.sock();
             let t = Duration::from_secs(5);
             if paused {
-                let _ = http::call(&sock, "PATCH", "/vm", Some(&json!({"state": "Resumed"})), t);
+                let _ =
+                    process::call_vmm(&sock, "PATCH", "/vm", Some(&json!({"state": "Resumed"})), t);
             }
             let body = json!({"action_type": "SendCtrlAltDel"});
             let sent = matches!(
-                http::call(&sock, "PUT", "/actions", Some(&body), t),
+                process::call_vmm(&sock, "PUT", "/actions", Some(&body), t),
                 Ok(r) if r.status == 204
             );
             let ended = sent
@@ -894,7 +896,7 @@ impl Daemon {
         } else {
             ("Resumed", State::Running)
         };
-        let r = http::call(
+        let r = process::call_vmm(
             &inst.sock(),
             "PATCH",
             "/vm",
@@ -932,9 +934,9 @@ impl Daemon {
         if rec.pid != Some(proc.pid) || !rec.state.is_live() {
             return;
         }
-        let exit: Option<ExitFile> = std::fs::read(inst.dir.join(EXIT))
+        let exit: Option<ExitFile> = process::open_vmm_file(&inst.dir.join(EXIT))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|f| serde_json::from_reader(std::io::Read::take(f, 64 * 1024)).ok());
         let (state, reason, code) = outcome(rec.intent, exit.as_ref(), status);
         log::info!("instance {}: {} ({reason})", inst.id, state.name());
         rec.state = state;
@@ -1055,10 +1057,11 @@ impl Daemon {
         let ours = |p: &Proc| self.reaper.alive(p) && process::is_our_vmm(p.pid, &inst.id);
         match (live, proc) {
             (true, Some(p)) if ours(&p) => {
-                let answer = http::call(&inst.sock(), "GET", "/", None, Duration::from_secs(2))
-                    .ok()
-                    .filter(|r| r.status == 200)
-                    .map(|r| r.json());
+                let answer =
+                    process::call_vmm(&inst.sock(), "GET", "/", None, Duration::from_secs(2))
+                        .ok()
+                        .filter(|r| r.status == 200)
+                        .map(|r| r.json());
                 let vm_state = answer
                     .as_ref()
                     .and_then(|v| v["state"].as_str().map(str::to_string));

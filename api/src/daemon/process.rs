@@ -393,6 +393,54 @@ impl Spawn<'_> {
     }
 }
 
+/// Opens a file the VMM wrote in its `run/` directory, for reading. That
+/// directory belongs to a jailed VMM's uid, so what is there is not
+/// trusted: no symlink is followed (it could lead anywhere the daemon may
+/// read) and only a regular file is read (a FIFO would block).
+pub fn open_vmm_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Sends one request to the VMM whose API socket is `sock`. The socket's
+/// directory belongs to a jailed VMM's uid, so the path is not followed
+/// blindly (a symlink could lead to any socket on the host): it must name
+/// a socket owned by root (the VMM binds it before it drops its
+/// privileges), and the connection goes to that very socket through an
+/// O_PATH descriptor of it.
+pub fn call_vmm(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> std::io::Result<crate::http::ClientResponse> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(sock)?;
+    let meta = handle.metadata()?;
+    if !meta.file_type().is_socket() || meta.uid() != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not the VMM's socket", sock.display()),
+        ));
+    }
+    let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    crate::http::call(&by_fd, method, path, body, timeout)
+}
+
 /// The last `max` bytes of `path` (lossy), for error messages.
 pub fn tail(path: &Path, max: usize) -> String {
     let data = std::fs::read(path).unwrap_or_default();

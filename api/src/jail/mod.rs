@@ -4,7 +4,7 @@
 //!
 //! Design. A new pid namespace only applies to children, so the process
 //! forks once: the parent (the *keeper*) stays root in the host's mount
-//! namespace, forwards SIGINT/SIGTERM/SIGHUP to the child, removes the
+//! namespace, forwards SIGINT/SIGTERM to the child, removes the
 //! cgroup when the child has ended and ends the same way (exit status or
 //! signal), so whoever started `strato vm` (the daemon) sees one process
 //! with the VMM's outcome. The child is pid 1 of the new namespace and
@@ -274,8 +274,10 @@ pub fn enter(args: &JailArgs, id: &str, io: &mut Io) -> Result<Jailed, Error> {
     Ok(Jailed { uid, gid, keeper })
 }
 
-/// Signals the keeper passes on to the VMM.
-const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Signals the keeper passes on to the VMM, which handles them (as pid 1
+/// of its namespace it would ignore any it does not handle). Any other
+/// deadly signal ends the keeper, and the VMM with it.
+const FORWARDED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
 /// Forks into a new pid namespace. The child joins `group` and gets the
 /// keeper pipe; the parent supervises the child and exits. A failure
