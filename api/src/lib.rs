@@ -6,6 +6,7 @@
 pub mod client;
 pub mod daemon;
 pub mod http;
+pub mod jail;
 pub mod logger;
 pub mod run;
 mod terminal;

@@ -64,6 +64,48 @@ pub struct VmArgs {
     /// calls.
     #[arg(long)]
     no_seccomp: bool,
+    /// A tap another process (the daemon) attached, inherited as
+    /// descriptor FD: a network interface whose host_dev_name is NAME uses
+    /// it instead of attaching itself. Repeat for more.
+    #[arg(long = "tap-fd", value_name = "NAME:FD", value_parser = parse_tap_fd)]
+    tap_fds: Vec<(String, i32)>,
+    #[command(flatten)]
+    jail: crate::jail::JailArgs,
+}
+
+fn parse_tap_fd(s: &str) -> Result<(String, i32), String> {
+    let (name, fd) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not NAME:FD"))?;
+    match fd.parse::<i32>() {
+        Ok(fd) if fd >= 3 && !name.is_empty() => Ok((name.to_string(), fd)),
+        _ => Err(format!(
+            "{s:?}: FD must be a descriptor number of 3 or more after a name"
+        )),
+    }
+}
+
+/// Takes the taps handed over with `--tap-fd`.
+fn take_taps(args: &VmArgs) -> Result<(), String> {
+    use std::os::fd::FromRawFd;
+    let mut seen = Vec::new();
+    for (name, fd) in &args.tap_fds {
+        if seen.contains(fd) || args.wait_fd == Some(*fd) {
+            return Err(format!("--tap-fd: descriptor {fd} is given twice"));
+        }
+        seen.push(*fd);
+        // SAFETY: F_GETFD only reads the descriptor's flags; an fd that
+        // is not open fails with EBADF.
+        if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+            return Err(format!("--tap-fd {name}:{fd}: descriptor {fd} is not open"));
+        }
+        // SAFETY: the descriptor is open (checked above), was inherited
+        // for this tap alone and is owned nowhere else in this process
+        // (each number is taken once, and not the --wait-fd one).
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
+        vmm::Tap::hand_over(name, owned).map_err(|e| format!("--tap-fd {name}:{fd}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Waits for the go-ahead on `fd` (see `--wait-fd`); false if the writer
@@ -226,7 +268,7 @@ type StartRequest = (VmConfig, SyncSender<Result<VmController, String>>);
 fn check_file(what: &str, path: &Path) -> Result<(), ApiError> {
     use std::os::unix::fs::FileTypeExt;
     let block_ok = what == "drive";
-    match std::fs::metadata(path) {
+    match vmm::fd_path::metadata(path) {
         Ok(m) if m.is_file() || block_ok && m.file_type().is_block_device() => Ok(()),
         Ok(_) => Err(ApiError::bad_request(format!(
             "{what} {} is not a regular file{}",
@@ -722,31 +764,34 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
     }
 }
 
+/// Enters the jail if asked (see `crate::jail`), pointing the VMM's own
+/// files at their places inside it.
+fn jail(args: &mut VmArgs) -> Result<Option<crate::jail::Jailed>, crate::jail::Error> {
+    if args.jail.jail.is_none() {
+        return Ok(None);
+    }
+    let mut io = crate::jail::Io {
+        api_sock: args.api_sock.take().filter(|_| !args.no_api),
+        console_log: args.console_log.take(),
+        exit_file: args.exit_file.take(),
+    };
+    let jailed = crate::jail::enter(&args.jail, &args.id, &mut io)?;
+    args.api_sock = io.api_sock;
+    args.console_log = io.console_log;
+    args.exit_file = io.exit_file;
+    Ok(Some(jailed))
+}
+
 /// Runs `strato vm`.
-pub fn main(args: VmArgs) -> i32 {
+pub fn main(mut args: VmArgs) -> i32 {
     if let Some(fd) = args.wait_fd {
         if !wait_for_go(fd) {
             eprintln!("strato: the daemon went away before recording this VMM; exiting");
             return crate::run::EXIT_VMM_ERROR;
         }
     }
-    let signals = match crate::run::block_stop_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("strato: cannot set up signal handling: {e}");
-            return crate::run::EXIT_VMM_ERROR;
-        }
-    };
-    let seccomp = !args.no_seccomp;
-    let filters = ThreadFilter::new(ThreadKind::Vmm, seccomp)
-        .and_then(|vmm| Ok((vmm, ThreadFilter::new(ThreadKind::Api, seccomp)?)));
-    let (vmm_filter, api_filter) = match filters {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("strato: {e}");
-            return crate::run::EXIT_VMM_ERROR;
-        }
-    };
+    // Read from the host's tree, before a jail hides it; the paths in it
+    // are the guest files' paths as the VMM will see them.
     let config = match &args.config_file {
         Some(path) => match load_config_file(path) {
             Ok(c) => c,
@@ -757,6 +802,27 @@ pub fn main(args: VmArgs) -> i32 {
         },
         None => FullConfig::default(),
     };
+    if let Err(e) = take_taps(&args) {
+        eprintln!("strato: {e}");
+        return crate::run::EXIT_VMM_ERROR;
+    }
+    // Before any thread starts: the jail forks.
+    let jailed = match jail(&mut args) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    };
+    let signals = match crate::run::block_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strato: cannot set up signal handling: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    };
+    // The socket is made while still root (it is 0600 root's, or the
+    // group's, as without a jail); privileges go before any request.
     let server = match (&args.api_sock, args.no_api) {
         (Some(path), false) => match http::bind(path, args.api_sock_group) {
             Ok(s) => Some(s),
@@ -766,6 +832,25 @@ pub fn main(args: VmArgs) -> i32 {
             }
         },
         _ => None,
+    };
+    if let Some(j) = &jailed {
+        if let Err(e) = j.drop_privileges() {
+            eprintln!("strato: {e}");
+            if let Some(sock) = &args.api_sock {
+                let _ = std::fs::remove_file(sock);
+            }
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
+    let seccomp = !args.no_seccomp;
+    let filters = ThreadFilter::new(ThreadKind::Vmm, seccomp)
+        .and_then(|vmm| Ok((vmm, ThreadFilter::new(ThreadKind::Api, seccomp)?)));
+    let (vmm_filter, api_filter) = match filters {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("strato: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
     };
     let api_sock = server.as_ref().and(args.api_sock.clone());
     let signal: Signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -964,6 +1049,15 @@ mod tests {
             br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn tap_fd_values() {
+        assert_eq!(parse_tap_fd("tap0:5"), Ok(("tap0".into(), 5)));
+        assert_eq!(parse_tap_fd("a:b:7"), Ok(("a:b".into(), 7)));
+        for bad in ["tap0", "tap0:2", ":5", "tap0:x", "tap0:-3"] {
+            assert!(parse_tap_fd(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

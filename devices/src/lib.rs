@@ -2,6 +2,7 @@
 //! and port I/O exits are dispatched on, and the devices behind it.
 
 pub mod bus;
+pub mod fd_path;
 pub mod legacy;
 pub mod virtio;
 

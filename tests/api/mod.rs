@@ -1,4 +1,5 @@
-//! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`): an
+//! Helpers for the API tests (`tests/daemon.rs`, `tests/vm_api.rs`,
+//! `tests/jail.rs`): an
 //! HTTP client over unix sockets that keeps a transcript of every exchange
 //! for the OpenAPI check (`tests/api_schema.py`), a small JSON reader, a
 //! daemon guard that kills everything it started, daemon instance helpers,
@@ -319,6 +320,22 @@ pub fn pids_with(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// The parent of `pid`, from /proc/<pid>/stat.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The VMM itself of a process started as `strato vm`: the jailed child
+/// of a keeper, or the process itself when unjailed.
+pub fn vmm_of(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
+}
+
 /// True if `pid` is gone or a zombie.
 pub fn is_zombie(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -487,10 +504,12 @@ impl Daemon {
             .open(&log)
             .expect("daemon log");
         let mut cmd = match netns {
-            // `ip netns exec` execs strato: the child is the daemon itself.
+            // nsenter execs strato (the child is the daemon itself) in the
+            // network namespace alone: `ip netns exec` would also remount
+            // /sys, hiding the cgroup hierarchies the daemon's jails use.
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name])
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", ns.name))
                     .arg(strato_tests::strato_bin());
                 c
             }
@@ -592,9 +611,15 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// VMM processes of this daemon's state directory.
+    /// VMM processes of this daemon's state directory: one per instance
+    /// (a jailed VMM runs under a keeper process with the same command
+    /// line, which alone is counted).
     pub fn vmm_pids(&self) -> Vec<i32> {
-        pids_with(&format!("{}/", self.state.display()))
+        let all = pids_with(&format!("{}/", self.state.display()));
+        all.iter()
+            .copied()
+            .filter(|p| !parent_of(*p).is_some_and(|pp| all.contains(&pp)))
+            .collect()
     }
 
     /// Instance directories left in the state directory.

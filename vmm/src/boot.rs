@@ -160,7 +160,8 @@ fn load_kernel(
     path: &Path,
     ram: &[arch::RamRegion],
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = File::open(path).map_err(|e| BootError::Read(path.into(), e))?;
+    let mut file =
+        devices::fd_path::open(path, false).map_err(|e| BootError::Read(path.into(), e))?;
     check_elf(&mut file, path, ram)?;
     let himem = Some(GuestAddress(HIMEM_START));
     match Elf::load(mem, None, &mut file, himem) {
@@ -216,7 +217,8 @@ fn load_initrd(
     low_ram_end: u64,
     addr_max: u64,
 ) -> Result<(u64, u64), BootError> {
-    let mut file = File::open(path).map_err(|e| BootError::Read(path.into(), e))?;
+    let mut file =
+        devices::fd_path::open(path, false).map_err(|e| BootError::Read(path.into(), e))?;
     let size = file
         .metadata()
         .map_err(|e| BootError::Read(path.into(), e))?

@@ -1,6 +1,5 @@
 //! What a VM is made of, as given by the user, and its validation.
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -133,7 +132,7 @@ impl VmConfig {
             return Err(ConfigError::TooManyDevices(virtio, MAX_VIRTIO_DEVICES));
         }
         for d in &self.drives {
-            let meta = std::fs::metadata(&d.path)
+            let meta = devices::fd_path::metadata(&d.path)
                 .map_err(|e| ConfigError::File("drive", d.path.clone(), e))?;
             use std::os::unix::fs::FileTypeExt;
             if !meta.is_file() && !meta.file_type().is_block_device() {
@@ -291,12 +290,14 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn check_readable(path: &PathBuf, what: &'static str) -> Result<(), ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigError::File(what, path.clone(), e))?;
+fn check_readable(path: &std::path::Path, what: &'static str) -> Result<(), ConfigError> {
+    let fail = |e| ConfigError::File(what, path.to_path_buf(), e);
+    // Metadata first: opening a FIFO for reading would block.
+    let meta = devices::fd_path::metadata(path).map_err(fail)?;
     if !meta.is_file() {
-        return Err(ConfigError::NotAFile(what, path.clone()));
+        return Err(ConfigError::NotAFile(what, path.to_path_buf()));
     }
-    File::open(path).map_err(|e| ConfigError::File(what, path.clone(), e))?;
+    devices::fd_path::open(path, false).map_err(fail)?;
     Ok(())
 }
 

@@ -18,6 +18,10 @@ mod vm;
 pub use config::{
     BlockConfig, ConsoleKind, NetConfig, SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE,
 };
+/// Guest files handed over as inherited descriptors (`/proc/self/fd/N`).
+pub use devices::fd_path;
+/// Taps, which the daemon attaches and hands over to a jailed VMM.
+pub use devices::virtio::net::Tap;
 pub use error::{Error, Result};
 pub use exit::ExitReason;
 pub use vm::{ControlError, Vm, VmController};

@@ -56,19 +56,60 @@ pub struct ServeArgs {
     /// (`strato vm --no-seccomp`).
     #[arg(long)]
     no_seccomp: bool,
+    /// Start VMMs unjailed: no namespaces, no cgroup, as root.
+    #[arg(long)]
+    no_jail: bool,
+    /// Unprivileged uid jailed VMMs run as (not 0).
+    #[arg(long, default_value_t = 65534, value_name = "UID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    jail_uid: u32,
+    /// Unprivileged gid jailed VMMs run as (not 0).
+    #[arg(long, default_value_t = 65534, value_name = "GID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    jail_gid: u32,
+    /// Memory a jailed VMM may use beyond its guest's (cgroup memory.max
+    /// is guest memory plus this).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    jail_memory_overhead: u64,
+}
+
+/// The jail settings of a daemon: uid, gid, memory overhead in MiB.
+#[derive(Clone, Copy, Debug)]
+struct JailPolicy {
+    uid: u32,
+    gid: u32,
+    overhead_mib: u64,
 }
 
 /// The files of a configuration, opened for one start as the path policy
-/// allows; the VMM inherits them.
+/// allows, and its taps, attached with the daemon's rights (a jailed VMM
+/// has none on them); the VMM inherits them.
 struct Files {
     /// (path as configured, open file): kernel, initrd, then the drives.
     opened: Vec<(PathBuf, std::fs::File)>,
+    /// (tap name, attached /dev/net/tun).
+    taps: Vec<(String, std::fs::File)>,
 }
 
 impl Files {
     fn fds(&self) -> Vec<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self.opened.iter().map(|(_, f)| f.as_raw_fd()).collect()
+        let taps = self.taps.iter().map(|(_, f)| f);
+        self.opened
+            .iter()
+            .map(|(_, f)| f)
+            .chain(taps)
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+
+    /// (tap name, descriptor) of each tap, for `strato vm --tap-fd`.
+    fn tap_fds(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        self.taps
+            .iter()
+            .map(|(n, f)| (n.clone(), f.as_raw_fd()))
+            .collect()
     }
 
     /// The path by which the VMM reaches the file configured as `path`.
@@ -241,6 +282,8 @@ struct Daemon {
     policy: PathPolicy,
     /// Pass `--no-seccomp` to the VMM processes.
     no_seccomp: bool,
+    /// None when started with `--no-jail`.
+    jail: Option<JailPolicy>,
 }
 
 /// Releases a reserved id when a create ends, however it ends.
@@ -280,9 +323,10 @@ fn query_u64(query: &str, key: &str, max: u64) -> Result<Option<u64>, ApiError> 
     Ok(None)
 }
 
-/// The last `n` bytes of `path` (empty if it does not exist).
+/// The last `n` bytes of `path`, a file the VMM wrote (empty if it does
+/// not exist).
 fn read_tail(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = match std::fs::File::open(path) {
+    let mut f = match process::open_vmm_file(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -327,7 +371,16 @@ impl Daemon {
             let usage = Use::Drive { write: !d.readonly };
             add(&format!("drive {}", d.id), &d.path, usage)?;
         }
-        Ok(Files { opened })
+        let taps = cfg
+            .nets
+            .iter()
+            .map(|n| {
+                vmm::Tap::attach(&n.tap)
+                    .map(|f| (n.tap.clone(), f))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Files { opened, taps })
     }
 
     /// Stops every VMM process of this state directory (of instance `id`
@@ -339,7 +392,10 @@ impl Daemon {
             .filter_map(|i| lock(&i.rec).pid)
             .collect();
         for (proc, of) in process::vmms_in(&self.state_dir) {
-            if id.is_some_and(|id| id != of) || owned.contains(&proc.pid) {
+            // A jailed VMM is the child of the recorded process (its
+            // keeper, which has the same command line).
+            let kept = process::parent(proc.pid).is_some_and(|p| owned.contains(&p));
+            if id.is_some_and(|id| id != of) || owned.contains(&proc.pid) || kept {
                 continue;
             }
             log::warn!(
@@ -350,6 +406,7 @@ impl Daemon {
                 log::error!("VMM process {} did not die after SIGKILL", proc.pid);
             }
             self.reaper.take(proc.pid);
+            crate::jail::cgroup::remove(&of, proc.pid);
         }
     }
 
@@ -468,7 +525,7 @@ impl Daemon {
         if ask {
             // The boot time is known once the guest has signalled it; ask
             // the VMM (without the operation lock: a stop may be running).
-            let got = http::call(&inst.sock(), "GET", "/", None, Duration::from_secs(1))
+            let got = process::call_vmm(&inst.sock(), "GET", "/", None, Duration::from_secs(1))
                 .ok()
                 .filter(|r| r.status == 200)
                 .and_then(|r| r.json()["boot_time_us"].as_u64());
@@ -596,6 +653,13 @@ impl Daemon {
         let config = lock(&inst.rec).config.clone();
         let _ = std::fs::remove_file(inst.dir.join(EXIT));
         let _ = std::fs::remove_file(inst.sock());
+        let jail = self.jail.map(|j| process::Jail {
+            uid: j.uid,
+            gid: j.gid,
+            memory_max_mib: config.memory_mib.saturating_add(j.overhead_mib),
+            cpus: config.vcpus,
+        });
+        self.run_dir(inst, jail.as_ref())?;
         let (proc, gate) = Spawn {
             exe: &self.exe,
             dir: &inst.dir,
@@ -603,6 +667,8 @@ impl Daemon {
             log_level: self.log_level,
             no_seccomp: self.no_seccomp,
             keep: &files.fds(),
+            taps: &files.tap_fds(),
+            jail,
         }
         .run()
         .map_err(|e| internal(format!("cannot start the VMM process: {e}")))?;
@@ -624,6 +690,7 @@ impl Daemon {
         if let Err(e) = recorded.and_then(|()| gate.open()) {
             self.reaper.kill(&proc);
             self.reaper.take(proc.pid);
+            crate::jail::cgroup::remove(&inst.id, proc.pid);
             let mut rec = lock(&inst.rec);
             rec.pid = None;
             rec.proc_start = None;
@@ -646,6 +713,7 @@ impl Daemon {
             Err(e) => {
                 self.reaper.kill(&proc);
                 self.reaper.take(proc.pid);
+                crate::jail::cgroup::remove(&inst.id, proc.pid);
                 let _ = std::fs::remove_file(inst.sock());
                 let _ = std::fs::remove_file(inst.dir.join(EXIT));
                 let mut rec = lock(&inst.rec);
@@ -656,6 +724,28 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// Makes the instance's `run/` directory, where the VMM writes its
+    /// socket, console log and exit record: owned by the jail uid for a
+    /// jailed VMM, which sees only this directory of the instance's.
+    fn run_dir(&self, inst: &Instance, jail: Option<&process::Jail>) -> Result<(), ApiError> {
+        let run = inst.dir.join(process::RUN);
+        let made = std::fs::DirBuilder::new().mode(0o700).create(&run);
+        let fail = |e: std::io::Error| internal(format!("cannot make {}: {e}", run.display()));
+        match made {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(fail(e)),
+            _ => {}
+        }
+        let (uid, gid) = jail.map_or((0, 0), |j| (j.uid, j.gid));
+        std::os::unix::fs::lchown(&run, Some(uid), Some(gid)).map_err(fail)?;
+        // The files of an earlier run may belong to another uid.
+        if let Ok(entries) = std::fs::read_dir(&run) {
+            for e in entries.flatten() {
+                std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid)).map_err(fail)?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the new VMM's API and sends it the configuration, then
@@ -677,7 +767,7 @@ impl Daemon {
                 )));
             }
             if sock.exists() {
-                if let Ok(r) = http::call(&sock, "GET", "/", None, Duration::from_secs(2)) {
+                if let Ok(r) = process::call_vmm(&sock, "GET", "/", None, Duration::from_secs(2)) {
                     if r.status == 200 {
                         break;
                     }
@@ -693,7 +783,7 @@ impl Daemon {
         }
         // `what` names the step in error messages.
         let put = |what: &str, path: &str, body: Value, timeout: Duration| {
-            let answer = http::call(&sock, "PUT", path, Some(&body), timeout);
+            let answer = process::call_vmm(&sock, "PUT", path, Some(&body), timeout);
             match answer {
                 Ok(r) if (200..300).contains(&r.status) => Ok(()),
                 Ok(r) if (400..500).contains(&r.status) => Err(ApiError::bad_request(format!(
@@ -779,11 +869,12 @@ impl Daemon {
             let sock = inst.sock();
             let t = Duration::from_secs(5);
             if paused {
-                let _ = http::call(&sock, "PATCH", "/vm", Some(&json!({"state": "Resumed"})), t);
+                let _ =
+                    process::call_vmm(&sock, "PATCH", "/vm", Some(&json!({"state": "Resumed"})), t);
             }
             let body = json!({"action_type": "SendCtrlAltDel"});
             let sent = matches!(
-                http::call(&sock, "PUT", "/actions", Some(&body), t),
+                process::call_vmm(&sock, "PUT", "/actions", Some(&body), t),
                 Ok(r) if r.status == 204
             );
             let ended = sent
@@ -812,7 +903,7 @@ impl Daemon {
         } else {
             ("Resumed", State::Running)
         };
-        let r = http::call(
+        let r = process::call_vmm(
             &inst.sock(),
             "PATCH",
             "/vm",
@@ -850,9 +941,9 @@ impl Daemon {
         if rec.pid != Some(proc.pid) || !rec.state.is_live() {
             return;
         }
-        let exit: Option<ExitFile> = std::fs::read(inst.dir.join(EXIT))
+        let exit: Option<ExitFile> = process::open_vmm_file(&inst.dir.join(EXIT))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|f| serde_json::from_reader(std::io::Read::take(f, 64 * 1024)).ok());
         let (state, reason, code) = outcome(rec.intent, exit.as_ref(), status);
         log::info!("instance {}: {} ({reason})", inst.id, state.name());
         rec.state = state;
@@ -866,6 +957,10 @@ impl Daemon {
         rec.intent = None;
         inst.save(&rec);
         let _ = std::fs::remove_file(inst.sock());
+        drop(rec);
+        // The keeper removes the cgroup when its VMM ends; not if it was
+        // killed itself.
+        crate::jail::cgroup::remove(&inst.id, proc.pid);
     }
 
     /// Notices VMM processes that ended without a request.
@@ -969,10 +1064,11 @@ impl Daemon {
         let ours = |p: &Proc| self.reaper.alive(p) && process::is_our_vmm(p.pid, &inst.id);
         match (live, proc) {
             (true, Some(p)) if ours(&p) => {
-                let answer = http::call(&inst.sock(), "GET", "/", None, Duration::from_secs(2))
-                    .ok()
-                    .filter(|r| r.status == 200)
-                    .map(|r| r.json());
+                let answer =
+                    process::call_vmm(&inst.sock(), "GET", "/", None, Duration::from_secs(2))
+                        .ok()
+                        .filter(|r| r.status == 200)
+                        .map(|r| r.json());
                 let vm_state = answer
                     .as_ref()
                     .and_then(|v| v["state"].as_str().map(str::to_string));
@@ -1008,6 +1104,7 @@ impl Daemon {
                 // A start the earlier daemon did not finish.
                 if ours(&p) {
                     self.reaper.kill(&p);
+                    crate::jail::cgroup::remove(&inst.id, p.pid);
                 }
                 let _ = std::fs::remove_file(inst.sock());
                 let mut rec = lock(&inst.rec);
@@ -1156,6 +1253,11 @@ pub fn main(args: ServeArgs) -> i32 {
         reaper: Reaper::default(),
         policy,
         no_seccomp: args.no_seccomp,
+        jail: (!args.no_jail).then_some(JailPolicy {
+            uid: args.jail_uid,
+            gid: args.jail_gid,
+            overhead_mib: args.jail_memory_overhead,
+        }),
     });
     daemon.adopt_all();
     let server = match http::bind(&args.api_sock, args.api_sock_group) {

@@ -1,7 +1,7 @@
 //! What the daemon's API accepts and returns, the record it keeps per
 //! instance, and the validation done before anything is spawned.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -321,7 +321,14 @@ fn check_tap(tap: &str) -> Result<(), ApiError> {
             "invalid tap name {tap:?}: 1 to {MAX_TAP_LEN} printable characters, no '/' or ':'"
         )));
     }
-    if !Path::new("/sys/class/net").join(tap).exists() {
+    // Looked up in this process's network namespace (the VMM's), which
+    // /sys/class/net shows only if sysfs was mounted from it.
+    let name = std::ffi::CString::new(tap).map_err(|_| {
+        ApiError::bad_request(format!("invalid tap name {tap:?}: it contains a NUL byte"))
+    })?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call,
+    // which only reads it.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
         return Err(ApiError::bad_request(format!(
             "tap device {tap} does not exist on the host"
         )));

@@ -18,16 +18,27 @@ pub struct Proc {
     pub start: u64,
 }
 
-/// State letter and start time of `pid`, from /proc/<pid>/stat.
-fn stat(pid: i32) -> Option<(char, u64)> {
+/// State letter, start time and parent of `pid`, from /proc/<pid>/stat.
+fn stat_full(pid: i32) -> Option<(char, u64, i32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it start after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = fields.first()?.chars().next()?;
+    let parent = fields.get(1)?.parse().ok()?;
     let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    Some((state, start, parent))
+}
+
+/// State letter and start time of `pid`.
+fn stat(pid: i32) -> Option<(char, u64)> {
+    stat_full(pid).map(|(state, start, _)| (state, start))
+}
+
+/// The parent of a process that exists now.
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_full(pid).map(|(_, _, parent)| parent)
 }
 
 /// Start time of a process that exists now.
@@ -202,7 +213,7 @@ pub fn vmms_in(state_dir: &Path) -> Vec<(Proc, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
     };
-    // The daemon names the socket `--api-sock=<state_dir>/<id>/api.sock`.
+    // The daemon names the socket `--api-sock=<state_dir>/<id>/run/api.sock`.
     let prefix = [b"--api-sock=", state_dir.as_os_str().as_bytes(), b"/"].concat();
     let suffix = format!("/{SOCK}");
     for entry in dir.flatten() {
@@ -268,14 +279,37 @@ pub struct Spawn<'a> {
     /// Descriptors the child inherits (the files it may use, opened by
     /// the daemon), at the same numbers.
     pub keep: &'a [RawFd],
+    /// Taps attached by the daemon, among `keep`: (name, descriptor).
+    pub taps: &'a [(String, RawFd)],
+    /// The jail to start it in; None runs it unjailed.
+    pub jail: Option<Jail>,
 }
 
-/// File names inside an instance directory.
-pub const SOCK: &str = "api.sock";
+/// How the daemon jails a VMM (see `crate::jail`).
+#[derive(Clone, Copy, Debug)]
+pub struct Jail {
+    /// Unprivileged uid and gid of the VMM.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// cgroup memory limit, MiB.
+    pub memory_max_mib: u64,
+    /// cgroup CPU limit, CPUs.
+    pub cpus: u32,
+}
+
+/// File names inside an instance directory. The VMM's own files live in
+/// `run/`, which a jailed VMM sees (and may write, as its uid) at /run,
+/// without reaching the daemon's record beside it.
+pub const RUN: &str = "run";
+/// API socket of the VMM.
+pub const SOCK: &str = "run/api.sock";
 /// Serial console log.
-pub const CONSOLE: &str = "console.log";
+pub const CONSOLE: &str = "run/console.log";
 /// Exit record written by the VMM.
-pub const EXIT: &str = "exit.json";
+pub const EXIT: &str = "run/exit.json";
+/// The jail's root (a tmpfs is mounted on it, in the VMM's namespace).
+pub const ROOT: &str = "root";
 /// The VMM's own stdout and stderr.
 pub const VMM_LOG: &str = "vmm.log";
 /// The daemon's record.
@@ -323,8 +357,18 @@ impl Spawn<'_> {
             .arg(format!(
                 "--log-level={}",
                 self.log_level.to_string().to_lowercase()
-            ))
-            .args(self.no_seccomp.then_some("--no-seccomp"))
+            ));
+        for (name, fd) in self.taps {
+            cmd.arg(format!("--tap-fd={name}:{fd}"));
+        }
+        if let Some(j) = &self.jail {
+            cmd.arg(opt("jail", self.dir.join(ROOT).as_os_str()))
+                .arg(format!("--uid={}", j.uid))
+                .arg(format!("--gid={}", j.gid))
+                .arg(format!("--memory-max={}", j.memory_max_mib))
+                .arg(format!("--cpu-max={}", j.cpus));
+        }
+        cmd.args(self.no_seccomp.then_some("--no-seccomp"))
             .current_dir(self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -361,6 +405,54 @@ impl Spawn<'_> {
         let start = start_time(pid).unwrap_or(0);
         Ok((Proc { pid, start }, Gate(gate)))
     }
+}
+
+/// Opens a file the VMM wrote in its `run/` directory, for reading. That
+/// directory belongs to a jailed VMM's uid, so what is there is not
+/// trusted: no symlink is followed (it could lead anywhere the daemon may
+/// read) and only a regular file is read (a FIFO would block).
+pub fn open_vmm_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Sends one request to the VMM whose API socket is `sock`. The socket's
+/// directory belongs to a jailed VMM's uid, so the path is not followed
+/// blindly (a symlink could lead to any socket on the host): it must name
+/// a socket owned by root (the VMM binds it before it drops its
+/// privileges), and the connection goes to that very socket through an
+/// O_PATH descriptor of it.
+pub fn call_vmm(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> std::io::Result<crate::http::ClientResponse> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(sock)?;
+    let meta = handle.metadata()?;
+    if !meta.file_type().is_socket() || meta.uid() != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not the VMM's socket", sock.display()),
+        ));
+    }
+    let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    crate::http::call(&by_fd, method, path, body, timeout)
 }
 
 /// The last `max` bytes of `path` (lossy), for error messages.

@@ -6,7 +6,7 @@
 
 mod request;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,10 +82,7 @@ impl Block {
         queue_evt: EventFd,
         signals: Arc<DeviceSignals>,
     ) -> Result<Block, Error> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!cfg.read_only)
-            .open(&cfg.path)
+        let file = crate::fd_path::open(&cfg.path, !cfg.read_only)
             .map_err(|e| Error::Open(cfg.path.clone(), e))?;
         let meta = file
             .metadata()

@@ -3,14 +3,16 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Mutex;
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
-use vmm_sys_util::ioctl_iow_nr;
+use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr};
 
 const TUNTAP: u32 = b'T' as u32;
 ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
+ioctl_ior_nr!(TUNGETIFF, TUNTAP, 210, libc::c_uint);
 ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
 ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
 
@@ -42,7 +44,19 @@ pub enum Error {
     /// Another ioctl failed.
     #[error("tap {0}: {1} failed: {2}")]
     Ioctl(String, &'static str, #[source] io::Error),
+    /// A descriptor handed over for a tap is not attached to it.
+    #[error("the descriptor handed over for tap {0} is not attached to it as a tap")]
+    NotHandedTap(String),
 }
+
+/// Taps attached by another process and handed over as inherited
+/// descriptors, by interface name. The daemon attaches to a tap with its
+/// own rights, so that a jailed VMM needs none; [`Tap::open`] then uses
+/// the descriptor instead of attaching itself.
+static HANDED: Mutex<Vec<(String, OwnedFd)>> = Mutex::new(Vec::new());
+
+/// The flags of every strato tap.
+const FLAGS: libc::c_short = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
 
 #[repr(C)]
 struct IfReq {
@@ -60,8 +74,10 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Attaches to (or, with CAP_NET_ADMIN, creates) the tap `name`.
-    pub fn open(name: &str) -> Result<Tap, Error> {
+    /// Opens /dev/net/tun attached to (or, with CAP_NET_ADMIN, creating)
+    /// the tap `name`, as [`Tap::open`] uses it: the descriptor that
+    /// [`Tap::hand_over`] takes in another process.
+    pub fn attach(name: &str) -> Result<File, Error> {
         if name.is_empty() || name.len() > 15 || name.contains('\0') {
             return Err(Error::BadName(name.to_string()));
         }
@@ -73,7 +89,7 @@ impl Tap {
             .map_err(Error::OpenTun)?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags: FLAGS,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -82,6 +98,51 @@ impl Tap {
         if rc < 0 {
             return Err(Error::SetIff(name.to_string(), io::Error::last_os_error()));
         }
+        Ok(file)
+    }
+
+    /// Keeps `fd`, made by [`Tap::attach`] for tap `name` in another
+    /// process, for [`Tap::open`] in this one. It must be attached to that
+    /// tap with strato's flags.
+    pub fn hand_over(name: &str, fd: OwnedFd) -> Result<(), Error> {
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes an ifreq, which IfReq lays out; a
+        // descriptor that is not a tun device fails with an error.
+        let rc = unsafe { ioctl_with_mut_ref(&fd, TUNGETIFF(), &mut req) };
+        let len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
+        if rc < 0 || &req.name[..len] != name.as_bytes() || req.flags & FLAGS != FLAGS {
+            return Err(Error::NotHandedTap(name.to_string()));
+        }
+        HANDED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), fd));
+        Ok(())
+    }
+
+    /// A copy of the descriptor handed over for `name`, if any.
+    fn handed(name: &str) -> Result<Option<File>, Error> {
+        let handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, fd)) = handed.iter().find(|(n, _)| n == name) else {
+            return Ok(None);
+        };
+        let copy = fd
+            .try_clone()
+            .map_err(|e| Error::Ioctl(name.to_string(), "F_DUPFD_CLOEXEC", e))?;
+        Ok(Some(File::from(copy)))
+    }
+
+    /// Opens the tap `name`: the descriptor handed over for it, else
+    /// attached here.
+    pub fn open(name: &str) -> Result<Tap, Error> {
+        let file = match Self::handed(name)? {
+            Some(file) => file,
+            None => Self::attach(name)?,
+        };
         let tap = Tap {
             file,
             name: name.to_string(),
