@@ -386,6 +386,16 @@ fn rules(kind: ThreadKind) -> Rules {
                     THREAD_CLONE,
                 )])],
             )
+            // A file the daemon handed over as a descriptor (a jailed VMM
+            // has no /proc) is checked through a rewound duplicate of it.
+            .call_if(
+                libc::SYS_fcntl,
+                vec![
+                    rule(&[(1, SeccompCmpOp::Eq, libc::F_GETFL as u64)]),
+                    rule(&[(1, SeccompCmpOp::Eq, libc::F_DUPFD_CLOEXEC as u64)]),
+                ],
+            )
+            .calls(&[libc::SYS_lseek])
             // The console log is opened when the VM starts.
             .open_flags(&[LOG_FLAGS]),
         ThreadKind::Vmm => common()
