@@ -234,12 +234,7 @@ fn standalone_jail_boots_a_guest_that_copies_a_disk() {
         Some(r#"{"drive_id":"dst","path_on_host":"/dst.img","is_root_device":false}"#),
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-        204,
-    );
+    api.action("InstanceStart");
     let status = wait_for("the jailed VM to end", LONG, || child.try_wait().unwrap());
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();

@@ -188,12 +188,7 @@ fn firecracker_sdk_sequence_boots_pauses_and_resumes() {
     assert_eq!(cfg["network-interfaces"][0]["host_dev_name"], "tap0");
     assert_eq!(cfg["machine-config"]["mem_size_mib"].as_u64(), Some(64));
     assert_eq!(state(&api), "Not started");
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-        204,
-    );
+    api.action("InstanceStart");
     let info = api.expect("GET", "/", None, 200).json();
     assert_eq!(info["state"], "Running");
     assert_eq!(info["id"], "fc-test");
@@ -250,18 +245,8 @@ fn firecracker_sdk_sequence_boots_pauses_and_resumes() {
         assert!(!r.fault().is_empty(), "{m} {p}: {}", r.text());
     }
     // The ticker ignores Ctrl-Alt-Del; the VM keeps running.
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
-        204,
-    );
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"FlushMetrics"}"#),
-        204,
-    );
+    api.action("SendCtrlAltDel");
+    api.action("FlushMetrics");
     assert_eq!(state(&api), "Running");
 
     // SIGTERM stops it: exit file, socket removed, status 128+15.
@@ -299,19 +284,9 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
         )),
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-        204,
-    );
+    api.action("InstanceStart");
     vm.wait_console("kbd: ready");
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
-        204,
-    );
+    api.action("SendCtrlAltDel");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -351,12 +326,7 @@ fn boot_linux(api: &Api, cmdline: &str, nic: bool) {
             204,
         );
     }
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-        204,
-    );
+    api.action("InstanceStart");
 }
 
 /// SendCtrlAltDel on a running Linux: the keyboard's Ctrl-Alt-Del reaches
@@ -372,12 +342,7 @@ fn ctrl_alt_del_makes_linux_init_reboot() {
     // The keyboard must be up before the keys can mean anything: init's
     // last line comes after the i8042 driver probed.
     vm.wait_console("STRATO_INIT_DONE");
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
-        204,
-    );
+    api.action("SendCtrlAltDel");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");
     let console = vm.console_text();
@@ -461,12 +426,7 @@ fn pause_resume_keeps_linux_clock_and_tcp_connection() {
         );
         last = g;
     }
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
-        204,
-    );
+    api.action("SendCtrlAltDel");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");
 }
@@ -653,12 +613,7 @@ fn bad_requests_and_wrong_states_are_refused() {
         Some(&format!(r#"{{"kernel_image_path":"{}"}}"#, idle.display())),
         204,
     );
-    api.expect(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-        204,
-    );
+    api.action("InstanceStart");
     assert_eq!(state(&api), "Running");
     vm.wait_console("idle: ready");
     api.expect(

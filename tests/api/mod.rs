@@ -196,6 +196,13 @@ impl Api {
         r
     }
 
+    /// `PUT /actions` with `action_type` (InstanceStart, SendCtrlAltDel),
+    /// expecting 204.
+    pub fn action(&self, action_type: &str) -> Resp {
+        let body = format!(r#"{{"action_type":"{action_type}"}}"#);
+        self.expect("PUT", "/actions", Some(&body), 204)
+    }
+
     /// Sends a JSON body (given as text).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
         self.raw(method, path, body.map(str::as_bytes))
