@@ -26,6 +26,11 @@ use crate::http::{self, ApiError, Method, Reply, Request};
 /// daemon, an SDK); the bound keeps the memory that stalled clients can
 /// pin (about 90 KiB each) well inside the per-instance budget.
 const API_CONNECTIONS: usize = 16;
+/// How long the `Shutdown` action waits for the guest's ACPI to take the
+/// power button before it sends Ctrl-Alt-Del as well. The guest answers
+/// within milliseconds when it answers at all; the rest is slack for a
+/// loaded host.
+const SHUTDOWN_ACK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Options of `strato vm`.
 #[derive(clap::Args)]
@@ -734,11 +739,23 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
                     .controller()?
                     .send_ctrl_alt_del()
                     .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                "SendPowerButton" => crate::lock(inst)
+                    .controller()?
+                    .press_power_button()
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                "Shutdown" => {
+                    // Not under the instance lock: this waits up to
+                    // SHUTDOWN_ACK for the guest to take the button.
+                    let ctl = crate::lock(inst).controller()?.clone();
+                    ctl.request_shutdown(SHUTDOWN_ACK)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                }
                 "FlushMetrics" => {}
                 other => {
                     return Err(ApiError::bad_request(format!(
-                    "unknown action_type {other:?} (InstanceStart, SendCtrlAltDel, FlushMetrics)"
-                )))
+                        "unknown action_type {other:?} (InstanceStart, SendCtrlAltDel, \
+                         SendPowerButton, Shutdown, FlushMetrics)"
+                    )))
                 }
             }
             ok

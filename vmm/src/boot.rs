@@ -247,6 +247,7 @@ pub fn load(
     initrd: Option<&Path>,
     cmdline: &str,
     vcpus: u32,
+    virtio: &[arch::VirtioMmio],
 ) -> Result<KernelEntry, BootError> {
     let regions: Vec<_> = mem_regions(mem);
     let low_ram_end = arch::low_ram_end(&regions);
@@ -273,7 +274,10 @@ pub fn load(
     };
 
     arch::write_boot_tables(mem)?;
+    // Both: the MP table for kernels without ACPI (and `acpi=off`), ACPI
+    // for kernels that read nothing else.
     arch::setup_mptable(mem, vcpus)?;
+    let rsdp = arch::setup_acpi(mem, vcpus, virtio)?;
     let memory_map = arch::memory_map(&regions);
     let info = BootInfo {
         memory_map: &memory_map,
@@ -283,6 +287,7 @@ pub fn load(
             .unwrap_or(1),
         initrd,
         setup_header: k.header,
+        rsdp: Some(rsdp),
     };
     let boot_info = match k.mode {
         EntryMode::Pvh => {

@@ -1,11 +1,12 @@
 //! Puts virtio devices on the MMIO bus: a 4 KiB window and an IRQ each,
 //! ioeventfds for queue notifications, irqfds for interrupts, an entry on
-//! the kernel command line, and a place on the event loop.
+//! the kernel command line and in the ACPI DSDT, and a place on the event
+//! loop.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use arch::layout::{MMIO_DEVICES_END, MMIO_DEVICES_START};
+use arch::layout::{MMIO_DEVICES_END, MMIO_DEVICES_START, VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX};
 use devices::virtio::mmio::{MMIO_WINDOW, NOTIFY_OFFSET};
 use devices::virtio::{DeviceSignals, MmioTransport, VirtioDevice};
 use devices::Bus;
@@ -15,12 +16,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
-
-/// First IRQ for virtio devices (0-4 are the timer, keyboard, cascade and
-/// COM ports).
-const IRQ_BASE: u32 = 5;
-/// Last IOAPIC pin.
-const IRQ_MAX: u32 = 23;
 
 /// An event-loop subscriber, shared with its transport.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -44,6 +39,8 @@ pub struct DeviceManager<'a> {
     next_irq: u32,
     /// `virtio_mmio.device=` entries for the kernel command line.
     pub cmdline: String,
+    /// The same devices for the ACPI DSDT.
+    pub virtio: Vec<arch::VirtioMmio>,
     /// Subscribers for the event loop.
     pub subscribers: Vec<Subscriber>,
 }
@@ -55,8 +52,9 @@ impl<'a> DeviceManager<'a> {
             vm_fd,
             mem,
             next_base: MMIO_DEVICES_START,
-            next_irq: IRQ_BASE,
+            next_irq: VIRTIO_IRQ_BASE,
             cmdline: String::new(),
+            virtio: Vec::new(),
             subscribers: Vec::new(),
         }
     }
@@ -64,7 +62,7 @@ impl<'a> DeviceManager<'a> {
     /// Reserves a window and an IRQ for a device with `queues` queues and
     /// registers its ioeventfds and irqfd.
     pub fn slot(&mut self, queues: usize) -> Result<Slot> {
-        if self.next_irq > IRQ_MAX || self.next_base + MMIO_WINDOW > MMIO_DEVICES_END {
+        if self.next_irq > VIRTIO_IRQ_MAX || self.next_base + MMIO_WINDOW > MMIO_DEVICES_END {
             return Err(Error::Device(
                 "out of IRQs or MMIO space for virtio devices".into(),
             ));
@@ -103,6 +101,16 @@ impl<'a> DeviceManager<'a> {
         bus.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW)
             .map_err(|e| Error::Device(e.to_string()))?;
         self.subscribers.push(device);
+        // Both ways of finding the device: the command line for kernels
+        // without ACPI (or booted with `acpi=off`), the DSDT for kernels
+        // that do not read the command line's devices (Debian's stock
+        // kernels). A kernel that reads both registers the device once:
+        // the second registration's resource claim fails.
+        self.virtio.push(arch::VirtioMmio {
+            base: slot.base,
+            len: MMIO_WINDOW,
+            irq: slot.irq,
+        });
         self.cmdline.push_str(&format!(
             " virtio_mmio.device={}K@{:#x}:{}",
             MMIO_WINDOW / 1024,

@@ -87,6 +87,9 @@ pub enum BootError {
     /// Writing the MP table failed.
     #[error(transparent)]
     MpTable(#[from] arch::mptable::Error),
+    /// Building or writing the ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] arch::acpi::Error),
 }
 
 /// Everything that can stop a VM from being created or started.

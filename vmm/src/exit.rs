@@ -163,7 +163,20 @@ impl ExitState {
     }
 }
 
-/// The i8042 reset line: records a guest reset.
+/// The ACPI sleep control register's S5: records a guest power-off.
+pub struct PowerOffTrigger(pub std::sync::Arc<ExitState>);
+
+impl vm_superio::Trigger for PowerOffTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.request(ExitReason::PowerOff);
+        Ok(())
+    }
+}
+
+/// The i8042 reset line (and the ACPI reset register): records a guest
+/// reset.
 pub struct ResetTrigger(pub std::sync::Arc<ExitState>);
 
 impl vm_superio::Trigger for ResetTrigger {

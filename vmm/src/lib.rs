@@ -24,4 +24,4 @@ pub use devices::fd_path;
 pub use devices::virtio::net::Tap;
 pub use error::{Error, Result};
 pub use exit::ExitReason;
-pub use vm::{ControlError, Vm, VmController};
+pub use vm::{ControlError, ShutdownSignal, Vm, VmController};

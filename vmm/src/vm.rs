@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arch::layout::{BOOT_TIMER_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MAX_VCPUS};
+use arch::layout::{
+    ACPI_PM_LEN, ACPI_PM_PORT, BOOT_TIMER_ADDR, GED_IRQ, GED_LEN, GED_PORT, KVM_IDENTITY_MAP_ADDR,
+    KVM_TSS_ADDR, MAX_VCPUS,
+};
 use devices::legacy::{
-    BootTimer, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT,
-    KBD_IRQ,
+    AcpiPm, BootTimer, Ged, GedEvent, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042,
+    I8042_LEN, I8042_PORT, KBD_IRQ,
 };
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
@@ -30,7 +33,7 @@ use crate::config::{
 use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
-use crate::exit::{ExitReason, ExitState, ResetTrigger};
+use crate::exit::{ExitReason, ExitState, PowerOffTrigger, ResetTrigger};
 use crate::pit::Pit;
 use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vcpu::{kick, Vcpu, VcpuControl};
@@ -46,12 +49,28 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Keyboard = I8042<ResetTrigger, EventFdTrigger>;
+type EventDevice = Ged<EventFdTrigger>;
+
+/// How often `request_shutdown` looks whether the guest took the power
+/// button event.
+const ACK_POLL: Duration = Duration::from_millis(5);
+
+/// What `VmController::request_shutdown` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownSignal {
+    /// The guest's ACPI took the power button event.
+    PowerButton,
+    /// The guest did not take the power button event in time, so it got
+    /// Ctrl-Alt-Del (kernels without ACPI, or `acpi=off`).
+    CtrlAltDel,
+}
 
 /// What the VM's threads and its controllers share.
 struct Shared {
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Arc<Mutex<Keyboard>>,
+    ged: Arc<Mutex<EventDevice>>,
     vcpus: Mutex<Vec<JoinHandle<()>>>,
     boot_time_us: Arc<AtomicU64>,
     started: Instant,
@@ -76,6 +95,9 @@ pub enum ControlError {
     /// The guest does not read its keyboard.
     #[error("cannot send Ctrl-Alt-Del: {0}")]
     Keyboard(String),
+    /// The power button's interrupt could not be raised.
+    #[error("cannot press the power button: {0}")]
+    PowerButton(String),
 }
 
 impl VmController {
@@ -126,6 +148,42 @@ impl VmController {
         devices::bus::lock(&self.shared.i8042)
             .trigger_ctrl_alt_del()
             .map_err(ControlError::Keyboard)
+    }
+
+    /// Presses the ACPI power button: a guest with ACPI and something
+    /// that acts on the button (systemd-logind, acpid) shuts down and
+    /// powers off; the VM then ends with [`ExitReason::PowerOff`].
+    pub fn press_power_button(&self) -> std::result::Result<(), ControlError> {
+        if self.shared.exit.stopping() {
+            return Err(ControlError::NotRunning);
+        }
+        devices::bus::lock(&self.shared.ged)
+            .notify(GedEvent::PowerButton)
+            .map_err(|e| ControlError::PowerButton(e.to_string()))
+    }
+
+    /// Asks the guest to shut down the way it understands: the power
+    /// button, and Ctrl-Alt-Del as well if the guest's ACPI has not taken
+    /// the button's event within `ack` (a kernel without ACPI, `acpi=off`,
+    /// or a guest too busy to answer). Returns which it came to.
+    pub fn request_shutdown(
+        &self,
+        ack: Duration,
+    ) -> std::result::Result<ShutdownSignal, ControlError> {
+        let before = devices::bus::lock(&self.shared.ged).taken();
+        self.press_power_button()?;
+        let deadline = Instant::now() + ack;
+        while Instant::now() < deadline && !self.shared.exit.stopping() {
+            if devices::bus::lock(&self.shared.ged).taken() > before {
+                return Ok(ShutdownSignal::PowerButton);
+            }
+            std::thread::sleep(ACK_POLL);
+        }
+        if self.shared.exit.stopping() {
+            return Ok(ShutdownSignal::PowerButton);
+        }
+        self.send_ctrl_alt_del()?;
+        Ok(ShutdownSignal::CtrlAltDel)
     }
 
     /// Time from VM creation to the guest's boot-timer write, if it wrote.
@@ -243,6 +301,7 @@ impl Vm {
                 exit: built.exit,
                 control: built.control,
                 i8042: built.i8042,
+                ged: built.ged,
                 vcpus: Mutex::new(threads),
                 boot_time_us: built.boot_time_us,
                 started,
@@ -312,6 +371,18 @@ impl Vm {
         )));
         pio.insert(i8042.clone(), I8042_PORT, I8042_LEN)
             .map_err(|e| Error::Device(e.to_string()))?;
+        // ACPI: the FADT's sleep and reset registers, and the GED that
+        // carries the power button.
+        let acpi_pm = AcpiPm::new(PowerOffTrigger(exit.clone()), ResetTrigger(exit.clone()));
+        pio.insert(Arc::new(Mutex::new(acpi_pm)), ACPI_PM_PORT, ACPI_PM_LEN)
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let ged_irq = new_eventfd()?;
+        vm_fd
+            .register_irqfd(&ged_irq, GED_IRQ)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let ged = Arc::new(Mutex::new(Ged::new(EventFdTrigger::new(ged_irq))));
+        pio.insert(ged.clone(), GED_PORT, GED_LEN)
+            .map_err(|e| Error::Device(e.to_string()))?;
         let mut mmio = Bus::new();
         mmio.insert(
             Arc::new(Mutex::new(BootTimer::new(started, boot_time_us.clone()))),
@@ -346,6 +417,7 @@ impl Vm {
             dm.add(&mut mmio, slot, console)?;
         }
         let cmdline = format!("{}{}", config.cmdline, dm.cmdline);
+        let virtio = std::mem::take(&mut dm.virtio);
         let mut subscribers = std::mem::take(&mut dm.subscribers);
         if let Some(fd) = serial_input {
             subscribers.push(Arc::new(Mutex::new(SerialInput::new(
@@ -362,6 +434,7 @@ impl Vm {
             config.initrd.as_deref(),
             &cmdline,
             config.vcpus,
+            &virtio,
         )?;
 
         // vCPUs: all created and configured before any runs.
@@ -397,6 +470,7 @@ impl Vm {
             exit,
             control,
             i8042,
+            ged,
             boot_time_us,
             vcpus,
             subscribers,
@@ -513,6 +587,7 @@ struct Built {
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Arc<Mutex<Keyboard>>,
+    ged: Arc<Mutex<EventDevice>>,
     boot_time_us: Arc<AtomicU64>,
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Subscriber>,

@@ -43,8 +43,8 @@ pub struct ServeArgs {
     /// Group (numeric id) allowed on the API socket (mode 0660).
     #[arg(long, value_name = "GID")]
     api_sock_group: Option<u32>,
-    /// How long a stop waits for the guest to shut down after
-    /// Ctrl-Alt-Del before the VMM process is killed.
+    /// How long a stop waits for the guest to shut down after the power
+    /// button (or Ctrl-Alt-Del) before the VMM process is killed.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     stop_timeout_ms: u64,
     /// A directory (or file) whose files guests may use as kernel, initrd
@@ -237,7 +237,7 @@ fn outcome(
         ),
         (Some(Intent::StopKilled(ms)), None) => (
             State::Stopped,
-            format!("no shutdown within {ms} ms of Ctrl-Alt-Del; killed"),
+            format!("no shutdown within {ms} ms of the shutdown request; killed"),
             code.or(Some(128 + libc::SIGKILL)),
         ),
         (Some(Intent::Stop), None) => (
@@ -848,7 +848,8 @@ impl Daemon {
         )
     }
 
-    /// Stops (Ctrl-Alt-Del, then SIGKILL after `timeout_ms`) or kills a
+    /// Stops (the power button, or Ctrl-Alt-Del for a guest without
+    /// ACPI, then SIGKILL after `timeout_ms`) or kills a
     /// live instance and waits for its process to be gone.
     fn stop(&self, inst: &Instance, timeout_ms: u64, kill: bool) -> Result<(), ApiError> {
         let (proc, paused) = {
@@ -872,7 +873,8 @@ impl Daemon {
                 let _ =
                     process::call_vmm(&sock, "PATCH", "/vm", Some(&json!({"state": "Resumed"})), t);
             }
-            let body = json!({"action_type": "SendCtrlAltDel"});
+            // The power button, or Ctrl-Alt-Del for a guest without ACPI.
+            let body = json!({"action_type": "Shutdown"});
             let sent = matches!(
                 process::call_vmm(&sock, "PUT", "/actions", Some(&body), t),
                 Ok(r) if r.status == 204

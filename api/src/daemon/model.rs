@@ -180,7 +180,7 @@ impl State {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Intent {
-    /// A stop (Ctrl-Alt-Del) was sent.
+    /// A stop (power button or Ctrl-Alt-Del) was sent.
     Stop,
     /// The stop timed out after this many ms and the process was killed.
     StopKilled(u64),

@@ -40,6 +40,9 @@ pub struct BootInfo<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The bzImage setup header, when booting a bzImage.
     pub setup_header: Option<setup_header>,
+    /// Address of the ACPI RSDP, if the guest has ACPI tables. Linux
+    /// also finds it by scanning 0xe0000-0xfffff; saying it is cheaper.
+    pub rsdp: Option<u64>,
 }
 
 /// Writes the Linux zero page at [`ZERO_PAGE_START`].
@@ -57,6 +60,7 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Err
         params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.acpi_rsdp_addr = info.rsdp.unwrap_or(0);
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = info.cmdline_size as u32;
     if let Some((addr, size)) = info.initrd {
@@ -91,6 +95,7 @@ pub fn write_pvh_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Erro
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: info.memory_map.len() as u32,
+        rsdp_paddr: info.rsdp.unwrap_or(0),
         ..Default::default()
     };
     let memmap: Vec<hvm_memmap_table_entry> = info
@@ -141,9 +146,11 @@ mod tests {
             cmdline_size: 12,
             initrd: Some((0x1f0_0000, 0x1000)),
             setup_header: None,
+            rsdp: Some(0xe_0000),
         };
         write_zero_page(&m, &info).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!({ p.hdr.ramdisk_image }, 0x1f0_0000);
@@ -160,9 +167,11 @@ mod tests {
             cmdline_size: 1,
             initrd: Some((0x1f0_0000, 0x1000)),
             setup_header: None,
+            rsdp: Some(0xe_0000),
         };
         write_pvh_info(&m, &info).unwrap();
         let s: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(s.rsdp_paddr, 0xe_0000);
         assert_eq!(s.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(s.memmap_entries as usize, map.len());
         assert_eq!(s.nr_modules, 1);

@@ -9,6 +9,7 @@
 //! 0x0000_9000  identity page tables (PML4, PDPT, PD)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table (reserved in the e820 map up to 1 MiB)
+//! 0x000e_0000  ACPI: RSDP, then DSDT, FADT, MADT, XSDT (up to 1 MiB)
 //! 0x0010_0000  kernel, then initrd at the top of low RAM
 //! 0xc000_0000  32-bit MMIO gap (devices, IOAPIC, LAPIC) up to 4 GiB
 //! 0x1_0000_0000 RAM above the gap for guests larger than 3 GiB
@@ -42,6 +43,9 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// End of conventional RAM below 1 MiB; the MP table starts here, where Linux
 /// looks for it ("last KiB of base memory").
 pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI RSDP, where Linux's scan of 0xe0000-0xfffff finds it; the other
+/// tables follow it, below [`HIMEM_START`].
+pub const RSDP_ADDR: u64 = 0xe_0000;
 /// Kernel load address / start of high memory.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.
@@ -64,5 +68,21 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfeffc000;
 pub const KVM_TSS_ADDR: u64 = 0xfeffd000;
 /// Number of IOAPIC pins of KVM's in-kernel IOAPIC.
 pub const IOAPIC_PINS: u8 = 24;
+/// First of the ACPI power-management ports: sleep control (+0), sleep
+/// status (+1) and reset (+2) registers of the hardware-reduced FADT.
+pub const ACPI_PM_PORT: u64 = 0x600;
+/// Number of ACPI power-management ports.
+pub const ACPI_PM_LEN: u64 = 3;
+/// The Generic Event Device's event register (one byte, read to clear).
+pub const GED_PORT: u64 = 0x604;
+/// Length of the GED register window.
+pub const GED_LEN: u64 = 1;
+/// The GED's interrupt: the last IOAPIC pin, kept out of the virtio range.
+pub const GED_IRQ: u32 = 23;
+/// First IOAPIC pin for virtio devices (0-4 are the timer, keyboard,
+/// cascade and COM ports).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// Last IOAPIC pin for virtio devices.
+pub const VIRTIO_IRQ_MAX: u32 = GED_IRQ - 1;
 /// Highest vCPU count the MP table (8-bit xAPIC ids, 0xff broadcast) describes.
 pub const MAX_VCPUS: u32 = 254;

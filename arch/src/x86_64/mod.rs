@@ -1,5 +1,6 @@
 //! x86_64 guest platform.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod lapic;
@@ -14,6 +15,7 @@ pub const ELF_MACHINE: u16 = 62;
 /// The platform's name in messages.
 pub const ARCH_NAME: &str = "x86_64";
 
+pub use acpi::{setup_acpi, VirtioMmio};
 pub use boot::{write_pvh_info, write_zero_page, BootInfo};
 pub use cpuid::setup_cpuid;
 pub use lapic::setup_lint;

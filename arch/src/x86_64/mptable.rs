@@ -48,7 +48,7 @@ pub fn build(base: u64, vcpus: u32) -> Result<Vec<u8>, Error> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(Error::TooManyCpus(vcpus));
     }
-    let ioapic_id = vcpus as u8 + 1;
+    let ioapic_id = super::acpi::ioapic_id(vcpus);
     let table_addr = base + FLOATING_POINTER_LEN as u64;
 
     let mut entries: Vec<u8> = Vec::new();

@@ -210,23 +210,7 @@ impl<R: Trigger + Send, I: Trigger + Send> BusDevice for I8042<R, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Clone, Default)]
-    struct Count(Arc<AtomicU32>);
-    impl Trigger for Count {
-        type E = ();
-        fn trigger(&self) -> Result<(), ()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-    impl Count {
-        fn get(&self) -> u32 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
+    use crate::legacy::test_util::Count;
 
     fn dev() -> (I8042<Count, Count>, Count, Count) {
         let (r, i) = (Count::default(), Count::default());

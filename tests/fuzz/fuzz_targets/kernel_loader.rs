@@ -43,5 +43,6 @@ fuzz_target!(|data: &[u8]| {
         Some(&initrd),
         "console=ttyS0 reboot=k panic=1",
         2,
+        &[],
     );
 });
