@@ -488,6 +488,36 @@ fn busy(mut stream: UnixStream, max: usize) {
 /// out or asks to close. [`Server::serve`] runs it on a thread per
 /// connection; tests and the fuzz targets call it on one end of a socket
 /// pair.
+/// Requests of this process between their handler's start and the end of
+/// writing their response (see [`wait_for_responses`]).
+static RESPONDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one request as being answered while it lives.
+struct Responding;
+
+impl Responding {
+    fn start() -> Self {
+        RESPONDING.fetch_add(1, Ordering::SeqCst);
+        Responding
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        RESPONDING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until no request is being answered, at most `limit`: a process
+/// about to exit lets the request that ended it (a power button the guest
+/// answered at once) get its response out first.
+pub fn wait_for_responses(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while RESPONDING.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 pub fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
     let peer = Peer::of(&stream)
         .map_err(|e| log::warn!("cannot read the credentials of an API client: {e}"))
@@ -509,9 +539,12 @@ pub fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response
             }
         };
         req.peer = peer.clone();
+        let responding = Responding::start();
         let resp = handler(&req);
         let bytes = resp.encode(req.method != Method::Head, keep_alive);
-        if let Err(e) = write_by(&mut stream, &bytes, Instant::now() + WRITE_TIMEOUT) {
+        let written = write_by(&mut stream, &bytes, Instant::now() + WRITE_TIMEOUT);
+        drop(responding);
+        if let Err(e) = written {
             log::debug!("API client went away: {e}");
             return;
         }

@@ -26,6 +26,8 @@ use crate::http::{self, ApiError, Method, Reply, Request};
 /// daemon, an SDK); the bound keeps the memory that stalled clients can
 /// pin (about 90 KiB each) well inside the per-instance budget.
 const API_CONNECTIONS: usize = 16;
+/// How long an ending `strato vm` waits for responses still being written.
+const RESPONSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long the `Shutdown` action waits for the guest's ACPI to take the
 /// power button before it sends Ctrl-Alt-Del as well. The guest answers
 /// within milliseconds when it answers at all; the rest is slack for a
@@ -583,6 +585,9 @@ fn finish(
     }
     if let Some(sock) = api_sock {
         let _ = std::fs::remove_file(sock);
+        // The request that ended the VM (a power button, Ctrl-Alt-Del)
+        // still gets its answer; a stalled client does not hold the exit.
+        http::wait_for_responses(RESPONSE_DRAIN);
     }
     if status != 0 {
         eprintln!("strato: {reason_text}");
