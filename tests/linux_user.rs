@@ -31,6 +31,9 @@ struct Setup {
     cmdline: String,
     devices: Vec<String>,
     initrd: bool,
+    /// Image keys of the kernel and initramfs (`resources/build.sh`).
+    kernel: &'static str,
+    initramfs: &'static str,
 }
 
 impl Setup {
@@ -45,7 +48,18 @@ impl Setup {
             cmdline: BASE_CMDLINE.to_string(),
             devices: Vec::new(),
             initrd: true,
+            kernel: "VMLINUX",
+            initramfs: "INITRAMFS",
         }
+    }
+
+    /// Boots Debian's stock cloud kernel with the project's init and the
+    /// kernel's own virtio modules instead: a kernel that finds CPUs and
+    /// devices only through ACPI.
+    fn stock_kernel(mut self) -> Setup {
+        self.kernel = "CLOUD_KERNEL";
+        self.initramfs = "CLOUD_INITRAMFS";
+        self
     }
 
     /// Boots from a copy of the ext4 root image as vda instead (call first,
@@ -103,7 +117,7 @@ impl Setup {
             [
                 "run",
                 "--kernel",
-                &linux_image("VMLINUX"),
+                &linux_image(self.kernel),
                 "--vcpus",
                 &self.vcpus.to_string(),
                 "--memory",
@@ -112,7 +126,7 @@ impl Setup {
             .map(String::from),
         );
         if self.initrd {
-            args.extend(["--initrd".to_string(), linux_image("INITRAMFS")]);
+            args.extend(["--initrd".to_string(), linux_image(self.initramfs)]);
         }
         args.extend(self.devices.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -392,6 +406,110 @@ fn four_drives_and_two_nics_from_user_space() {
         assert!(out.contains("3 packets received"), "{eth}: {out}");
     }
     leave(sh, "reboot");
+}
+
+/// Checks, in a booted shell, what ACPI should have given the guest:
+/// `vcpus` CPUs online, the drives `disk0..` with their contents, a ping
+/// through eth0 to the tap, and every virtio device enumerated once.
+fn check_platform(sh: &mut Shell, vcpus: u32, datas: &[Vec<u8>]) {
+    assert_eq!(sh.ok("nproc", STEP), vcpus.to_string());
+    assert_eq!(
+        sh.ok("cat /sys/devices/system/cpu/online", STEP),
+        format!("0-{}", vcpus - 1)
+    );
+    for (i, d) in datas.iter().enumerate() {
+        let dev = format!("vd{}", (b'a' + i as u8) as char);
+        assert_eq!(
+            sh.ok(&format!("cat /sys/block/{dev}/serial"), STEP),
+            format!("disk{i}")
+        );
+        let sum = sh.ok(&format!("md5sum < /dev/{dev}"), STEP);
+        assert_eq!(sum.split_whitespace().next(), Some(md5_hex(d).as_str()));
+    }
+    // One virtio device per drive and NIC, bound to its driver once.
+    assert_eq!(
+        sh.ok("ls /sys/bus/virtio/devices | wc -l", STEP),
+        (datas.len() + 1).to_string()
+    );
+    sh.ok(
+        "ip addr add 172.31.1.2/24 dev eth0 && ip link set eth0 up",
+        STEP,
+    );
+    let out = sh.ok("ping -c 3 -W 10 172.31.1.1", STEP);
+    assert!(out.contains("3 packets received"), "{out}");
+}
+
+/// A platform with two drives and a NIC on tap0 (172.31.1.1 on the host).
+fn platform(mut setup: Setup) -> (Setup, Vec<Vec<u8>>) {
+    let datas: Vec<Vec<u8>> = (0..2).map(|i| random_bytes(64 << 10, 200 + i)).collect();
+    for (i, d) in datas.iter().enumerate() {
+        setup.drive(&format!("disk{i}"), d, false);
+    }
+    let ns = setup.nics(&["tap0"]);
+    ns.exec(&["ip", "addr", "add", "172.31.1.1/24", "dev", "tap0"]);
+    (setup, datas)
+}
+
+/// Debian's stock cloud kernel (no MP-table parser, virtio-mmio only
+/// through ACPI) finds every vCPU, both drives and the NIC through the
+/// ACPI tables, and does not wait for a CMOS RTC the FADT says is absent.
+#[test]
+#[ignore = hardware_kvm!()]
+fn stock_cloud_kernel_finds_every_vcpu_drive_and_nic_through_acpi() {
+    let mut setup = Setup::new("linux-stock-acpi").stock_kernel();
+    setup.vcpus = 4;
+    let (setup, datas) = platform(setup);
+    let mut sh = setup.shell(None, &[]);
+    assert!(sh.ok("uname -r", STEP).ends_with("-cloud-amd64"));
+    check_platform(&mut sh, 4, &datas);
+    // Found as ACPI devices: two drives and a NIC, COM1, the i8042, the
+    // power button and the GED.
+    assert_eq!(
+        sh.ok("ls /sys/bus/acpi/devices | grep -c LNRO0005", STEP),
+        "3"
+    );
+    for hid in ["PNP0501", "PNP0303", "PNP0C0C", "ACPI0013"] {
+        assert_ne!(
+            sh.ok(&format!("ls /sys/bus/acpi/devices | grep -c {hid}"), STEP),
+            "0",
+            "{hid}"
+        );
+    }
+    let (rtc, _) = sh.run(
+        "dmesg | grep -i 'rtc_cmos\\|broken or not accessible'",
+        STEP,
+    );
+    assert_eq!(rtc, "", "the kernel looked for a CMOS RTC");
+    leave(sh, "reboot");
+}
+
+/// The project kernel reads ACPI too (and so enumerates each virtio
+/// device from the DSDT and again from the command line: once wins), and
+/// with `acpi=off` it falls back to the MP table and `virtio_mmio.device=`.
+#[test]
+#[ignore = hardware_kvm!()]
+fn project_kernel_finds_everything_with_acpi_and_with_acpi_off() {
+    for acpi_off in [false, true] {
+        let mut setup = Setup::new(if acpi_off {
+            "linux-acpi-off"
+        } else {
+            "linux-acpi-on"
+        });
+        setup.vcpus = 3;
+        if acpi_off {
+            setup.cmdline.push_str(" acpi=off");
+        }
+        let (setup, datas) = platform(setup);
+        let mut sh = setup.shell(None, &[]);
+        check_platform(&mut sh, 3, &datas);
+        // grep -c exits 1 when it counts 0: run, not ok.
+        let (acpi_devices, _) = sh.run(
+            "ls /sys/bus/acpi/devices 2>/dev/null | grep -c LNRO0005",
+            STEP,
+        );
+        assert_eq!(acpi_devices, if acpi_off { "0" } else { "3" });
+        leave(sh, "reboot");
+    }
 }
 
 /// Host end of the TCP test, on a thread in the VM's network namespace:

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use api::{kill, wait_for, Api, Json, Netns};
 use strato_tests::{guest, hardware_kvm, linux_image, require_hardware_kvm, strato_bin, Scratch};
 
-const LONG: Duration = Duration::from_secs(60);
+// Upper bounds, not expectations: a Linux boot in the emulated lane takes
+// tens of seconds and varies with the lane's load.
+const LONG: Duration = Duration::from_secs(180);
 
 /// A `strato vm` process, killed on drop.
 struct Vm {
@@ -303,9 +305,109 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
     api.check_schema(&dir.0);
 }
 
+/// Boots the `acpi` guest with `action` through the API and waits for
+/// `marker` on its console.
+fn start_acpi_guest(dir: &Path, action: &str, marker: &str) -> (Vm, Api) {
+    let vm = Vm::start(dir, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"action={action} timeout=600000"}}"#,
+            guest("acpi").display()
+        )),
+        204,
+    );
+    api.action("InstanceStart");
+    vm.wait_console(marker);
+    (vm, api)
+}
+
+/// SendPowerButton raises the GED's interrupt with the power-button bit
+/// in its event register; the guest reads it there and powers off through
+/// the FADT's sleep control register: "guest powered off", status 0.
+#[test]
+fn power_button_reaches_the_guest_and_it_powers_off() {
+    let dir = Scratch::new("vm-api-pwrb");
+    let (mut vm, api) = start_acpi_guest(&dir.0, "button", "acpi: waiting for the power button");
+    api.action("SendPowerButton");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        vm.console_text().contains("acpi: power button\n"),
+        "{}",
+        vm.console_text()
+    );
+    let rec = vm.exit_record();
+    assert_eq!(rec["reason"], "guest powered off");
+    assert_eq!(rec["success"].as_bool(), Some(true));
+    assert_eq!(rec["exit_status"].as_i64(), Some(0));
+}
+
+/// Shutdown on a guest whose ACPI never takes the power button (the kbd
+/// guest polls only its keyboard): after the acknowledgement wait the
+/// guest gets Ctrl-Alt-Del too, reads it, and the VM ends.
+#[test]
+fn shutdown_falls_back_to_ctrl_alt_del_without_acpi() {
+    let dir = Scratch::new("vm-api-shutdown");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"timeout=600000"}}"#,
+            guest("kbd").display()
+        )),
+        204,
+    );
+    api.action("InstanceStart");
+    vm.wait_console("kbd: ready");
+    api.action("Shutdown");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        vm.console_text()
+            .contains("kbd: 14 11 e0 71 e0 f0 71 f0 11 f0 14"),
+        "{}",
+        vm.console_text()
+    );
+    assert_eq!(vm.exit_record()["reason"], "guest reset");
+}
+
+/// Shutdown on a guest that takes the power button: no Ctrl-Alt-Del.
+#[test]
+fn shutdown_presses_the_power_button_for_an_acpi_guest() {
+    let dir = Scratch::new("vm-api-shutdown-acpi");
+    let (mut vm, api) = start_acpi_guest(&dir.0, "button", "acpi: waiting for the power button");
+    api.action("Shutdown");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(vm.exit_record()["reason"], "guest powered off");
+}
+
 /// Boots the project's Linux with its initramfs through the API: 2 vCPUs,
 /// 256 MiB, `cmdline`, and a NIC on tap0 when `nic`.
 fn boot_linux(api: &Api, cmdline: &str, nic: bool) {
+    boot_linux_image(api, ("VMLINUX", "INITRAMFS"), cmdline, nic)
+}
+
+/// [`boot_linux`] with the kernel and initramfs of `images` (image keys of
+/// `resources/build.sh`).
+fn boot_linux_image(api: &Api, images: (&str, &str), cmdline: &str, nic: bool) {
     api.expect(
         "PUT",
         "/machine-config",
@@ -314,8 +416,8 @@ fn boot_linux(api: &Api, cmdline: &str, nic: bool) {
     );
     let body = format!(
         r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 {cmdline}"}}"#,
-        linux_image("VMLINUX"),
-        linux_image("INITRAMFS")
+        linux_image(images.0),
+        linux_image(images.1)
     );
     api.expect("PUT", "/boot-source", Some(&body), 204);
     if nic {
@@ -348,6 +450,55 @@ fn ctrl_alt_del_makes_linux_init_reboot() {
     let console = vm.console_text();
     assert!(console.contains("STRATO_CTRLALTDEL"), "{console}");
     assert!(console.contains("reboot: Restarting system"), "{console}");
+    assert_eq!(vm.exit_record()["reason"], "guest reset");
+}
+
+/// The power button on a running Linux with ACPI: the GED's interrupt
+/// reaches the kernel's button driver, busybox acpid runs init's power
+/// action, and the kernel powers off through the FADT's sleep register:
+/// "guest powered off", status 0. The same for the daemon-style
+/// `Shutdown`, and for Debian's stock kernel.
+#[test]
+#[ignore = hardware_kvm!()]
+fn power_button_powers_linux_off() {
+    require_hardware_kvm();
+    for (images, action) in [
+        (("VMLINUX", "INITRAMFS"), "SendPowerButton"),
+        (("VMLINUX", "INITRAMFS"), "Shutdown"),
+        (("CLOUD_KERNEL", "CLOUD_INITRAMFS"), "Shutdown"),
+    ] {
+        let dir = Scratch::new("vm-api-linux-pwrb");
+        let mut vm = Vm::start(&dir.0, None, &[]);
+        let api = Api::new(&vm.sock, "vm");
+        boot_linux_image(&api, images, "strato_noreboot", false);
+        vm.wait_console("STRATO_INIT_DONE");
+        api.action(action);
+        let (code, err) = vm.wait_exit();
+        let console = vm.console_text();
+        assert_eq!(code, 0, "{images:?} {action}: {err}\n{console}");
+        assert!(console.contains("STRATO_POWER_BUTTON"), "{console}");
+        assert!(console.contains("reboot: Power down"), "{console}");
+        assert_eq!(vm.exit_record()["reason"], "guest powered off");
+    }
+}
+
+/// `Shutdown` on a Linux booted with `acpi=off`: nothing takes the power
+/// button, so Ctrl-Alt-Del follows and busybox init reboots.
+#[test]
+#[ignore = hardware_kvm!()]
+fn shutdown_of_linux_without_acpi_falls_back_to_ctrl_alt_del() {
+    require_hardware_kvm();
+    let dir = Scratch::new("vm-api-linux-noacpi");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    boot_linux(&api, "acpi=off strato_noreboot", false);
+    vm.wait_console("STRATO_INIT_DONE");
+    api.action("Shutdown");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    let console = vm.console_text();
+    assert!(console.contains("STRATO_CTRLALTDEL"), "{console}");
+    assert!(!console.contains("STRATO_POWER_BUTTON"), "{console}");
     assert_eq!(vm.exit_record()["reason"], "guest reset");
 }
 
