@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build strato's guest artifacts: a Linux kernel (vmlinux with a PVH entry
-# note, and bzImage), a busybox initramfs and an ext4 root image.
+# note, and bzImage), a busybox initramfs, an ext4 root image, and Debian's
+# cloud kernel with a busybox initramfs carrying its virtio modules.
 #
-#   resources/build.sh [kernel|initramfs|rootfs|all]     (default: all)
+#   resources/build.sh [kernel|initramfs|rootfs|cloud|all]     (default: all)
 #
 # Progress goes to stderr; stdout gets KEY=PATH lines (VMLINUX, BZIMAGE,
-# INITRAMFS, ROOTFS) for the selected targets. Results are cached under
+# INITRAMFS, ROOTFS, CLOUD_KERNEL, CLOUD_INITRAMFS) for the selected
+# targets. Results are cached under
 # ${STRATO_CACHE:-$HOME/.cache/strato}/<target>-<hash>/, where <hash> is a
 # sha256 over every input of that target (see resources/README.md). A hit
 # prints the paths at once; a build fills a temporary directory that is
@@ -23,6 +25,11 @@ LINUX_PKG=linux-source-6.1
 LINUX_TARBALL=/usr/src/linux-source-6.1.tar.xz
 BUSYBOX_PKG=busybox-static
 BUSYBOX_BIN=/bin/busybox
+# Debian's kernel for cloud VMs (a meta package; the kernel is the
+# versioned linux-image-<abi>-cloud-amd64 it depends on) and the modules
+# its initramfs carries, with their dependencies, for the init to load.
+CLOUD_META_PKG=linux-image-cloud-amd64
+CLOUD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_console button evdev ext4)
 ROOTFS_SIZE_MIB=64
 # Fixed values keep the outputs reproducible.
 ROOTFS_UUID=5f2a7c1e-0b6d-4c3e-9a57-57a7a0000001
@@ -278,13 +285,124 @@ build_rootfs() {
     echo "== done" >>"$logf"
 }
 
+# ------------------------------------------------------------ cloud kernel
+
+CLOUD_PKGS=("$BUSYBOX_PKG" cpio kmod xz-utils)
+
+# cloud_resolve: sets CLOUD_PKG (the versioned kernel package the meta
+# package depends on), CLOUD_VER and CLOUD_SHA (the .deb's sha256 as the
+# archive's signed index gives it), from the local apt lists; updates them
+# once if they do not know the package. apt-cache takes about a second, so
+# the answer is memoized by the lists' modification time.
+cloud_resolve() {
+    local try memo="$CACHE/.cloud-resolve-memo" stamp line info
+    stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
+    if [ -f "$memo" ]; then
+        line="$(grep -F -- "$CLOUD_META_PKG $stamp " "$memo" 2>/dev/null | tail -n1 || true)"
+        if [ -n "$line" ]; then
+            read -r _ _ CLOUD_PKG CLOUD_VER CLOUD_SHA <<<"$line"
+            return 0
+        fi
+    fi
+    for try in 1 2; do
+        CLOUD_PKG="$(apt-cache depends "$CLOUD_META_PKG" 2>/dev/null |
+            sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1)"
+        if [ -n "$CLOUD_PKG" ]; then
+            info="$(apt-cache show --no-all-versions "$CLOUD_PKG" 2>/dev/null || true)"
+            CLOUD_VER="$(sed -n 's/^Version: //p' <<<"$info" | head -n1)"
+            CLOUD_SHA="$(sed -n 's/^SHA256: //p' <<<"$info" | head -n1)"
+            if [ -n "$CLOUD_VER" ] && [ -n "$CLOUD_SHA" ]; then
+                stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
+                echo "$CLOUD_META_PKG $stamp $CLOUD_PKG $CLOUD_VER $CLOUD_SHA" >>"$memo"
+                return 0
+            fi
+        fi
+        [ "$try" -eq 1 ] && [ "$APT_UPDATED" -eq 0 ] || break
+        log "apt lists do not know $CLOUD_META_PKG; apt-get update"
+        local sudo=()
+        [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq >&2
+        APT_UPDATED=1
+    done
+    die "cannot resolve $CLOUD_META_PKG to a kernel package with apt-cache"
+}
+
+cloud_hash() {
+    { echo "strato-cloud-v1"
+      echo "kernel: $CLOUD_PKG $CLOUD_VER $CLOUD_SHA"
+      echo "modules: ${CLOUD_MODULES[*]}"
+      echo "kmod: $(pkg_version kmod)"
+      userspace_inputs; } | sha
+}
+
+build_cloud() {
+    local out="$1" work="$2" logf="$3" pkg="$2/pkg" tree="$2/tree"
+    local deb kver m deps line rel f
+    mkdir -p "$work/deb" "$pkg"
+    echo "== apt-get download $CLOUD_PKG=$CLOUD_VER" >>"$logf"
+    (cd "$work/deb" && apt-get download "$CLOUD_PKG=$CLOUD_VER") >>"$logf" 2>&1
+    deb="$(echo "$work/deb"/*.deb)"
+    [ -f "$deb" ] || { echo "no .deb downloaded" >>"$logf"; return 1; }
+    if [ -n "$CLOUD_SHA" ] && [ "$(sha256sum "$deb" | cut -d' ' -f1)" != "$CLOUD_SHA" ]; then
+        echo "sha256 of $deb differs from the archive's $CLOUD_SHA" >>"$logf"; return 1
+    fi
+    echo "== dpkg-deb -x ${deb##*/}" >>"$logf"
+    dpkg-deb -x "$deb" "$pkg" >>"$logf" 2>&1
+    kver="$(ls "$pkg/lib/modules")"
+    [ -n "$kver" ] && [ "$(echo "$kver" | wc -l)" -eq 1 ] ||
+        { echo "expected one lib/modules/<release> in the package, got: $kver" >>"$logf"; return 1; }
+    [ -f "$pkg/boot/vmlinuz-$kver" ] || { echo "no boot/vmlinuz-$kver" >>"$logf"; return 1; }
+    echo "release: $kver" >>"$logf"
+    # The package ships no modules.dep (its postinst runs depmod).
+    depmod -b "$pkg" "$kver" >>"$logf" 2>&1
+
+    populate_tree "$tree" >>"$logf" 2>&1
+    local mdir="$tree/lib/modules/$kver"
+    mkdir -p "$mdir"
+    cp "$pkg/lib/modules/$kver/modules.builtin" \
+        "$pkg/lib/modules/$kver/modules.builtin.modinfo" "$mdir/"
+    echo "== modules" >>"$logf"
+    for m in "${CLOUD_MODULES[@]}"; do
+        # insmod lines in load order, or "builtin NAME" for built-in ones;
+        # -C /dev/null keeps the host's modprobe.d out.
+        deps="$(modprobe -C /dev/null -d "$pkg" -S "$kver" --show-depends "$m" 2>>"$logf")" ||
+            { echo "module $m: not in the package" >>"$logf"; return 1; }
+        while read -r line; do
+            echo "$m: $line" >>"$logf"
+            case "$line" in
+                "insmod "*) f="${line#insmod }"; f="${f%% *}" ;;
+                *) continue ;;
+            esac
+            rel="${f#"$pkg/lib/modules/$kver/"}"
+            mkdir -p "$mdir/$(dirname "$rel")"
+            case "$rel" in   # carried as plain .ko files
+                *.ko.xz) rel="${rel%.xz}"; [ -e "$mdir/$rel" ] || xz -dc "$f" >"$mdir/$rel" ;;
+                *.ko) [ -e "$mdir/$rel" ] || cp "$f" "$mdir/$rel" ;;
+                *) echo "unexpected module file $rel" >>"$logf"; return 1 ;;
+            esac
+            grep -qxF "$rel" "$mdir/modules.order" 2>/dev/null || echo "$rel" >>"$mdir/modules.order"
+        done <<<"$deps"
+        echo "$m" >>"$mdir/strato-modules"
+    done
+    # modules.dep and friends for busybox modprobe, over what is carried.
+    depmod -b "$tree" "$kver" >>"$logf" 2>&1
+    echo "$(find "$mdir" -name '*.ko' | wc -l) module files" >>"$logf"
+    find "$tree" -exec touch -h -d @0 {} +
+    (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio -o -H newc -R 0:0 --reproducible --quiet) >"$out/initramfs.cpio" 2>>"$logf"
+    cp "$pkg/boot/vmlinuz-$kver" "$out/vmlinuz"
+    cp "$pkg/boot/config-$kver" "$out/config"
+    echo "$kver" >"$out/release"
+    echo "== done" >>"$logf"
+}
+
 # ------------------------------------------------------------------- main
 
 target="${1:-all}"
 case "$target" in
-    kernel|initramfs|rootfs|all) ;;
-    -h|--help) sed -n '2,12p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown target '$target' (kernel|initramfs|rootfs|all)" ;;
+    kernel|initramfs|rootfs|cloud|all) ;;
+    -h|--help) sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown target '$target' (kernel|initramfs|rootfs|cloud|all)" ;;
 esac
 
 mkdir -p "$CACHE"
@@ -306,6 +424,12 @@ if [ "$target" = rootfs ] || [ "$target" = all ]; then
     ensure_pkgs "${USER_PKGS[@]}"
     with_entry rootfs "$(rootfs_hash)" build_rootfs "seconds"
     results+=("ROOTFS=$ENTRY/rootfs.ext4")
+fi
+if [ "$target" = cloud ] || [ "$target" = all ]; then
+    ensure_pkgs "${CLOUD_PKGS[@]}"
+    cloud_resolve
+    with_entry cloud "$(cloud_hash)" build_cloud "a 27 MB download and seconds"
+    results+=("CLOUD_KERNEL=$ENTRY/vmlinuz" "CLOUD_INITRAMFS=$ENTRY/initramfs.cpio")
 fi
 
 printf '%s\n' "${results[@]}"

@@ -303,7 +303,8 @@ pub fn boot_until_cmd(
 }
 
 /// Paths of the Linux guest images built (or found in the cache) by
-/// `resources/build.sh`: VMLINUX, BZIMAGE, INITRAMFS, ROOTFS.
+/// `resources/build.sh`: VMLINUX, BZIMAGE, INITRAMFS, ROOTFS, and Debian's
+/// cloud kernel CLOUD_KERNEL (a bzImage) with its CLOUD_INITRAMFS.
 pub fn linux_images() -> std::collections::HashMap<String, PathBuf> {
     static IMAGES: std::sync::OnceLock<std::collections::HashMap<String, PathBuf>> =
         std::sync::OnceLock::new();
@@ -341,7 +342,8 @@ pub fn linux_images() -> std::collections::HashMap<String, PathBuf> {
 }
 
 /// Path of one Linux guest image (`VMLINUX`, `BZIMAGE`, `INITRAMFS`,
-/// `ROOTFS`) as a string for command lines.
+/// `ROOTFS`, `CLOUD_KERNEL`, `CLOUD_INITRAMFS`) as a string for command
+/// lines.
 pub fn linux_image(key: &str) -> String {
     linux_images()
         .get(key)
