@@ -20,6 +20,11 @@ arrives on the serial console. VMMs alternate run by run. Figures:
   TCP tx / rx      MIB*1 MiB guest -> host and host -> guest over busybox nc
   RSS overhead     VMM resident memory beyond its guest-RAM mapping(s),
                    after the I/O (smaps)
+  stock kernel     VMM spawn to init's first line for Debian's stock cloud
+  start -> /init   kernel (finds CPUs and virtio devices only through
+                   ACPI) with the project's init in an initramfs carrying
+                   the kernel's virtio modules, a drive and the NIC; the
+                   run counts only if init saw both vCPUs and the drive
 
 The lane emulates its CPU (QEMU TCG), so absolute figures are far below a
 real host's: only the ratios between VMMs in one run mean anything.
@@ -56,6 +61,7 @@ def host_main(args):
     env = dict(line.split("=", 1) for line in images.splitlines() if "=" in line)
     argv = [sys.executable, str(Path(__file__).resolve()), "--inside",
             "--strato", str(strato), "--vmlinux", env["VMLINUX"], "--rootfs", env["ROOTFS"],
+            "--cloud-kernel", env["CLOUD_KERNEL"], "--cloud-initrd", env["CLOUD_INITRAMFS"],
             "--runs", str(args.runs), "--mib", str(args.mib), "--vmms", args.vmms,
             "--timeout", str(args.timeout)]
     if args.firecracker:
@@ -191,6 +197,37 @@ def one_run(vmm, args, scratch):
     }
 
 
+def stock_boot(vmm, args, scratch):
+    """Boots Debian's stock cloud kernel once; returns its figure."""
+    disk = Path(scratch) / "stock.img"
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    argv = vmm.argv(args.cloud_kernel, "console=ttyS0 reboot=k panic=1 quiet", scratch,
+                    drives=[(disk, False)], nic=(bench.NET_TAP, bench.GUEST_MAC),
+                    initrd=args.cloud_initrd, acpi=True)
+    t0 = time.perf_counter()
+    errlog = open(Path(scratch) / "vmm-stderr.log", "wb")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=errlog, cwd=scratch, start_new_session=True)
+    timer = threading.Timer(args.timeout, proc.kill)
+    timer.start()
+    out, first = bytearray(), None
+    try:
+        while data := os.read(proc.stdout.fileno(), 65536):
+            out += data
+            if first is None and b"STRATO_INIT_OK" in out:
+                first = time.perf_counter() - t0
+        proc.wait()
+    finally:
+        timer.cancel()
+        errlog.close()
+    text = out.decode(errors="replace")
+    if first is None or "STRATO_NPROC=2" not in text or " vda" not in text:
+        raise RuntimeError(f"{vmm.label} (stock kernel): status {proc.returncode}; "
+                           f"console ends:\n{text[-800:]}")
+    return {"stock kernel start -> /init (ms)": first * 1000}
+
+
 def inside_main(args):
     bench.VCPUS, bench.MEM_MIB = 2, 256
     vmms = []
@@ -211,7 +248,9 @@ def inside_main(args):
             for vmm in vmms:
                 with tempfile.TemporaryDirectory() as scratch:
                     try:
-                        results[vmm.key].append(one_run(vmm, args, scratch))
+                        figures = one_run(vmm, args, scratch)
+                        figures.update(stock_boot(vmm, args, scratch))
+                        results[vmm.key].append(figures)
                         log(f"run {i + 1}/{args.runs} {vmm.label}: ok")
                     except RuntimeError as e:
                         failures.append(str(e))
@@ -254,6 +293,8 @@ def main():
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--vmlinux", help=argparse.SUPPRESS)
     ap.add_argument("--rootfs", help=argparse.SUPPRESS)
+    ap.add_argument("--cloud-kernel", help=argparse.SUPPRESS)
+    ap.add_argument("--cloud-initrd", help=argparse.SUPPRESS)
     args = ap.parse_args()
     return inside_main(args) if args.inside else host_main(args)
 

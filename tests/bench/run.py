@@ -77,7 +77,10 @@ class Vmm:
     """How to boot a kernel with a command line under one VMM.
 
     `drives` is a list of (image path, read-only) in the order the guest
-    should see them (disk 0 first); `nic` is (tap name, MAC) or None.
+    should see them (disk 0 first); `nic` is (tap name, MAC) or None;
+    `initrd` a path or None; `acpi` whether the guest gets ACPI tables
+    (QEMU's microvm only, where it is a choice: strato and Firecracker
+    always give them).
     """
 
     # Exit statuses that count as a clean end of the guest.
@@ -86,7 +89,7 @@ class Vmm:
     def __init__(self, key, label, path):
         self.key, self.label, self.path = key, label, str(path)
 
-    def argv(self, kernel, cmdline, scratch, drives=(), nic=None):
+    def argv(self, kernel, cmdline, scratch, drives=(), nic=None, initrd=None, acpi=False):
         raise NotImplementedError
 
     def run(self, kernel, cmdline, expect, timeout, scratch, drives=(), nic=None):
@@ -102,9 +105,11 @@ class Strato(Vmm):
     # does the checkout's git revision describe it.
     built_here = False
 
-    def argv(self, kernel, cmdline, scratch, drives=(), nic=None):
+    def argv(self, kernel, cmdline, scratch, drives=(), nic=None, initrd=None, acpi=False):
         argv = [self.path, "run", "--kernel", str(kernel), "--cmdline", cmdline,
                 "--vcpus", str(VCPUS), "--memory", str(MEM_MIB), "--no-stdin"]
+        if initrd:
+            argv += ["--initrd", str(initrd)]
         for path, ro in drives:
             argv += ["--drive", f"path={path}" + (",readonly=on" if ro else "")]
         if nic:
@@ -133,8 +138,9 @@ QEMU_VIRTIO_MMIO = "".join(f" virtio_mmio.device=512@{0xfeb00000 + 0x200 * i:#x}
 
 
 class Qemu(Vmm):
-    def argv(self, kernel, cmdline, scratch, drives=(), nic=None):
-        argv = [self.path, "-M", "microvm,accel=kvm,acpi=off", "-cpu", "host,-arch-capabilities",
+    def argv(self, kernel, cmdline, scratch, drives=(), nic=None, initrd=None, acpi=False):
+        machine = "microvm,accel=kvm" + ("" if acpi else ",acpi=off")
+        argv = [self.path, "-M", machine, "-cpu", "host,-arch-capabilities",
                 "-m", str(MEM_MIB), "-smp", str(VCPUS), "-nodefaults", "-no-user-config",
                 "-nographic", "-serial", "stdio", "-no-reboot"]
         if drives or nic:
@@ -149,6 +155,8 @@ class Qemu(Vmm):
         if nic:
             argv += ["-netdev", f"tap,id=n0,ifname={nic[0]},script=no,downscript=no,vhost=off",
                      "-device", f"virtio-net-device,netdev=n0,mac={nic[1]}"]
+        if initrd:
+            argv += ["-initrd", str(initrd)]
         return argv + ["-kernel", str(kernel), "-append", cmdline]
 
     def version(self):
@@ -162,7 +170,7 @@ class Firecracker(Vmm):
     # has finished either way, so both count (and are reported).
     ok_status = (0, 1)
 
-    def argv(self, kernel, cmdline, scratch, drives=(), nic=None):
+    def argv(self, kernel, cmdline, scratch, drives=(), nic=None, initrd=None, acpi=False):
         cfg = {
             "boot-source": {"kernel_image_path": str(kernel), "boot_args": cmdline},
             # Writeback: FLUSH is offered and done with fsync, as in strato
@@ -173,6 +181,8 @@ class Firecracker(Vmm):
                        for i, (path, ro) in enumerate(drives)],
             "machine-config": {"vcpu_count": VCPUS, "mem_size_mib": MEM_MIB},
         }
+        if initrd:
+            cfg["boot-source"]["initrd_path"] = str(initrd)
         if nic:
             cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": nic[0],
                                           "guest_mac": nic[1]}]
