@@ -22,7 +22,11 @@ cargo there would be far too slow.
 
 The exit status is the command's; 124 if the lane hit --timeout (the lane
 VM is killed and the tail of its console printed); 125 if the lane itself
-could not run (a missing package is named in one line).
+could not run (a missing package is named in one line); 126 if the lane VM
+broke (its kernel reported a soft lockup or an RCU stall, or it died
+without the command's status). `test` runs each test binary in a lane VM
+of its own, runs a binary again (twice at most) whose lane VM broke, and
+exits 0 only if every binary passed.
 """
 
 import argparse
@@ -57,12 +61,13 @@ HOST_ONLY = {
 }
 LANE_FAILED = 125
 LANE_TIMEOUT = 124
-# The lane VM's own kernel reporting that its CPUs stopped making progress:
-# the emulator, not the test, has failed (see docs/testing.md).
-LANE_LOCKUP = 126
+# The lane VM itself broke: its kernel reported that its CPUs stopped
+# making progress, or it died (a panic) without the command's status. The
+# emulator, not the test, has failed (see docs/testing.md).
+LANE_BROKE = 126
 LOCKUP = re.compile(r"watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ detected stalls")
-# How often `test` runs a binary again whose lane VM locked up.
-LOCKUP_RETRIES = 2
+# How often `test` runs a binary again whose lane VM broke.
+LANE_RETRIES = 2
 
 INIT = r"""#!/bin/busybox sh
 # Lane init: load the modules, mount the host's root read-only over 9p with
@@ -217,8 +222,9 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
     """Runs argv in the lane; returns its exit status. Interactive: the
     lane's console is this terminal (QEMU makes it raw), so a person can
     type into the command; nothing is captured. If the lane's kernel
-    reports a soft lockup or an RCU stall, the lane VM is killed and
-    LANE_LOCKUP returned."""
+    reports a soft lockup or an RCU stall, the lane VM is killed; then, or
+    if the lane VM ends without the command's status, LANE_BROKE is
+    returned."""
     require()
     ver, vmlinuz = lane_kernel()
     cpio = initramfs(ver)
@@ -315,14 +321,14 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                 "\nlane: the lane VM's kernel reported a lockup; the VM was killed. "
                 "The last lines of its console:\n" + "".join(tail)
             )
-            return LANE_LOCKUP
+            return LANE_BROKE
         rc_file = outdir / "rc"
         if not rc_file.exists():
             sys.stdout.write(
                 f"\nlane: the lane VM ended (qemu status {proc.returncode}) without the "
                 "command's status; the last lines of its console:\n" + "".join(tail)
             )
-            return LANE_FAILED
+            return LANE_BROKE
         return int(rc_file.read_text().strip() or LANE_FAILED)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
@@ -373,8 +379,9 @@ def lane_test(args):
     # (timeouts, soft lockups) where a test alone runs steadily.
     env.setdefault("RUST_TEST_THREADS", "1")
     env.update(dict(kv.split("=", 1) for kv in args.env))
-    # A lane VM per binary: a lane VM that locks up (an emulator fault,
-    # docs/testing.md) costs that binary a rerun, not the whole suite.
+    # A lane VM per binary: a lane VM that locks up or dies (an emulator
+    # fault, docs/testing.md) costs that binary a rerun, not the whole
+    # suite. A test's own failure is never rerun.
     failed, retried, summary = [], [], []
     for t in tests:
         name = Path(t).name.rsplit("-", 1)[0]
@@ -382,13 +389,13 @@ def lane_test(args):
             print(f"\n== {name}: not run in the lane ({HOST_ONLY[name]})", flush=True)
             summary.append(f"{name}: not run in the lane")
             continue
-        for attempt in range(1 + LOCKUP_RETRIES):
+        for attempt in range(1 + LANE_RETRIES):
             print(f"\n== {name}" + (f" (again, attempt {attempt + 1})" if attempt else ""), flush=True)
             rc = run_in_lane(
                 [t, "--include-ignored", *args.filters], env, args.timeout, args.cpus,
                 args.memory, ROOT, tcg=args.tcg,
             )
-            if rc != LANE_LOCKUP:
+            if rc != LANE_BROKE:
                 break
             retried.append(name)
         if rc == 0:
@@ -398,7 +405,8 @@ def lane_test(args):
             summary.append(f"{name}: FAILED (status {rc})")
     print("\nlane summary:\n  " + "\n  ".join(summary), flush=True)
     if retried:
-        print(f"lane: lane VM lockups, binaries run again: {' '.join(retried)}", flush=True)
+        print(f"lane: the lane VM broke (lockup or crash) under: {' '.join(retried)}; "
+              "run again", flush=True)
     print(f"lane: {len(failed)} test binaries failed" + (f": {' '.join(failed)}" if failed else ""),
           flush=True)
     return 1 if failed else 0
