@@ -417,10 +417,12 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("run", "test"):
         s = sub.add_parser(name)
-        s.add_argument("--timeout", type=int, default=3600, help="seconds before the lane VM is killed")
+        s.add_argument("--timeout", type=int, default=3600,
+                       help="seconds before the lane VM is killed (for test: each binary's VM)")
         s.add_argument("--cpus", type=int, default=2)
         s.add_argument("--tcg", choices=("single", "multi"), default=os.environ.get("STRATO_LANE_TCG", "multi"),
-                       help="QEMU TCG threading: one host thread for all lane CPUs, or one each")
+                       help="QEMU TCG threading: one host thread for all lane CPUs, or one each "
+                            "(the default; docs/testing.md says why)")
         s.add_argument("--memory", type=int, default=6144, help="lane VM memory in MiB")
         s.add_argument("--env", action="append", default=[], metavar="K=V",
                        help="environment for the command (repeatable)")
