@@ -507,7 +507,7 @@ fn project_kernel_finds_everything_with_acpi_and_with_acpi_off() {
             "ls /sys/bus/acpi/devices 2>/dev/null | grep -c LNRO0005",
             STEP,
         );
-        assert_eq!(acpi_devices, if acpi_off { "0" } else { "3" });
+        assert_eq!(acpi_devices.trim(), if acpi_off { "0" } else { "3" });
         leave(sh, "reboot");
     }
 }

@@ -13,7 +13,10 @@
  *                       states it does not offer, wrong reset values, wide
  *                       writes, writes to the read-only GED register), prints
  *                       "acpi: survived nonsense", then powers off
- *   button              polls the GED event register (port ged=<hex>,
+ *   button              unmasks the GED's IOAPIC pin (gsi=<n>, default 23;
+ *                       as a GED driver does, and how the VMM tells that
+ *                       the guest listens; interrupts stay off here), then
+ *                       polls the GED event register (port ged=<hex>,
  *                       default 0x604) until the power-button bit comes or
  *                       timeout=<ms> passes: "acpi: power button" then
  *                       power-off, or "acpi: no power button"
@@ -36,6 +39,16 @@ static inline uint8_t inb(uint16_t port)
     uint8_t v;
     __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
     return v;
+}
+
+/* Routes IOAPIC pin `gsi` to vector 0x30 on APIC 0, edge, unmasked. */
+static void ioapic_unmask(uint32_t gsi)
+{
+    volatile uint32_t *ioapic = (volatile uint32_t *)0xfec00000;
+    ioapic[0] = 0x10 + 2 * gsi + 1;
+    ioapic[4] = 0;
+    ioapic[0] = 0x10 + 2 * gsi;
+    ioapic[4] = 0x30;
 }
 
 static uint32_t le32(const uint8_t *p)
@@ -133,6 +146,7 @@ void guest_main(void)
         outb(sleep, s5);
     } else if (arg_eq("action", "button")) {
         uint16_t ged = (uint16_t)arg_u64("ged", 0x604);
+        ioapic_unmask((uint32_t)arg_u64("gsi", 23));
         print("acpi: waiting for the power button\n");
         uint64_t dl = deadline_ms(arg_u64("timeout", 10000));
         bool pressed = false;

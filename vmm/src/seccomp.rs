@@ -397,7 +397,9 @@ fn rules(kind: ThreadKind) -> Rules {
             )
             .calls(&[libc::SYS_lseek])
             // The console log is opened when the VM starts.
-            .open_flags(&[LOG_FLAGS]),
+            .open_flags(&[LOG_FLAGS])
+            // A shutdown request reads the IOAPIC first.
+            .ioctls(arch::seccomp::API_IOCTLS),
         ThreadKind::Vmm => common()
             .calls(arch::seccomp::SYS_RENAME)
             .calls(arch::seccomp::SYS_UNLINK)

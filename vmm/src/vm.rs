@@ -67,6 +67,7 @@ pub enum ShutdownSignal {
 
 /// What the VM's threads and its controllers share.
 struct Shared {
+    vm_fd: std::sync::Weak<VmFd>,
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Arc<Mutex<Keyboard>>,
@@ -162,14 +163,45 @@ impl VmController {
             .map_err(|e| ControlError::PowerButton(e.to_string()))
     }
 
-    /// Asks the guest to shut down the way it understands: the power
-    /// button, and Ctrl-Alt-Del as well if the guest's ACPI has not taken
-    /// the button's event within `ack` (a kernel without ACPI, `acpi=off`,
-    /// or a guest too busy to answer). Returns which it came to.
+    /// True if the guest has bound a driver to the GED, the power
+    /// button's path (its IOAPIC pin is unmasked). If the interrupt
+    /// controller cannot be read, assume it might have.
+    pub fn guest_listens_to_power_button(&self) -> bool {
+        let Some(vm_fd) = self.shared.vm_fd.upgrade() else {
+            return false;
+        };
+        let mut chip = kvm_bindings::kvm_irqchip {
+            chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        match vm_fd.get_irqchip(&mut chip) {
+            // SAFETY: KVM filled the IOAPIC member of the union, the one
+            // `chip_id` asked for.
+            Ok(()) => arch::acpi::ged_listening(unsafe { &chip.chip.ioapic }),
+            Err(e) => {
+                log::warn!("cannot read the IOAPIC to see whether the guest has ACPI: {e}");
+                true
+            }
+        }
+    }
+
+    /// Asks the guest to shut down the way it understands. A guest whose
+    /// ACPI listens to the power button (see
+    /// [`Self::guest_listens_to_power_button`]) gets the button, and
+    /// Ctrl-Alt-Del as well if it has not taken the event within `ack` (a
+    /// guest too busy to answer); any other guest (no ACPI, `acpi=off`)
+    /// gets Ctrl-Alt-Del at once. Returns which it came to.
     pub fn request_shutdown(
         &self,
         ack: Duration,
     ) -> std::result::Result<ShutdownSignal, ControlError> {
+        if self.shared.exit.stopping() {
+            return Err(ControlError::NotRunning);
+        }
+        if !self.guest_listens_to_power_button() {
+            self.send_ctrl_alt_del()?;
+            return Ok(ShutdownSignal::CtrlAltDel);
+        }
         let before = devices::bus::lock(&self.shared.ged).taken();
         self.press_power_button()?;
         let deadline = Instant::now() + ack;
@@ -216,7 +248,8 @@ pub struct Vm {
     // must be done before the VM fd closes.
     pit: Pit,
     // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
-    _vm_fd: VmFd,
+    // Controllers hold a weak reference, so none keeps it open longer.
+    _vm_fd: Arc<VmFd>,
     shared: Arc<Shared>,
     events: EventLoop,
 }
@@ -287,6 +320,7 @@ impl Vm {
         }
         let mut pit = built.pit;
         pit.start_reinject_off(&vm_fd, entered);
+        let vm_fd = Arc::new(vm_fd);
         info!(
             "started {} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
             threads.len(),
@@ -296,8 +330,8 @@ impl Vm {
         );
         Ok(Vm {
             pit,
-            _vm_fd: vm_fd,
             shared: Arc::new(Shared {
+                vm_fd: Arc::downgrade(&vm_fd),
                 exit: built.exit,
                 control: built.control,
                 i8042: built.i8042,
@@ -306,6 +340,7 @@ impl Vm {
                 boot_time_us: built.boot_time_us,
                 started,
             }),
+            _vm_fd: vm_fd,
             events,
         })
     }

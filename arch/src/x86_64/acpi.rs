@@ -81,6 +81,18 @@ const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 
+/// Whether the guest has unmasked the GED's IOAPIC pin in `ioapic` (KVM's
+/// IOAPIC state): Linux does when its GED driver binds, so a guest whose
+/// ACPI would not see the power button (no ACPI, `acpi=off`) can be told
+/// apart at once, without waiting for it not to answer.
+pub fn ged_listening(ioapic: &kvm_bindings::kvm_ioapic_state) -> bool {
+    const MASKED: u64 = 1 << 16;
+    // SAFETY: `redirtbl` entries are a union of a u64 and bit fields over
+    // the same 8 bytes; every bit pattern is a valid u64.
+    let entry = unsafe { ioapic.redirtbl[GED_IRQ as usize].bits };
+    entry & MASKED == 0
+}
+
 /// The IOAPIC's id: after the CPUs' APIC ids `0..vcpus`, as in the MP table.
 pub fn ioapic_id(vcpus: u32) -> u8 {
     vcpus as u8
@@ -404,6 +416,17 @@ mod tests {
             assert_eq!(cpus, (0..vcpus).map(|i| i as u8).collect::<Vec<_>>());
             assert_eq!(ioapics, 1);
         }
+    }
+
+    #[test]
+    fn ged_listening_reads_the_mask_bit_of_its_pin() {
+        let mut ioapic = kvm_bindings::kvm_ioapic_state::default();
+        for e in ioapic.redirtbl.iter_mut() {
+            e.bits = 1 << 16;
+        }
+        assert!(!ged_listening(&ioapic));
+        ioapic.redirtbl[GED_IRQ as usize].bits = 0x30;
+        assert!(ged_listening(&ioapic));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! calls the C library still uses), and the vCPU ioctls of this
 //! platform's exit handling. The filters themselves are in `vmm`.
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation};
+use kvm_bindings::{kvm_irqchip, kvm_regs, kvm_sregs, kvm_translation};
 
 /// `rename(2)`: glibc's `rename` uses it where it exists.
 pub const SYS_RENAME: &[i64] = &[libc::SYS_rename];
@@ -39,6 +39,18 @@ pub const KVM_TRANSLATE: u64 = ioc(
 /// and reading the state that an exit reason reports.
 pub const VCPU_IOCTLS: &[u64] = &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE];
 
+/// `KVM_GET_IRQCHIP`: whether the guest listens to the power button (see
+/// [`crate::x86_64::acpi::ged_listening`]).
+pub const KVM_GET_IRQCHIP: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x62,
+    std::mem::size_of::<kvm_irqchip>(),
+);
+
+/// The KVM ioctls an API thread issues on the VM fd while the VM runs:
+/// reading the interrupt controller before a shutdown request.
+pub const API_IOCTLS: &[u64] = &[KVM_GET_IRQCHIP];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +62,6 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
+        assert_eq!(KVM_GET_IRQCHIP, 0xc208_ae62);
     }
 }
