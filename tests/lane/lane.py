@@ -23,8 +23,8 @@ cargo there would be far too slow.
 The exit status is the command's; 124 if the lane hit --timeout (the lane
 VM is killed and the tail of its console printed); 125 if the lane itself
 could not run (a missing package is named in one line); 126 if the lane VM
-broke (its kernel reported a soft lockup or an RCU stall, or it died
-without the command's status). `test` runs each test binary in a lane VM
+broke (its kernel reported a soft lockup or an RCU stall, its heartbeat
+stopped for 120 s, or it died without the command's status). `test` runs each test binary in a lane VM
 of its own, runs a binary again (twice at most) whose lane VM broke, and
 exits 0 only if every binary passed.
 """
@@ -66,6 +66,9 @@ LANE_TIMEOUT = 124
 # emulator, not the test, has failed (see docs/testing.md).
 LANE_BROKE = 126
 LOCKUP = re.compile(r"watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ detected stalls")
+# The lane's init writes a heartbeat every 5 s; this long without one, the
+# lane VM has frozen (seen: every CPU idle, nothing running, no message).
+HEARTBEAT_SILENCE = 120
 # How often `test` runs a binary again whose lane VM broke.
 LANE_RETRIES = 2
 
@@ -91,6 +94,9 @@ for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /host/$d; done
 out=$(sed -n 's/.*lane_out=\([^ ]*\).*/\1/p' /host/proc/cmdline)
 mkdir -p /host$out
 mount -t 9p -o $opts laneout /host$out || { echo "lane: no result dir"; poweroff -f; }
+# A heartbeat in the result directory: the runner takes its silence as a
+# frozen lane VM (no console message tells of that).
+(while :; do echo . >>/host$out/heartbeat; sleep 5; done) &
 ln -sf /proc/self/fd /host/dev/fd 2>/dev/null
 echo "lane: kvm $(ls /host/sys/module | grep -E '^kvm_(amd|intel)$'), $(nproc) cpus, \
 $(awk '/MemTotal/ {print int($2/1024)}' /host/proc/meminfo) MiB"
@@ -222,9 +228,9 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
     """Runs argv in the lane; returns its exit status. Interactive: the
     lane's console is this terminal (QEMU makes it raw), so a person can
     type into the command; nothing is captured. If the lane's kernel
-    reports a soft lockup or an RCU stall, the lane VM is killed; then, or
-    if the lane VM ends without the command's status, LANE_BROKE is
-    returned."""
+    reports a soft lockup or an RCU stall, or its heartbeat stops, the lane
+    VM is killed; then, or if the lane VM ends without the command's
+    status, LANE_BROKE is returned."""
     require()
     ver, vmlinuz = lane_kernel()
     cpio = initramfs(ver)
@@ -292,6 +298,24 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
 
+        def watch_heartbeat():
+            beat, size, since = outdir / "heartbeat", 0, time.monotonic()
+            while proc.poll() is None:
+                time.sleep(5)
+                try:
+                    now_size = beat.stat().st_size
+                except OSError:
+                    continue
+                if now_size != size:
+                    size, since = now_size, time.monotonic()
+                elif size and time.monotonic() - since > HEARTBEAT_SILENCE and not locked_up.is_set():
+                    sys.stdout.write(f"\nlane: no heartbeat from the lane VM for "
+                                     f"{HEARTBEAT_SILENCE} s: it froze\n")
+                    locked_up.set()
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=watch_heartbeat, daemon=True).start()
+
         # QEMU runs in a session of its own (so the deadline can kill all of
         # it): take it down with us when we are told to stop.
         def stop(signum, _frame):
@@ -318,7 +342,7 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
         reader.join(5)
         if locked_up.is_set():
             sys.stdout.write(
-                "\nlane: the lane VM's kernel reported a lockup; the VM was killed. "
+                "\nlane: the lane VM locked up or froze; it was killed. "
                 "The last lines of its console:\n" + "".join(tail)
             )
             return LANE_BROKE
