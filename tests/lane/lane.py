@@ -92,6 +92,14 @@ mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2>/dev/null
 for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /host/$d; done
 out=$(sed -n 's/.*lane_out=\([^ ]*\).*/\1/p' /host/proc/cmdline)
+# Host directories under the fresh tmpfs ones (a checkout in /tmp), shared
+# again read-only as keep0, keep1, ...
+n=0
+for p in $(sed -n 's/.*lane_keep=\([^ ]*\).*/\1/p' /host/proc/cmdline | tr ',' ' '); do
+    mkdir -p /host$p
+    mount -t 9p -o $opts,ro,cache=loose keep$n /host$p || echo "lane: cannot share $p"
+    n=$((n + 1))
+done
 mkdir -p /host$out
 mount -t 9p -o $opts laneout /host$out || { echo "lane: no result dir"; poweroff -f; }
 # A heartbeat in the result directory: the runner takes its silence as a
@@ -224,6 +232,30 @@ def initramfs(ver):
     return out
 
 
+# Where the lane mounts fresh tmpfs over the host's directories.
+FRESH = ("/tmp", "/run", "/var/tmp")
+
+
+def hidden_paths(paths, outdir):
+    """Of `paths` (directories, or files: their directories), the ones a
+    fresh tmpfs in the lane would hide, the outermost of nested ones, and
+    none in the result directory `outdir`."""
+    out = []
+    dirs = set()
+    for p in paths:
+        p = Path(p).resolve()
+        dirs.add(str(p.parent if p.is_file() else p))
+    for p in sorted(dirs):
+        if p == str(outdir) or p.startswith(f"{outdir}/"):
+            continue
+        if any(p == f or p.startswith(f + "/") for f in FRESH) and \
+                not any(p.startswith(k + "/") for k in out):
+            if "," in p or " " in p:
+                die(f"the lane cannot share {p}: its path has a comma or a space")
+            out.append(p)
+    return out
+
+
 def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tcg="multi"):
     """Runs argv in the lane; returns its exit status. Interactive: the
     lane's console is this terminal (QEMU makes it raw), so a person can
@@ -248,6 +280,12 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             script.append(f"export {k}={shlex.quote(v)}")
         script.append("exec " + " ".join(shlex.quote(a) for a in argv))
         (outdir / "cmd.sh").write_text("\n".join(script) + "\n")
+        # The command's directory, the test binaries, strato and the images
+        # must be where they are on the host, also under /tmp.
+        keep = hidden_paths(
+            [cwd, ROOT, CACHE, *[v for v in env.values() if v.startswith("/") and ":" not in v]],
+            outdir.resolve(),
+        )
         qemu = [
             "qemu-system-x86_64",
             "-accel", f"tcg,thread={tcg},tb-size=512",
@@ -259,12 +297,16 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             "-kernel", str(vmlinuz),
             "-initrd", str(cpio),
             "-append",
-            f"console=ttyS0 loglevel=5 panic=-1 mitigations=off lane_out={outdir}",
+            f"console=ttyS0 loglevel=5 panic=-1 mitigations=off lane_out={outdir}"
+            + (f" lane_keep={','.join(keep)}" if keep else ""),
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs",
             f"local,path={outdir},mount_tag=laneout,security_model=none,multidevs=remap",
         ]
+        for i, path in enumerate(keep):
+            qemu += ["-virtfs", f"local,path={path},mount_tag=keep{i},security_model=none,"
+                                "readonly=on,multidevs=remap"]
         if interactive:
             proc = subprocess.Popen(qemu, start_new_session=False)
             try:
