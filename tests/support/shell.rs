@@ -167,8 +167,15 @@ impl Shell {
 
     fn failure(&mut self, what: &str) -> String {
         let _ = self.child.kill();
-        let _ = self.child.wait();
-        format!("{what}; console:\n{}", self.out)
+        let status = self.child.wait();
+        // The child is gone, so its stderr reader ends.
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
+            .join()
+            .unwrap_or_default();
+        format!(
+            "{what}; strato: {status:?}, stderr:\n{stderr}\nconsole:\n{}",
+            self.out
+        )
     }
 }
 
