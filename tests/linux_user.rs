@@ -459,7 +459,23 @@ fn stock_cloud_kernel_finds_every_vcpu_drive_and_nic_through_acpi() {
     let mut setup = Setup::new("linux-stock-acpi").stock_kernel();
     setup.vcpus = 4;
     let (setup, datas) = platform(setup);
-    let mut sh = setup.shell(None, &[]);
+    // Under the lane's emulated SVM this kernel's application processors
+    // now and then restart at the reset vector during boot (an INIT no
+    // one sent; "triple fault on vCPU N at RIP 0xfff0"; docs/testing.md).
+    // That one signature gets one more boot, said on the output; any other
+    // failure fails the test.
+    let mut sh =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup.shell(None, &[]))) {
+            Ok(sh) => sh,
+            Err(e) => {
+                let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                if !msg.contains("at RIP 0xfff0") {
+                    std::panic::resume_unwind(e);
+                }
+                println!("an AP restarted at the reset vector; booting once more:\n{msg}");
+                setup.shell(None, &[])
+            }
+        };
     assert!(sh.ok("uname -r", STEP).ends_with("-cloud-amd64"));
     check_platform(&mut sh, 4, &datas);
     // Found as ACPI devices: two drives and a NIC, COM1, the i8042, the
