@@ -269,25 +269,7 @@ fn firecracker_sdk_sequence_boots_pauses_and_resumes() {
 #[test]
 fn ctrl_alt_del_reaches_the_guest_keyboard() {
     let dir = Scratch::new("vm-api-kbd");
-    let mut vm = Vm::start(&dir.0, None, &[]);
-    let api = Api::new(&vm.sock, "vm");
-    api.expect(
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
-        204,
-    );
-    api.expect(
-        "PUT",
-        "/boot-source",
-        Some(&format!(
-            r#"{{"kernel_image_path":"{}","boot_args":"timeout=600000"}}"#,
-            guest("kbd").display()
-        )),
-        204,
-    );
-    api.action("InstanceStart");
-    vm.wait_console("kbd: ready");
+    let (mut vm, api) = start_tiny_guest(&dir.0, "kbd", "", "kbd: ready");
     api.action("SendCtrlAltDel");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");
@@ -305,9 +287,9 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
     api.check_schema(&dir.0);
 }
 
-/// Boots the `acpi` guest with `action` through the API and waits for
-/// `marker` on its console.
-fn start_acpi_guest(dir: &Path, action: &str, marker: &str) -> (Vm, Api) {
+/// Boots the tiny guest `name` (1 vCPU, 32 MiB) with `args` on its command
+/// line through the API and waits for `marker` on its console.
+fn start_tiny_guest(dir: &Path, name: &str, args: &str, marker: &str) -> (Vm, Api) {
     let vm = Vm::start(dir, None, &[]);
     let api = Api::new(&vm.sock, "vm");
     api.expect(
@@ -320,8 +302,8 @@ fn start_acpi_guest(dir: &Path, action: &str, marker: &str) -> (Vm, Api) {
         "PUT",
         "/boot-source",
         Some(&format!(
-            r#"{{"kernel_image_path":"{}","boot_args":"action={action} timeout=600000"}}"#,
-            guest("acpi").display()
+            r#"{{"kernel_image_path":"{}","boot_args":"{args} timeout=600000"}}"#,
+            guest(name).display()
         )),
         204,
     );
@@ -336,7 +318,12 @@ fn start_acpi_guest(dir: &Path, action: &str, marker: &str) -> (Vm, Api) {
 #[test]
 fn power_button_reaches_the_guest_and_it_powers_off() {
     let dir = Scratch::new("vm-api-pwrb");
-    let (mut vm, api) = start_acpi_guest(&dir.0, "button", "acpi: waiting for the power button");
+    let (mut vm, api) = start_tiny_guest(
+        &dir.0,
+        "acpi",
+        "action=button",
+        "acpi: waiting for the power button",
+    );
     api.action("SendPowerButton");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");
@@ -351,31 +338,13 @@ fn power_button_reaches_the_guest_and_it_powers_off() {
     assert_eq!(rec["exit_status"].as_i64(), Some(0));
 }
 
-/// Shutdown on a guest whose ACPI never takes the power button (the kbd
-/// guest polls only its keyboard): after the acknowledgement wait the
-/// guest gets Ctrl-Alt-Del too, reads it, and the VM ends.
+/// Shutdown on a guest without ACPI (the kbd guest never unmasks the
+/// GED's interrupt): it gets Ctrl-Alt-Del at once, reads it, and the VM
+/// ends.
 #[test]
 fn shutdown_falls_back_to_ctrl_alt_del_without_acpi() {
     let dir = Scratch::new("vm-api-shutdown");
-    let mut vm = Vm::start(&dir.0, None, &[]);
-    let api = Api::new(&vm.sock, "vm");
-    api.expect(
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
-        204,
-    );
-    api.expect(
-        "PUT",
-        "/boot-source",
-        Some(&format!(
-            r#"{{"kernel_image_path":"{}","boot_args":"timeout=600000"}}"#,
-            guest("kbd").display()
-        )),
-        204,
-    );
-    api.action("InstanceStart");
-    vm.wait_console("kbd: ready");
+    let (mut vm, api) = start_tiny_guest(&dir.0, "kbd", "", "kbd: ready");
     api.action("Shutdown");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");
@@ -392,7 +361,12 @@ fn shutdown_falls_back_to_ctrl_alt_del_without_acpi() {
 #[test]
 fn shutdown_presses_the_power_button_for_an_acpi_guest() {
     let dir = Scratch::new("vm-api-shutdown-acpi");
-    let (mut vm, api) = start_acpi_guest(&dir.0, "button", "acpi: waiting for the power button");
+    let (mut vm, api) = start_tiny_guest(
+        &dir.0,
+        "acpi",
+        "action=button",
+        "acpi: waiting for the power button",
+    );
     api.action("Shutdown");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}");

@@ -28,7 +28,7 @@ use crate::http::{self, ApiError, Method, Reply, Request};
 const API_CONNECTIONS: usize = 16;
 /// How long an ending `strato vm` waits for responses still being written.
 const RESPONSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
-/// How long the `Shutdown` action waits for the guest's ACPI to take the
+/// How long the `Shutdown` action waits for an ACPI guest to take the
 /// power button before it sends Ctrl-Alt-Del as well. The guest answers
 /// within milliseconds when it answers at all; the rest is slack for a
 /// loaded host.

@@ -133,6 +133,32 @@ def rss_overhead_kib(pid, guest_kib):
     return total - guest
 
 
+class Boot:
+    """A VMM spawned with its console on a pipe and its stderr in
+    vmm-stderr.log, killed after `timeout` s."""
+
+    def __init__(self, argv, scratch, timeout):
+        self.out = bytearray()
+        self.t0 = time.perf_counter()
+        self.errlog = open(Path(scratch) / "vmm-stderr.log", "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.errlog, cwd=scratch, start_new_session=True)
+        self.timer = threading.Timer(timeout, self.proc.kill)
+        self.timer.start()
+
+    def chunks(self):
+        """Yields (seconds since spawn, console bytes) until the VMM ends
+        (kept in self.out too), then reaps it."""
+        try:
+            while data := os.read(self.proc.stdout.fileno(), 65536):
+                self.out += data
+                yield time.perf_counter() - self.t0, data
+            self.proc.wait()
+        finally:
+            self.timer.cancel()
+            self.errlog.close()
+
+
 def one_run(vmm, args, scratch):
     """Boots `vmm` once with the benchmark; returns {figure: value}."""
     root = Path(scratch) / "rootfs.ext4"
@@ -147,19 +173,11 @@ def one_run(vmm, args, scratch):
                     drives=[(root, False), (disk, False)], nic=(bench.NET_TAP, bench.GUEST_MAC))
     peer = Peer(args.mib << 20)
     marks = {}
-    out = bytearray()
-    t0 = time.perf_counter()
-    errlog = open(Path(scratch) / "vmm-stderr.log", "wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=errlog, cwd=scratch, start_new_session=True)
-    timer = threading.Timer(args.timeout, proc.kill)
-    timer.start()
     overhead = None
+    boot = Boot(argv, scratch, args.timeout)
     try:
         pending = b""
-        while data := os.read(proc.stdout.fileno(), 65536):
-            now = time.perf_counter() - t0
-            out += data
+        for now, data in boot.chunks():
             pending += data
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -169,12 +187,10 @@ def one_run(vmm, args, scratch):
                 key = (m.group(2) or m.group(1)).decode()
                 marks.setdefault(key, now)
                 if key == "end":
-                    overhead = rss_overhead_kib(proc.pid, bench.MEM_MIB * 1024)
-        proc.wait()
+                    overhead = rss_overhead_kib(boot.proc.pid, bench.MEM_MIB * 1024)
     finally:
-        timer.cancel()
         peer.close()
-        errlog.close()
+    proc, out = boot.proc, boot.out
     if "BENCH_FAILED" in marks or "end" not in marks or proc.returncode != 0:
         tail = out[-600:].decode(errors="replace")
         # The VMM's own words: its stderr, and its log file if it has one.
@@ -205,25 +221,13 @@ def stock_boot(vmm, args, scratch):
     argv = vmm.argv(args.cloud_kernel, "console=ttyS0 reboot=k panic=1 quiet", scratch,
                     drives=[(disk, False)], nic=(bench.NET_TAP, bench.GUEST_MAC),
                     initrd=args.cloud_initrd, acpi=True)
-    t0 = time.perf_counter()
-    errlog = open(Path(scratch) / "vmm-stderr.log", "wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=errlog, cwd=scratch, start_new_session=True)
-    timer = threading.Timer(args.timeout, proc.kill)
-    timer.start()
-    out, first = bytearray(), None
-    try:
-        while data := os.read(proc.stdout.fileno(), 65536):
-            out += data
-            if first is None and b"STRATO_INIT_OK" in out:
-                first = time.perf_counter() - t0
-        proc.wait()
-    finally:
-        timer.cancel()
-        errlog.close()
-    text = out.decode(errors="replace")
+    boot, first = Boot(argv, scratch, args.timeout), None
+    for now, _ in boot.chunks():
+        if first is None and b"STRATO_INIT_OK" in boot.out:
+            first = now
+    text = boot.out.decode(errors="replace")
     if first is None or "STRATO_NPROC=2" not in text or " vda" not in text:
-        raise RuntimeError(f"{vmm.label} (stock kernel): status {proc.returncode}; "
+        raise RuntimeError(f"{vmm.label} (stock kernel): status {boot.proc.returncode}; "
                            f"console ends:\n{text[-800:]}")
     return {"stock kernel start -> /init (ms)": first * 1000}
 
