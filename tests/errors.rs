@@ -67,6 +67,14 @@ fn elf_kernels_that_cannot_boot_here() {
     // The same code for another machine is refused before it runs.
     let arm = scratch("elf-arm", &tiny_elf(EM_AARCH64, KERNEL_ADDR, 0));
     assert_rejected(&["--kernel", &arm], "is an ELF for AArch64 (e_machine 183)");
+    // So is an arm64 Image ("ARM\x64" at 0x38), by its format's name.
+    let mut image = vec![0u8; 4096];
+    image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    let image = scratch("arm64-image", &image);
+    assert_rejected(
+        &["--kernel", &image],
+        "is an arm64 Image: this x86_64 build boots an x86_64 ELF vmlinux or a bzImage",
+    );
     // A segment that needs more RAM than the guest has.
     let big = scratch("elf-big", &tiny_elf(EM_X86_64, KERNEL_ADDR, 1 << 30));
     assert_rejected(

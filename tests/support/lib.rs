@@ -11,9 +11,13 @@ pub mod shell;
 
 /// Path of a tiny test guest built from `tests/guests` by the build script.
 pub fn guest(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("STRATO_TEST_GUESTS")).join(format!("{name}.elf"));
-    assert!(p.is_file(), "test guest {} missing", p.display());
-    p
+    let dir = PathBuf::from(env!("STRATO_TEST_GUESTS"));
+    // x86 guests are ELF files, arm64 ones Images.
+    ["elf", "img"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("test guest {name} missing in {}", dir.display()))
 }
 
 /// Path of the `strato` binary of this build profile, (re)built once per
@@ -197,6 +201,18 @@ pub fn run_guest(name: &str, args: &[&str]) -> Run {
     let mut all = vec!["run", "--kernel", kernel.to_str().unwrap()];
     all.extend_from_slice(args);
     strato(&all, None, Duration::from_secs(60))
+}
+
+/// Fails at once unless these tests were built for aarch64: the aarch64
+/// test guests exist only in such a build, which the aarch64 lane runs
+/// (`python3 tests/lane/lane.py --arch aarch64 test`).
+pub fn require_aarch64() {
+    assert_eq!(
+        std::env::consts::ARCH,
+        "aarch64",
+        "this test boots aarch64 guests; run it in the aarch64 lane: \
+         python3 tests/lane/lane.py --arch aarch64 test"
+    );
 }
 
 /// True when /dev/kvm is the software `kvm_pvm` implementation, where Linux

@@ -1,43 +1,18 @@
-//! Loading the kernel, initrd and command line into guest memory, and
-//! writing the boot information the entry protocol expects.
+//! Loading the kernel, initrd and command line into guest memory. What
+//! the kernel reads at entry and how the boot vCPU starts are the
+//! architecture's (`arch::configure_boot`); this part is the same on
+//! every one: the file, its format, the RAM its segments need, where the
+//! initrd fits.
 
 use std::fs::File;
 use std::path::Path;
 
-use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PVH_INFO_START, ZERO_PAGE_START};
-use arch::{BootInfo, EntryMode};
+use arch::{KernelFormat, LoadedKernel};
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::bootparam::setup_header;
-use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 use crate::error::BootError;
 
-/// Where the boot vCPU starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelEntry {
-    /// Entry address.
-    pub entry: u64,
-    /// Entry protocol.
-    pub mode: EntryMode,
-    /// Address of the boot information for that protocol.
-    pub boot_info: u64,
-}
-
-struct LoadedKernel {
-    entry: u64,
-    mode: EntryMode,
-    end: u64,
-    header: Option<setup_header>,
-}
-
-/// bzImage's 64-bit entry is 0x200 past the protected-mode kernel.
-const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
-/// setup_header.xloadflags: the kernel has a 64-bit entry point.
-const XLF_KERNEL_64: u16 = 1;
-/// Highest initrd end for kernels that do not say (Linux's default for
-/// 64-bit kernels: below 2 GiB).
-const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 const PAGE_SIZE: u64 = 4096;
 
 /// ELF header fields read by [`check_elf`] (ELF64, little endian).
@@ -45,23 +20,6 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const EHDR_LEN: usize = 64;
 const PHDR_LEN: usize = 56;
 const PT_LOAD: u32 = 1;
-
-/// Name of an ELF `e_machine` value, for messages.
-pub fn elf_machine_name(machine: u16) -> &'static str {
-    match machine {
-        3 => "i386",
-        8 => "MIPS",
-        20 => "PowerPC",
-        21 => "PowerPC64",
-        22 => "s390",
-        40 => "ARM",
-        62 => "x86_64",
-        183 => "AArch64",
-        243 => "RISC-V",
-        258 => "LoongArch",
-        _ => "an unknown machine",
-    }
-}
 
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -78,11 +36,9 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// linux-loader copies an ELF's segments to their `p_paddr` without
-/// asking which machine the image is for or whether the segment fits in
-/// RAM: a kernel for another machine would run as garbage, and a segment
-/// past RAM (or in the MMIO gap) would be cut short silently. So before
-/// it loads anything, refuse both. Files that are not ELF64 are left to
-/// the loaders, which say what they are not.
+/// asking whether the segment fits in RAM: a segment past RAM (or in the
+/// MMIO gap) would be cut short silently. So before it loads anything,
+/// refuse that. (The machine was checked already, from the header.)
 fn check_elf(file: &mut File, path: &Path, ram: &[arch::RamRegion]) -> Result<(), BootError> {
     use std::io::{Read, Seek, SeekFrom};
     use vm_memory::Address;
@@ -98,10 +54,6 @@ fn check_elf(file: &mut File, path: &Path, ram: &[arch::RamRegion]) -> Result<()
     // and linux-loader says so.
     if &ehdr[..4] != ELF_MAGIC || ehdr[4] != 2 || ehdr[5] != 1 {
         return Ok(());
-    }
-    let machine = le16(&ehdr, 18);
-    if machine != arch::ELF_MACHINE {
-        return Err(BootError::WrongMachine(path.into(), machine));
     }
     let phoff = le64(&ehdr, 32);
     let phentsize = usize::from(le16(&ehdr, 54));
@@ -155,67 +107,57 @@ fn check_elf(file: &mut File, path: &Path, ram: &[arch::RamRegion]) -> Result<()
     Ok(())
 }
 
-fn load_kernel(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    ram: &[arch::RamRegion],
-) -> Result<LoadedKernel, BootError> {
-    let mut file =
-        devices::fd_path::open(path, false).map_err(|e| BootError::Read(path.into(), e))?;
-    check_elf(&mut file, path, ram)?;
-    let himem = Some(GuestAddress(HIMEM_START));
-    match Elf::load(mem, None, &mut file, himem) {
-        Ok(r) => {
-            let (entry, mode) = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => (addr.0, EntryMode::Pvh),
-                _ => (r.kernel_load.0, EntryMode::Linux64),
-            };
-            return Ok(LoadedKernel {
-                entry,
-                mode,
-                end: r.kernel_end,
-                header: None,
-            });
-        }
-        // Not an ELF (or too short to be one): maybe a bzImage.
-        Err(loader::Error::Elf(
-            loader::elf::Error::InvalidElfMagicNumber | loader::elf::Error::ReadElfHeader,
-        )) => {}
-        Err(e) => return Err(BootError::Load(path.into(), e)),
-    }
-    match BzImage::load(mem, None, &mut file, himem) {
-        Ok(r) => {
-            let header = r
-                .setup_header
-                .ok_or_else(|| BootError::NotAKernel(path.into()))?;
-            if header.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(BootError::No64BitEntry(path.into()));
-            }
-            Ok(LoadedKernel {
-                entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
-                mode: EntryMode::Linux64,
-                end: r.kernel_end,
-                header: Some(header),
-            })
-        }
-        Err(loader::Error::Bzimage(
-            loader::bzimage::Error::InvalidBzImage
-            | loader::bzimage::Error::ReadBzImageHeader
-            | loader::bzimage::Error::SeekBzImageHeader
-            | loader::bzimage::Error::Underflow,
-        )) => Err(BootError::NotAKernel(path.into())),
-        Err(e) => Err(BootError::Load(path.into(), e)),
-    }
+/// A kernel in guest memory, with its checked command line.
+pub struct Loaded {
+    /// The kernel.
+    pub kernel: LoadedKernel,
+    /// Initrd address and length, if any.
+    pub initrd: Option<(u64, u64)>,
 }
 
-/// Places the initrd page-aligned at the top of the RAM the kernel can
-/// reach, above the kernel; returns its address and size.
+/// Loads the kernel and initrd, and checks that the command line fits the
+/// kernel.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &str,
+) -> Result<Loaded, BootError> {
+    let ram = mem_regions(mem);
+    let mut file =
+        devices::fd_path::open(kernel, false).map_err(|e| BootError::Read(kernel.into(), e))?;
+    let format = KernelFormat::detect(&mut file).map_err(|e| BootError::Read(kernel.into(), e))?;
+    if format
+        == (KernelFormat::Elf {
+            machine: arch::ELF_MACHINE,
+        })
+    {
+        check_elf(&mut file, kernel, &ram)?;
+    }
+    let k = arch::load_kernel(mem, &mut file, format)
+        .map_err(|e| BootError::Kernel(kernel.into(), e))?;
+
+    let max_cmdline = k.cmdline_capacity();
+    Cmdline::try_from(cmdline, max_cmdline)
+        .map_err(|e| BootError::Cmdline(format!("{e} (at most {} bytes)", max_cmdline - 1)))?;
+
+    let initrd = match initrd {
+        Some(path) => {
+            let (lo, hi) = arch::initrd_range(&k, &ram);
+            Some(load_initrd(mem, path, lo, hi)?)
+        }
+        None => None,
+    };
+    Ok(Loaded { kernel: k, initrd })
+}
+
+/// Places the initrd page-aligned at the top of `[lo, hi)`; returns its
+/// address and size.
 fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
-    kernel_end: u64,
-    low_ram_end: u64,
-    addr_max: u64,
+    lo: u64,
+    hi: u64,
 ) -> Result<(u64, u64), BootError> {
     let mut file =
         devices::fd_path::open(path, false).map_err(|e| BootError::Read(path.into(), e))?;
@@ -224,9 +166,8 @@ fn load_initrd(
         .map_err(|e| BootError::Read(path.into(), e))?
         .len();
     let too_large = || BootError::InitrdTooLarge(path.into(), size);
-    let top = low_ram_end.min(addr_max.saturating_add(1));
-    let addr = top.checked_sub(size).ok_or_else(too_large)? & !(PAGE_SIZE - 1);
-    if addr < kernel_end.next_multiple_of(PAGE_SIZE) {
+    let addr = hi.checked_sub(size).ok_or_else(too_large)? & !(PAGE_SIZE - 1);
+    if addr < lo.next_multiple_of(PAGE_SIZE) {
         return Err(too_large());
     }
     let len = usize::try_from(size).map_err(|_| too_large())?;
@@ -239,74 +180,8 @@ fn load_initrd(
     Ok((addr, size))
 }
 
-/// Loads everything and writes the boot information; returns where the
-/// boot vCPU starts.
-pub fn load(
-    mem: &GuestMemoryMmap,
-    kernel: &Path,
-    initrd: Option<&Path>,
-    cmdline: &str,
-    vcpus: u32,
-    virtio: &[arch::VirtioMmio],
-) -> Result<KernelEntry, BootError> {
-    let regions: Vec<_> = mem_regions(mem);
-    let low_ram_end = arch::low_ram_end(&regions);
-    let k = load_kernel(mem, kernel, &regions)?;
-
-    let max_cmdline = match &k.header {
-        Some(h) if h.cmdline_size > 0 => (h.cmdline_size as usize + 1).min(CMDLINE_MAX_SIZE),
-        _ => CMDLINE_MAX_SIZE,
-    };
-    let cl = Cmdline::try_from(cmdline, max_cmdline)
-        .map_err(|e| BootError::Cmdline(format!("{e} (at most {} bytes)", max_cmdline - 1)))?;
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
-
-    let initrd = match initrd {
-        Some(path) => {
-            let addr_max = match &k.header {
-                Some(h) if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max),
-                _ => DEFAULT_INITRD_ADDR_MAX,
-            };
-            Some(load_initrd(mem, path, k.end, low_ram_end, addr_max)?)
-        }
-        None => None,
-    };
-
-    arch::write_boot_tables(mem)?;
-    // Both: the MP table for kernels without ACPI (and `acpi=off`), ACPI
-    // for kernels that read nothing else.
-    arch::setup_mptable(mem, vcpus)?;
-    let rsdp = arch::setup_acpi(mem, vcpus, virtio)?;
-    let memory_map = arch::memory_map(&regions);
-    let info = BootInfo {
-        memory_map: &memory_map,
-        cmdline_size: cl
-            .as_cstring()
-            .map(|c| c.as_bytes_with_nul().len())
-            .unwrap_or(1),
-        initrd,
-        setup_header: k.header,
-        rsdp: Some(rsdp),
-    };
-    let boot_info = match k.mode {
-        EntryMode::Pvh => {
-            arch::write_pvh_info(mem, &info)?;
-            PVH_INFO_START
-        }
-        EntryMode::Linux64 => {
-            arch::write_zero_page(mem, &info)?;
-            ZERO_PAGE_START
-        }
-    };
-    Ok(KernelEntry {
-        entry: k.entry,
-        mode: k.mode,
-        boot_info,
-    })
-}
-
-fn mem_regions(mem: &GuestMemoryMmap) -> Vec<arch::RamRegion> {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+/// The RAM regions of `mem`.
+pub fn mem_regions(mem: &GuestMemoryMmap) -> Vec<arch::RamRegion> {
+    use vm_memory::GuestMemoryRegion;
     mem.iter().map(|r| (r.start_addr(), r.len())).collect()
 }

@@ -9,16 +9,15 @@ pub use devices::virtio::net::NetConfig;
 
 use crate::error::ConfigError;
 
-/// Most vCPUs a VM can have (the MP table's xAPIC ids).
+/// Most vCPUs a VM can have on this architecture.
 pub const MAX_VCPUS: u32 = arch::layout::MAX_VCPUS;
 /// Longest kernel command line, including its NUL.
 pub const CMDLINE_MAX_SIZE: usize = arch::layout::CMDLINE_MAX_SIZE;
 
 /// Smallest guest memory we accept: boot structures, a kernel and an initrd.
 pub const MIN_MEMORY_MIB: u64 = 16;
-/// Command line used when the user gives none.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+/// Command line used when the user gives none (the architecture's).
+pub const DEFAULT_CMDLINE: &str = arch::DEFAULT_CMDLINE;
 
 /// Where the guest's serial output goes.
 pub enum SerialOutput {

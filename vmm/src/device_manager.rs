@@ -37,9 +37,10 @@ pub struct DeviceManager<'a> {
     mem: GuestMemoryMmap,
     next_base: u64,
     next_irq: u32,
-    /// `virtio_mmio.device=` entries for the kernel command line.
+    /// `virtio_mmio.device=` entries for the kernel command line (on
+    /// architectures that announce devices there).
     pub cmdline: String,
-    /// The same devices for the ACPI DSDT.
+    /// The devices for the firmware tables (ACPI DSDT, FDT).
     pub virtio: Vec<arch::VirtioMmio>,
     /// Subscribers for the event loop.
     pub subscribers: Vec<Subscriber>,
@@ -101,22 +102,24 @@ impl<'a> DeviceManager<'a> {
         bus.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW)
             .map_err(|e| Error::Device(e.to_string()))?;
         self.subscribers.push(device);
-        // Both ways of finding the device: the command line for kernels
-        // without ACPI (or booted with `acpi=off`), the DSDT for kernels
-        // that do not read the command line's devices (Debian's stock
-        // kernels). A kernel that reads both registers the device once:
-        // the second registration's resource claim fails.
+        // The firmware tables (the DSDT, or the FDT) name every device;
+        // where the architecture says so (x86: kernels without ACPI, or
+        // booted with `acpi=off`), the command line does too. A kernel that
+        // reads both registers the device once: the second registration's
+        // resource claim fails.
         self.virtio.push(arch::VirtioMmio {
             base: slot.base,
             len: MMIO_WINDOW,
             irq: slot.irq,
         });
-        self.cmdline.push_str(&format!(
-            " virtio_mmio.device={}K@{:#x}:{}",
-            MMIO_WINDOW / 1024,
-            slot.base,
-            slot.irq
-        ));
+        if arch::VIRTIO_MMIO_ON_CMDLINE {
+            self.cmdline.push_str(&format!(
+                " virtio_mmio.device={}K@{:#x}:{}",
+                MMIO_WINDOW / 1024,
+                slot.base,
+                slot.irq
+            ));
+        }
         Ok(())
     }
 }

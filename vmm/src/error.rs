@@ -43,13 +43,9 @@ pub enum BootError {
     /// Reading a file failed.
     #[error("cannot read {0}: {1}")]
     Read(PathBuf, #[source] std::io::Error),
-    /// The kernel is neither an ELF nor a bzImage.
-    #[error("{0} is not a kernel (neither an x86_64 ELF nor a bzImage)")]
-    NotAKernel(PathBuf),
-    /// An ELF kernel built for another machine.
-    #[error("kernel {0} is an ELF for {machine} (e_machine {1}), not for {arch} (e_machine {want})",
-        machine = crate::boot::elf_machine_name(*.1), arch = arch::ARCH_NAME, want = arch::ELF_MACHINE)]
-    WrongMachine(PathBuf, u16),
+    /// The kernel cannot be loaded on this architecture.
+    #[error("kernel {0} {1}")]
+    Kernel(PathBuf, #[source] arch::LoadError),
     /// An ELF segment that would not land in guest RAM.
     #[error(
         "kernel {path}: ELF segment {index} [{start:#x}, {end:#x}) lies outside guest RAM ({ram})"
@@ -66,30 +62,15 @@ pub enum BootError {
         /// The guest's RAM ranges, for the message.
         ram: String,
     },
-    /// linux-loader rejected the image.
-    #[error("cannot load kernel {0}: {1}")]
-    Load(PathBuf, linux_loader::loader::Error),
-    /// A bzImage without a 64-bit entry point.
-    #[error("{0}: this bzImage has no 64-bit entry point")]
-    No64BitEntry(PathBuf),
     /// The initrd does not fit below the kernel's limit.
     #[error("initrd {0} ({1} bytes) does not fit in guest memory")]
     InitrdTooLarge(PathBuf, u64),
     /// The command line is rejected.
     #[error("invalid kernel command line: {0}")]
     Cmdline(String),
-    /// Writing a boot structure failed.
+    /// Writing what the kernel reads at entry failed.
     #[error(transparent)]
-    BootInfo(#[from] arch::boot::Error),
-    /// Writing the boot CPU tables failed.
-    #[error(transparent)]
-    Regs(#[from] arch::regs::Error),
-    /// Writing the MP table failed.
-    #[error(transparent)]
-    MpTable(#[from] arch::mptable::Error),
-    /// Building or writing the ACPI tables failed.
-    #[error(transparent)]
-    Acpi(#[from] arch::acpi::Error),
+    Configure(#[from] arch::BootError),
 }
 
 /// Everything that can stop a VM from being created or started.
@@ -128,6 +109,16 @@ pub enum Error {
     /// An OS resource (eventfd, thread, file) failed.
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),
+}
+
+impl From<arch::KvmError> for Error {
+    fn from(e: arch::KvmError) -> Self {
+        match e {
+            arch::KvmError::Cap(name) => Error::KvmCap(name),
+            arch::KvmError::Call(call, e) => Error::Kvm(call, e),
+            arch::KvmError::Unsupported(what) => Error::Device(what),
+        }
+    }
 }
 
 /// Result type of the VMM library.

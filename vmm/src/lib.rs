@@ -10,7 +10,6 @@ mod device_manager;
 pub mod error;
 mod events;
 pub mod exit;
-mod pit;
 pub mod seccomp;
 mod vcpu;
 mod vm;

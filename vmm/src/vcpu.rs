@@ -7,22 +7,17 @@ use std::time::{Duration, Instant};
 
 use devices::Bus;
 use kvm_bindings::{
-    kvm_run, CpuId, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION,
-    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, KVM_EXIT_IO_IN, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use log::{debug, warn};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use log::debug;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::KernelEntry;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exit::{ExitReason, ExitState};
 use crate::seccomp::ThreadFilter;
-
-/// Longest x86 instruction.
-const MAX_INSN_LEN: usize = 15;
 
 /// Pausing: vCPU threads park between KVM_RUN calls while paused.
 #[derive(Default)]
@@ -140,63 +135,15 @@ impl Vcpu {
         self.first_exit = Some(tx);
     }
 
-    /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the entry
-    /// state. The others wait for INIT/SIPI from the guest, as KVM's
-    /// in-kernel LAPIC keeps them until then.
+    /// Sets the vCPU's architectural state; the boot vCPU also gets the
+    /// kernel's entry state.
     pub fn configure(
         &self,
-        supported_cpuid: &CpuId,
+        setup: &arch::VcpuSetup,
         vcpus: u32,
-        tsc_deadline: bool,
-        boot: Option<&KernelEntry>,
+        boot: Option<&arch::KernelEntry>,
     ) -> Result<()> {
-        let mut cpuid = supported_cpuid.clone();
-        arch::setup_cpuid(&mut cpuid, self.id as u8, vcpus as u8, tsc_deadline);
-        self.fd
-            .set_cpuid2(&cpuid)
-            .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
-
-        let msrs = arch::boot_msrs().map_err(|e| Error::Device(e.to_string()))?;
-        let set = self
-            .fd
-            .set_msrs(&msrs)
-            .map_err(|e| Error::Kvm("KVM_SET_MSRS", e))?;
-        if set != msrs.as_slice().len() {
-            // KVM stops at the first MSR it refuses; the rest keep their
-            // reset values, which a guest copes with.
-            warn!(
-                "vCPU {}: KVM refused MSR {:#x}",
-                self.id,
-                msrs.as_slice()[set].index
-            );
-        }
-        self.fd
-            .set_fpu(&arch::boot_fpu())
-            .map_err(|e| Error::Kvm("KVM_SET_FPU", e))?;
-
-        let mut lapic = self
-            .fd
-            .get_lapic()
-            .map_err(|e| Error::Kvm("KVM_GET_LAPIC", e))?;
-        arch::setup_lint(&mut lapic);
-        self.fd
-            .set_lapic(&lapic)
-            .map_err(|e| Error::Kvm("KVM_SET_LAPIC", e))?;
-
-        if let Some(boot) = boot {
-            let mut sregs = self
-                .fd
-                .get_sregs()
-                .map_err(|e| Error::Kvm("KVM_GET_SREGS", e))?;
-            arch::setup_sregs(&mut sregs, boot.mode);
-            self.fd
-                .set_sregs(&sregs)
-                .map_err(|e| Error::Kvm("KVM_SET_SREGS", e))?;
-            self.fd
-                .set_regs(&arch::boot_regs(boot.mode, boot.entry, boot.boot_info))
-                .map_err(|e| Error::Kvm("KVM_SET_REGS", e))?;
-        }
-        Ok(())
+        Ok(arch::configure_vcpu(&self.fd, self.id, vcpus, setup, boot)?)
     }
 
     /// Starts the vCPU on its own thread, under `filter`.
@@ -236,7 +183,7 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::Shutdown) => Next::Exit(ExitReason::TripleFault {
                     cpu: self.id,
-                    rip: self.fd.get_regs().ok().map(|r| r.rip),
+                    rip: arch::program_counter(&self.fd),
                 }),
                 Ok(VcpuExit::FailEntry(reason, _)) => Next::Exit(ExitReason::FailEntry {
                     cpu: self.id,
@@ -310,53 +257,15 @@ impl Vcpu {
         }
     }
 
-    /// Describes an internal error with the faulting RIP and its bytes.
+    /// Describes an internal error with the faulting instruction's
+    /// address and bytes.
     fn internal_error(&mut self, suberror: u32) -> ExitReason {
-        // SAFETY: called right after a KVM_EXIT_INTERNAL_ERROR exit, so
-        // `internal` is the union member KVM filled in.
-        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
-        let mut insn = Vec::new();
-        if suberror == KVM_INTERNAL_ERROR_EMULATION
-            && internal.ndata >= 3
-            && internal.data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
-                != 0
-        {
-            // struct emulation_failure: flags (data[0]), then a u8 length
-            // and up to 15 instruction bytes packed in data[1..3].
-            let raw: Vec<u8> = internal.data[1..3]
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .collect();
-            let n = usize::from(raw[0]).min(MAX_INSN_LEN);
-            insn.extend_from_slice(&raw[1..1 + n]);
-        }
-        let rip = self.fd.get_regs().ok().map(|r| r.rip);
-        if insn.is_empty() {
-            if let (Some(rip), Ok(sregs)) = (rip, self.fd.get_sregs()) {
-                insn = self.read_insn(sregs.cs.base.wrapping_add(rip));
-            }
-        }
+        let insn = arch::faulting_instruction(&mut self.fd, &self.mem);
         ExitReason::InternalError {
             cpu: self.id,
             suberror,
-            rip,
+            rip: arch::program_counter(&self.fd),
             insn,
-        }
-    }
-
-    /// Reads the instruction bytes at a guest linear address, as many as
-    /// are mapped in guest memory.
-    fn read_insn(&self, linear: u64) -> Vec<u8> {
-        let Ok(t) = self.fd.translate_gva(linear) else {
-            return Vec::new();
-        };
-        if t.valid == 0 {
-            return Vec::new();
-        }
-        let mut buf = [0u8; MAX_INSN_LEN];
-        match self.mem.read(&mut buf, GuestAddress(t.physical_address)) {
-            Ok(n) => buf[..n].to_vec(),
-            Err(_) => Vec::new(),
         }
     }
 }

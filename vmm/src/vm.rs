@@ -9,20 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arch::layout::{
-    ACPI_PM_LEN, ACPI_PM_PORT, BOOT_TIMER_ADDR, GED_IRQ, GED_LEN, GED_PORT, KVM_IDENTITY_MAP_ADDR,
-    KVM_TSS_ADDR, MAX_VCPUS,
-};
-use devices::legacy::{
-    AcpiPm, BootTimer, Ged, GedEvent, Serial, SerialInputEvents, COM1_IRQ, COM1_PORT, I8042,
-    I8042_LEN, I8042_PORT, KBD_IRQ,
-};
+use arch::layout::BOOT_TIMER_ADDR;
+use arch::{Placement, Window, PLATFORM};
+use devices::legacy::{AcpiPm, BootTimer, Ged, GedEvent, Rtc, Serial, SerialInputEvents, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::net::Net;
-use devices::{Bus, EventFdTrigger};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use devices::{Bus, BusDevice, EventFdTrigger};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
 use log::info;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -34,14 +29,11 @@ use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, PowerOffTrigger, ResetTrigger};
-use crate::pit::Pit;
 use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
 /// Size of the boot timer's MMIO window.
 const BOOT_TIMER_LEN: u64 = 0x1000;
-/// Width of the 8250's register window.
-const SERIAL_LEN: u64 = 8;
 /// How often a stopping VM re-kicks vCPUs still inside KVM_RUN.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -70,8 +62,8 @@ struct Shared {
     vm_fd: std::sync::Weak<VmFd>,
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
-    i8042: Arc<Mutex<Keyboard>>,
-    ged: Arc<Mutex<EventDevice>>,
+    i8042: Option<Arc<Mutex<Keyboard>>>,
+    ged: Option<Arc<Mutex<EventDevice>>>,
     vcpus: Mutex<Vec<JoinHandle<()>>>,
     boot_time_us: Arc<AtomicU64>,
     started: Instant,
@@ -146,7 +138,13 @@ impl VmController {
         if self.shared.exit.stopping() {
             return Err(ControlError::NotRunning);
         }
-        devices::bus::lock(&self.shared.i8042)
+        let Some(i8042) = &self.shared.i8042 else {
+            return Err(ControlError::Keyboard(format!(
+                "{} has no keyboard controller",
+                arch::ARCH_NAME
+            )));
+        };
+        devices::bus::lock(i8042)
             .trigger_ctrl_alt_del()
             .map_err(ControlError::Keyboard)
     }
@@ -158,30 +156,23 @@ impl VmController {
         if self.shared.exit.stopping() {
             return Err(ControlError::NotRunning);
         }
-        devices::bus::lock(&self.shared.ged)
+        let Some(ged) = &self.shared.ged else {
+            return Err(ControlError::PowerButton(format!(
+                "{} has no ACPI power button",
+                arch::ARCH_NAME
+            )));
+        };
+        devices::bus::lock(ged)
             .notify(GedEvent::PowerButton)
             .map_err(|e| ControlError::PowerButton(e.to_string()))
     }
 
-    /// True if the guest has bound a driver to the GED, the power
-    /// button's path (its IOAPIC pin is unmasked). If the interrupt
-    /// controller cannot be read, assume it might have.
+    /// True if the guest has bound a driver to the power button's
+    /// device (on x86, the GED's IOAPIC pin is unmasked).
     pub fn guest_listens_to_power_button(&self) -> bool {
-        let Some(vm_fd) = self.shared.vm_fd.upgrade() else {
-            return false;
-        };
-        let mut chip = kvm_bindings::kvm_irqchip {
-            chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
-            ..Default::default()
-        };
-        match vm_fd.get_irqchip(&mut chip) {
-            // SAFETY: KVM filled the IOAPIC member of the union, the one
-            // `chip_id` asked for.
-            Ok(()) => arch::acpi::ged_listening(unsafe { &chip.chip.ioapic }),
-            Err(e) => {
-                log::warn!("cannot read the IOAPIC to see whether the guest has ACPI: {e}");
-                true
-            }
+        match (&self.shared.ged, self.shared.vm_fd.upgrade()) {
+            (Some(_), Some(vm_fd)) => arch::guest_listens_to_power_button(&vm_fd),
+            _ => false,
         }
     }
 
@@ -202,11 +193,17 @@ impl VmController {
             self.send_ctrl_alt_del()?;
             return Ok(ShutdownSignal::CtrlAltDel);
         }
-        let before = devices::bus::lock(&self.shared.ged).taken();
+        let taken = || {
+            self.shared
+                .ged
+                .as_ref()
+                .map_or(0, |g| devices::bus::lock(g).taken())
+        };
+        let before = taken();
         self.press_power_button()?;
         let deadline = Instant::now() + ack;
         while Instant::now() < deadline && !self.shared.exit.stopping() {
-            if devices::bus::lock(&self.shared.ged).taken() > before {
+            if taken() > before {
                 return Ok(ShutdownSignal::PowerButton);
             }
             std::thread::sleep(ACK_POLL);
@@ -244,9 +241,9 @@ impl VmController {
 /// println!("guest ended: {reason}; boot time {:?}", vm.boot_time());
 /// ```
 pub struct Vm {
-    // Before `_vm_fd`: fields drop in order, and the PIT's helper thread
-    // must be done before the VM fd closes.
-    pit: Pit,
+    // Before `_vm_fd`: fields drop in order, and the chipset's helper
+    // thread must be done before the VM fd closes.
+    chipset: arch::Chipset,
     // Kept open for the VM's lifetime: vCPU fds and irqfds refer to it.
     // Controllers hold a weak reference, so none keeps it open longer.
     _vm_fd: Arc<VmFd>,
@@ -259,34 +256,13 @@ impl Vm {
     pub fn start(config: VmConfig) -> Result<Vm> {
         let started = Instant::now();
         let kvm = Kvm::new().map_err(Error::KvmOpen)?;
-        for (cap, name) in [
-            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
-            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
-            (Cap::Pit2, "KVM_CAP_PIT2"),
-            (Cap::Irqfd, "KVM_CAP_IRQFD"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(Error::KvmCap(name));
-            }
-        }
-        let max_vcpus = (kvm.get_max_vcpus() as u32).min(MAX_VCPUS);
+        arch::check_kvm(&kvm)?;
+        let max_vcpus = arch::max_vcpus(&kvm);
         let host_mib = host_memory_mib().unwrap_or(u64::MAX);
         config.validate(max_vcpus, host_mib)?;
         let vcpu_filter = ThreadFilter::new(ThreadKind::Vcpu, config.seccomp)?;
         let events_filter = ThreadFilter::new(ThreadKind::EventLoop, config.seccomp)?;
-
-        let vm_fd = kvm
-            .create_vm()
-            .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
-        if kvm.check_extension(Cap::SetIdentityMapAddr) {
-            vm_fd
-                .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
-                .map_err(|e| Error::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
-        }
+        let vm_fd = arch::create_vm(&kvm)?;
 
         // Guest memory first, while the VM's memslot SRCU domain is idle:
         // KVM_SET_USER_MEMORY_REGION waits for an expedited grace period of
@@ -318,18 +294,17 @@ impl Vm {
                 }
             }
         }
-        let mut pit = built.pit;
-        pit.start_reinject_off(&vm_fd, entered);
+        let mut chipset = built.chipset;
+        chipset.vcpu0_entered(&vm_fd, entered);
         let vm_fd = Arc::new(vm_fd);
         info!(
-            "started {} vCPU(s), {memory_mib} MiB, {:?} entry at {:#x} in {:?}",
+            "started {} vCPU(s), {memory_mib} MiB, {:?} in {:?}",
             threads.len(),
-            built.entry.mode,
-            built.entry.entry,
+            built.entry,
             started.elapsed()
         );
         Ok(Vm {
-            pit,
+            chipset,
             shared: Arc::new(Shared {
                 vm_fd: Arc::downgrade(&vm_fd),
                 exit: built.exit,
@@ -345,8 +320,9 @@ impl Vm {
         })
     }
 
-    /// Everything after guest memory registration: irqchip, PIT, devices,
-    /// kernel and configured (not yet running) vCPUs.
+    /// Everything after guest memory registration: vCPUs and the in-kernel
+    /// interrupt controller, devices, the kernel and what it reads at
+    /// entry, and configured (not yet running) vCPUs.
     fn build(
         kvm: &Kvm,
         vm_fd: &VmFd,
@@ -354,10 +330,8 @@ impl Vm {
         config: VmConfig,
         started: Instant,
     ) -> Result<Built> {
-        vm_fd
-            .create_irq_chip()
-            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        let pit = Pit::create(kvm, vm_fd)?;
+        // Devices come after: their irqfds need the interrupt controller.
+        let (chipset, vcpu_fds) = arch::create_vcpus(kvm, vm_fd, config.vcpus)?;
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
         let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
@@ -382,49 +356,54 @@ impl Vm {
             ConsoleKind::Virtio => (None, input),
         };
 
-        // Legacy devices.
-        let serial_irq = new_eventfd()?;
-        vm_fd
-            .register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        // Platform devices, where the architecture puts them.
+        let mut buses = Buses::default();
         let buffer_empty = new_eventfd()?;
         let serial = Arc::new(Mutex::new(Serial::new(
-            serial_irq,
+            irq_eventfd(vm_fd, PLATFORM.serial)?,
             SerialInputEvents::new(clone_eventfd(&buffer_empty)?),
             Box::new(out.clone()),
         )));
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), COM1_PORT, SERIAL_LEN)
-            .map_err(|e| Error::Device(e.to_string()))?;
-        let kbd_irq = new_eventfd()?;
-        vm_fd
-            .register_irqfd(&kbd_irq, KBD_IRQ)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(
-            ResetTrigger(exit.clone()),
-            EventFdTrigger::new(kbd_irq),
-        )));
-        pio.insert(i8042.clone(), I8042_PORT, I8042_LEN)
-            .map_err(|e| Error::Device(e.to_string()))?;
+        buses.insert(serial.clone(), PLATFORM.serial)?;
+        let i8042 = match PLATFORM.i8042 {
+            Some(at) => {
+                let i8042 = Arc::new(Mutex::new(I8042::new(
+                    ResetTrigger(exit.clone()),
+                    EventFdTrigger::new(irq_eventfd(vm_fd, at)?),
+                )));
+                buses.insert(i8042.clone(), at)?;
+                Some(i8042)
+            }
+            None => None,
+        };
         // ACPI: the FADT's sleep and reset registers, and the GED that
         // carries the power button.
-        let acpi_pm = AcpiPm::new(PowerOffTrigger(exit.clone()), ResetTrigger(exit.clone()));
-        pio.insert(Arc::new(Mutex::new(acpi_pm)), ACPI_PM_PORT, ACPI_PM_LEN)
+        if let Some(at) = PLATFORM.acpi_pm {
+            let acpi_pm = AcpiPm::new(PowerOffTrigger(exit.clone()), ResetTrigger(exit.clone()));
+            buses.insert(Arc::new(Mutex::new(acpi_pm)), at)?;
+        }
+        let ged = match PLATFORM.ged {
+            Some(at) => {
+                let ged = Arc::new(Mutex::new(Ged::new(EventFdTrigger::new(irq_eventfd(
+                    vm_fd, at,
+                )?))));
+                buses.insert(ged.clone(), at)?;
+                Some(ged)
+            }
+            None => None,
+        };
+        if let Some(at) = PLATFORM.rtc {
+            buses.insert(Arc::new(Mutex::new(Rtc::new())), at)?;
+        }
+        buses
+            .mmio
+            .insert(
+                Arc::new(Mutex::new(BootTimer::new(started, boot_time_us.clone()))),
+                BOOT_TIMER_ADDR,
+                BOOT_TIMER_LEN,
+            )
             .map_err(|e| Error::Device(e.to_string()))?;
-        let ged_irq = new_eventfd()?;
-        vm_fd
-            .register_irqfd(&ged_irq, GED_IRQ)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let ged = Arc::new(Mutex::new(Ged::new(EventFdTrigger::new(ged_irq))));
-        pio.insert(ged.clone(), GED_PORT, GED_LEN)
-            .map_err(|e| Error::Device(e.to_string()))?;
-        let mut mmio = Bus::new();
-        mmio.insert(
-            Arc::new(Mutex::new(BootTimer::new(started, boot_time_us.clone()))),
-            BOOT_TIMER_ADDR,
-            BOOT_TIMER_LEN,
-        )
-        .map_err(|e| Error::Device(e.to_string()))?;
+        let Buses { pio, mut mmio } = buses;
 
         // virtio devices, in the order the guest enumerates them.
         let mut dm = DeviceManager::new(vm_fd, mem.clone());
@@ -463,26 +442,27 @@ impl Vm {
         }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
-        let entry = crate::boot::load(
+        let loaded = crate::boot::load(mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        let ram = crate::boot::mem_regions(mem);
+        let entry = arch::configure_boot(
             mem,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &cmdline,
-            config.vcpus,
-            &virtio,
-        )?;
+            &arch::BootConfig {
+                kernel: &loaded.kernel,
+                cmdline: &cmdline,
+                initrd: loaded.initrd,
+                ram: &ram,
+                vcpus: &vcpu_fds,
+                virtio: &virtio,
+                chipset: &chipset,
+            },
+        )
+        .map_err(crate::error::BootError::from)?;
 
-        // vCPUs: all created and configured before any runs.
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        // vCPUs: all configured before any runs.
+        let setup = arch::VcpuSetup::new(kvm)?;
         let control = Arc::new(VcpuControl::default());
-        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
-        for id in 0..config.vcpus {
-            let fd = vm_fd
-                .create_vcpu(u64::from(id))
-                .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+        for (id, fd) in (0..).zip(vcpu_fds) {
             let vcpu = Vcpu::new(
                 id,
                 fd,
@@ -492,16 +472,11 @@ impl Vm {
                 exit.clone(),
                 control.clone(),
             );
-            vcpu.configure(
-                &supported,
-                config.vcpus,
-                tsc_deadline,
-                (id == 0).then_some(&entry),
-            )?;
+            vcpu.configure(&setup, config.vcpus, (id == 0).then_some(&entry))?;
             vcpus.push(vcpu);
         }
         Ok(Built {
-            pit,
+            chipset,
             exit,
             control,
             i8042,
@@ -551,10 +526,10 @@ impl Vm {
             let _ = t.join();
         }
         drop(threads);
-        // The event loop's thread and the PIT's helper end on their own
+        // The event loop's thread and the chipset's helper end on their own
         // once asked: wait for both at once, not one after the other.
         self.events.request_stop();
-        self.pit.settle();
+        self.chipset.settle();
         self.events.stop();
         exit.reason()
             .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
@@ -588,6 +563,36 @@ fn stop_vcpus(threads: &[JoinHandle<()>]) {
     }
 }
 
+/// The port-I/O and MMIO buses the vCPUs dispatch to.
+#[derive(Default)]
+struct Buses {
+    pio: Bus,
+    mmio: Bus,
+}
+
+impl Buses {
+    /// Puts `device` where `at` says.
+    fn insert(&mut self, device: Arc<Mutex<dyn BusDevice>>, at: Placement) -> Result<()> {
+        let (bus, base) = match at.window {
+            Window::Pio(port) => (&mut self.pio, port),
+            Window::Mmio(addr) => (&mut self.mmio, addr),
+        };
+        bus.insert(device, base, at.len)
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+}
+
+/// An eventfd wired to the interrupt of a device placed at `at`.
+fn irq_eventfd(vm_fd: &VmFd, at: Placement) -> Result<EventFd> {
+    let evt = new_eventfd()?;
+    if let Some(irq) = at.irq {
+        vm_fd
+            .register_irqfd(&evt, irq)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    }
+    Ok(evt)
+}
+
 fn new_eventfd() -> Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io("cannot create an eventfd", e))
 }
@@ -618,15 +623,15 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>> {
 
 /// What `Vm::build` hands back to `Vm::start`.
 struct Built {
-    pit: Pit,
+    chipset: arch::Chipset,
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
-    i8042: Arc<Mutex<Keyboard>>,
-    ged: Arc<Mutex<EventDevice>>,
+    i8042: Option<Arc<Mutex<Keyboard>>>,
+    ged: Option<Arc<Mutex<EventDevice>>>,
     boot_time_us: Arc<AtomicU64>,
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Subscriber>,
-    entry: crate::boot::KernelEntry,
+    entry: arch::KernelEntry,
 }
 
 /// Maps guest RAM (not yet known to KVM).

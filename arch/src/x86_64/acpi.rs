@@ -44,54 +44,19 @@ pub enum Error {
     Write(vm_memory::GuestMemoryError),
 }
 
-/// A virtio-mmio device as the DSDT describes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioMmio {
-    /// Start of its register window.
-    pub base: u64,
-    /// Length of the window.
-    pub len: u64,
-    /// Its IOAPIC pin (edge-triggered, active high).
-    pub irq: u32,
-}
+pub use crate::VirtioMmio;
 
 /// OEM id in every table header.
 const OEM_ID: [u8; 6] = *b"STRATO";
 /// The FADT's hypervisor vendor identity.
 const HYPERVISOR_VENDOR: &[u8; 8] = b"STRATOVM";
 
-/// Offsets of the registers at [`ACPI_PM_PORT`].
-pub const SLEEP_CONTROL_OFFSET: u64 = 0;
-/// Sleep status register offset.
-pub const SLEEP_STATUS_OFFSET: u64 = 1;
-/// Reset register offset.
-pub const RESET_OFFSET: u64 = 2;
-/// The value the guest writes to the reset register to reset.
-pub const RESET_VALUE: u8 = 1;
-/// Sleep control: SLP_EN (ACPI 6.5, 4.8.3.7).
-pub const SLP_EN: u8 = 1 << 5;
-/// The sleep type the DSDT's `\_S5` names; the guest writes it to
-/// SLP_TYP (bits 2-4) with SLP_EN to power off.
-pub const S5_SLEEP_TYPE: u8 = 5;
-/// GED event register bit: the power button was pressed.
-pub const GED_EVENT_POWER_BUTTON: u8 = 1 << 0;
+pub use crate::acpi_regs::*;
 
 /// FADT IA-PC boot architecture flags (ACPI 6.5, 5.2.9.3).
 const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-
-/// Whether the guest has unmasked the GED's IOAPIC pin in `ioapic` (KVM's
-/// IOAPIC state): Linux does when its GED driver binds, so a guest whose
-/// ACPI would not see the power button (no ACPI, `acpi=off`) can be told
-/// apart at once, without waiting for it not to answer.
-pub fn ged_listening(ioapic: &kvm_bindings::kvm_ioapic_state) -> bool {
-    const MASKED: u64 = 1 << 16;
-    // SAFETY: `redirtbl` entries are a union of a u64 and bit fields over
-    // the same 8 bytes; every bit pattern is a valid u64.
-    let entry = unsafe { ioapic.redirtbl[GED_IRQ as usize].bits };
-    entry & MASKED == 0
-}
 
 /// The IOAPIC's id: after the CPUs' APIC ids `0..vcpus`, as in the MP table.
 pub fn ioapic_id(vcpus: u32) -> u8 {
@@ -318,6 +283,7 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, vcpus: u32, virtio: &[VirtioMmio]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::x86_64::vm::ged_listening;
 
     fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |s, x| s.wrapping_add(*x))

@@ -4,7 +4,7 @@
 //! what the tables say about them is `arch`'s business; these models only
 //! see offsets into their windows.
 
-use arch::acpi::{
+use arch::acpi_regs::{
     GED_EVENT_POWER_BUTTON, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
     SLEEP_STATUS_OFFSET, SLP_EN,
 };

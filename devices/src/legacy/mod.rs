@@ -1,26 +1,18 @@
 //! Platform devices: the 8250 UART, the i8042 controller (reset), the
-//! boot timer and the ACPI registers.
+//! PL031 clock, the boot timer and the ACPI registers. Where each sits on which bus is the
+//! architecture's `PLATFORM`.
 
 mod acpi;
 mod boot_timer;
 mod i8042;
+mod rtc;
 mod serial;
 
 pub use acpi::{AcpiPm, Ged, GedEvent};
 pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC};
 pub use i8042::I8042;
+pub use rtc::Rtc;
 pub use serial::{Serial, SerialInputEvents};
-
-/// COM1 I/O port base.
-pub const COM1_PORT: u64 = 0x3f8;
-/// COM1 interrupt line.
-pub const COM1_IRQ: u32 = 4;
-/// i8042 data port; the command/status port is 4 above it.
-pub const I8042_PORT: u64 = 0x60;
-/// Length of the i8042 port range (0x60..=0x64).
-pub const I8042_LEN: u64 = 5;
-/// Keyboard interrupt line.
-pub const KBD_IRQ: u32 = 1;
 
 /// A trigger that counts its firings, for the device tests.
 #[cfg(test)]

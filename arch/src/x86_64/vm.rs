@@ -1,3 +1,7 @@
+//! The VM on x86_64: KVM capabilities, the VM with its TSS and identity
+//! map, the in-kernel IOAPIC/PIC/LAPIC and PIT (the `Chipset`), and the
+//! vCPUs, created after the irqchip so that each gets an in-kernel LAPIC.
+//!
 //! The in-kernel PIT (i8254), with tick reinjection turned off on a helper
 //! thread while the guest runs, so that KVM's VM teardown does not wait
 //! for it.
@@ -32,30 +36,138 @@ use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_pit_config, kvm_reinject_control, KVMIO, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use log::warn;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_io_nr;
 
-use crate::error::{Error, Result};
+use super::layout::{GED_IRQ, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MAX_VCPUS};
+use crate::KvmError;
 
 ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
+/// Fails unless KVM has what this platform needs.
+pub fn check_kvm(kvm: &Kvm) -> Result<(), KvmError> {
+    crate::require_caps(
+        kvm,
+        &[
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        ],
+    )
+}
+
+/// Most vCPUs a VM can have here: KVM's limit, and the 8-bit xAPIC ids
+/// of the MP table and MADT.
+pub fn max_vcpus(kvm: &Kvm) -> u32 {
+    (kvm.get_max_vcpus() as u32).min(MAX_VCPUS)
+}
+
+/// Creates the VM with the TSS and identity map that KVM needs for
+/// real-mode emulation on Intel.
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, KvmError> {
+    let vm_fd = kvm
+        .create_vm()
+        .map_err(|e| KvmError::Call("KVM_CREATE_VM", e))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(|e| KvmError::Call("KVM_SET_TSS_ADDR", e))?;
+    if kvm.check_extension(Cap::SetIdentityMapAddr) {
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(|e| KvmError::Call("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+    }
+    Ok(vm_fd)
+}
+
+/// The in-kernel devices beside the vCPUs: IOAPIC, PIC and PIT.
+pub struct Chipset {
+    pit: Pit,
+}
+
+impl Chipset {
+    /// Told when vCPU 0 has entered the guest once (see the PIT above).
+    pub fn vcpu0_entered(&mut self, vm_fd: &VmFd, entered: Receiver<()>) {
+        self.pit.start_reinject_off(vm_fd, entered);
+    }
+
+    /// Waits for the chipset's helper thread; call after the vCPU threads
+    /// are joined and before the VM fd closes.
+    pub fn settle(&mut self) {
+        self.pit.settle();
+    }
+}
+
+/// Creates the irqchip and PIT, then `count` vCPUs: a vCPU created before
+/// the irqchip would have no in-kernel LAPIC.
+pub fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    count: u32,
+) -> Result<(Chipset, Vec<VcpuFd>), KvmError> {
+    vm_fd
+        .create_irq_chip()
+        .map_err(|e| KvmError::Call("KVM_CREATE_IRQCHIP", e))?;
+    let pit = Pit::create(kvm, vm_fd)?;
+    let vcpus = (0..count)
+        .map(|id| {
+            vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(|e| KvmError::Call("KVM_CREATE_VCPU", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Chipset { pit }, vcpus))
+}
+
+/// True if the guest has bound a driver to the GED, the power button's
+/// path (its IOAPIC pin is unmasked). If the interrupt controller cannot
+/// be read, assume it might have.
+pub fn guest_listens_to_power_button(vm_fd: &VmFd) -> bool {
+    let mut chip = kvm_bindings::kvm_irqchip {
+        chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    match vm_fd.get_irqchip(&mut chip) {
+        // SAFETY: KVM filled the IOAPIC member of the union, the one
+        // `chip_id` asked for.
+        Ok(()) => ged_listening(unsafe { &chip.chip.ioapic }),
+        Err(e) => {
+            warn!("cannot read the IOAPIC to see whether the guest has ACPI: {e}");
+            true
+        }
+    }
+}
+
+/// Whether the guest has unmasked the GED's IOAPIC pin in `ioapic` (KVM's
+/// IOAPIC state): Linux does when its GED driver binds, so a guest whose
+/// ACPI would not see the power button (no ACPI, `acpi=off`) can be told
+/// apart at once, without waiting for it not to answer.
+pub fn ged_listening(ioapic: &kvm_bindings::kvm_ioapic_state) -> bool {
+    const MASKED: u64 = 1 << 16;
+    // SAFETY: `redirtbl` entries are a union of a u64 and bit fields over
+    // the same 8 bytes; every bit pattern is a valid u64.
+    let entry = unsafe { ioapic.redirtbl[GED_IRQ as usize].bits };
+    entry & MASKED == 0
+}
+
 /// The VM's PIT; dropping it waits for the helper thread, if one runs.
-pub(crate) struct Pit {
+pub struct Pit {
     reinject_control: bool,
     reinject_off: Option<JoinHandle<()>>,
 }
 
 impl Pit {
     /// Creates the PIT; the irqchip must exist.
-    pub(crate) fn create(kvm: &Kvm, vm_fd: &VmFd) -> Result<Pit> {
+    pub fn create(kvm: &Kvm, vm_fd: &VmFd) -> Result<Pit, KvmError> {
         vm_fd
             .create_pit2(kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             })
-            .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+            .map_err(|e| KvmError::Call("KVM_CREATE_PIT2", e))?;
         Ok(Pit {
             reinject_control: kvm.check_extension(Cap::ReinjectControl),
             reinject_off: None,
@@ -66,7 +178,7 @@ impl Pit {
     /// says that vCPU 0 has entered the guest, and does nothing if its
     /// sender is dropped first. A failure is only logged: the guest runs
     /// the same, the VM's teardown just takes longer.
-    pub(crate) fn start_reinject_off(&mut self, vm_fd: &VmFd, entered: Receiver<()>) {
+    pub fn start_reinject_off(&mut self, vm_fd: &VmFd, entered: Receiver<()>) {
         if !self.reinject_control || self.reinject_off.is_some() {
             return;
         }
@@ -96,7 +208,7 @@ impl Pit {
     /// helper may be waiting on) and before the VM fd is closed (so that
     /// the helper's duplicate is not the last reference and the teardown
     /// runs where the VM is dropped).
-    pub(crate) fn settle(&mut self) {
+    pub fn settle(&mut self) {
         if let Some(t) = self.reinject_off.take() {
             let _ = t.join();
         }
