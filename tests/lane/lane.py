@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The x86 test lane: run a command where /dev/kvm is hardware-style KVM.
+"""The test lanes: run a command where /dev/kvm is hardware-style KVM.
 
 The lane is a QEMU TCG virtual machine with `-cpu max` (an emulated AMD
 CPU with SVM) running Debian's generic kernel, which loads `kvm_amd`. Inside
@@ -10,6 +10,13 @@ cache are where they are on the host), with fresh /tmp, /run and /dev, plus
 one read-write directory for results. Nothing is built inside the lane:
 cargo there would be far too slow.
 
+With --arch aarch64 the lane is `qemu-system-aarch64 -M virt,
+virtualization=on,gic-version=3 -cpu max` running Debian's arm64 kernel
+(KVM built in, VHE). That lane cannot run this machine's x86 programs, so
+its root is the initramfs (an arm64 busybox) and only the directories the
+command needs are shared, at their host paths; the command and the test
+binaries are static aarch64 executables cross-built on the host.
+
     python3 tests/lane/lane.py test [--release] [-- FILTER ...]
         builds the integration tests, strato and the guest images on the
         host, then runs every integration test binary in the lane with
@@ -19,6 +26,8 @@ cargo there would be far too slow.
         --interactive the lane console is this terminal)
     python3 tests/lane/lane.py check | install
         says what is missing | installs it with apt-get (as root)
+    python3 tests/lane/lane.py --arch aarch64 test|run|check|install ...
+        the same in the aarch64 lane
 
 The exit status is the command's; 124 if the lane hit --timeout (the lane
 VM is killed and the tail of its console printed); 125 if the lane itself
@@ -52,12 +61,33 @@ PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "k
 # hardware-style KVM, what the tests need for networking, and loop devices
 # (the daemon's path-policy test hands a guest a block device).
 MODULES = ["virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "tun", "veth", "bridge", "loop"]
+# The aarch64 lane: QEMU, and Debian's arm64 kernel and static busybox,
+# downloaded (apt-get download, which needs dpkg's arm64 architecture) and
+# unpacked into the cache. KVM is built into that kernel.
+ARM_PACKAGES = ["qemu-system-arm", "cpio", "kmod"]
+ARM_KERNEL_PKG = "linux-image-arm64:arm64"
+ARM_BUSYBOX_PKG = "busybox-static:arm64"
+ARM_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "tun", "veth", "bridge", "loop"]
+# What cross-building for aarch64 needs (Debian's Rust, which has the arm64
+# standard library, and the cross C toolchain for linking).
+ARM_BUILD_PACKAGES = ["rustc-web", "cargo-web", "rust-web-clippy", "libstd-rust-web-dev:arm64",
+                      "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
+ARM_TARGET = "aarch64-unknown-linux-gnu"
 # Test binaries the lane leaves to the host suite, and why (printed in the
 # lane's output, so a reader sees they did not run here).
 HOST_ONLY = {
     "soak": "leak checks of the daemon over 1000 cycles, which need no "
             "hardware-style KVM and take far longer on an emulated CPU; "
             "cargo test --workspace runs them",
+    "arm64": "aarch64 guests: the aarch64 lane runs them "
+             "(python3 tests/lane/lane.py --arch aarch64 test)",
+}
+# What the aarch64 lane runs: the arm64 test binary whole, and the tests of
+# the other binaries that are the same on both architectures (their test
+# guests exist for both), each binary with these libtest filters.
+ARM_TESTS = {
+    "arm64": [],
+    "boot": ["--exact", "hello_prints_and_resets_cleanly"],
 }
 LANE_FAILED = 125
 LANE_TIMEOUT = 124
@@ -116,37 +146,104 @@ echo "STRATO_LANE_EXIT=$rc"
 poweroff -f
 """
 
+INIT_ARM = r"""#!/bin/busybox sh
+# aarch64 lane init: the initramfs (an arm64 busybox) is the root, since the
+# host's programs are x86. Load the modules, share the command's
+# directories at their host paths over 9p, run the command, power off.
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /tmp /run /var/tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules/order); do
+    insmod /modules/$m || echo "lane: insmod $m failed"
+done
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /$d; done
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+opts=trans=virtio,version=9p2000.L,msize=1048576
+out=$(sed -n 's/.*lane_out=\([^ ]*\).*/\1/p' /proc/cmdline)
+n=0
+for p in $(sed -n 's/.*lane_keep=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' '); do
+    mkdir -p $p
+    mount -t 9p -o $opts,ro,cache=loose keep$n $p || echo "lane: cannot share $p"
+    n=$((n + 1))
+done
+mkdir -p $out
+mount -t 9p -o $opts laneout $out || { echo "lane: no result dir"; poweroff -f; }
+(while :; do echo . >>$out/heartbeat; sleep 5; done) &
+echo "lane: /dev/kvm $([ -c /dev/kvm ] && echo present || echo MISSING), $(nproc) cpus, \
+$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
+/bin/sh $out/cmd.sh </dev/console >/dev/console 2>&1
+rc=$?
+echo $rc > $out/rc
+sync
+echo "STRATO_LANE_EXIT=$rc"
+poweroff -f
+"""
+
 
 def die(msg, code=LANE_FAILED):
     print(f"lane: {msg}", file=sys.stderr)
     sys.exit(code)
 
 
-def lane_kernel():
-    """The newest Debian generic kernel that has kvm_amd: (version, vmlinuz)."""
+def lane_kernel(arch="x86_64"):
+    """The lane's kernel: (version, vmlinuz, root of its /lib/modules), or
+    None. x86: the newest Debian generic kernel in /boot that has kvm_amd.
+    aarch64: the newest arm64 kernel unpacked into the cache."""
     wanted = os.environ.get("STRATO_LANE_KERNEL")
     found = []
-    for vmlinuz in Path("/boot").glob("vmlinuz-*"):
-        ver = vmlinuz.name[len("vmlinuz-"):]
-        if wanted and ver != wanted:
-            continue
-        if (Path("/lib/modules") / ver / "kernel/arch/x86/kvm/kvm-amd.ko").exists():
-            found.append((tuple(int(x) for x in re.findall(r"\d+", ver)), ver, vmlinuz))
+    if arch == "aarch64":
+        for vmlinuz in (CACHE / "lane-aarch64-dist").glob("*/boot/vmlinuz-*"):
+            ver = vmlinuz.name[len("vmlinuz-"):]
+            if not wanted or ver == wanted:
+                found.append((tuple(int(x) for x in re.findall(r"\d+", ver)), ver, vmlinuz,
+                              vmlinuz.parents[1]))
+    else:
+        for vmlinuz in Path("/boot").glob("vmlinuz-*"):
+            ver = vmlinuz.name[len("vmlinuz-"):]
+            if wanted and ver != wanted:
+                continue
+            if (Path("/lib/modules") / ver / "kernel/arch/x86/kvm/kvm-amd.ko").exists():
+                found.append((tuple(int(x) for x in re.findall(r"\d+", ver)), ver, vmlinuz,
+                              Path("/")))
     if not found:
         return None
-    _, ver, vmlinuz = max(found)
-    return ver, vmlinuz
+    _, ver, vmlinuz, root = max(found)
+    return ver, vmlinuz, root
 
 
-def missing():
+def arm_busybox():
+    """The arm64 static busybox unpacked into the cache, or None."""
+    found = sorted((CACHE / "lane-aarch64-dist").glob("busybox-*/bin/busybox"))
+    return found[-1] if found else None
+
+
+def dpkg_has_arm64():
+    res = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True, text=True)
+    return "arm64" in res.stdout.split()
+
+
+def missing(arch="x86_64"):
     """What the lane lacks on this machine, as a list of package names."""
     out = []
-    if not shutil.which("qemu-system-x86_64"):
-        out.append("qemu-system-x86")
-    if not lane_kernel():
-        out.append("linux-image-amd64")
-    if not Path("/bin/busybox").exists():
-        out.append("busybox-static")
+    if arch == "aarch64":
+        if not shutil.which("qemu-system-aarch64"):
+            out.append("qemu-system-arm")
+        if not (lane_kernel(arch) and arm_busybox()) and not dpkg_has_arm64():
+            out.append(f"{ARM_KERNEL_PKG} and {ARM_BUSYBOX_PKG} (after "
+                       "dpkg --add-architecture arm64)")
+    else:
+        if not shutil.which("qemu-system-x86_64"):
+            out.append("qemu-system-x86")
+        if not lane_kernel(arch):
+            out.append("linux-image-amd64")
+        if not Path("/bin/busybox").exists():
+            out.append("busybox-static")
     if not shutil.which("cpio"):
         out.append("cpio")
     if not shutil.which("modprobe"):
@@ -154,30 +251,77 @@ def missing():
     return out
 
 
-def require():
-    lack = missing()
+def require(arch="x86_64"):
+    lack = missing(arch)
     if lack:
+        flag = " --arch aarch64" if arch == "aarch64" else ""
         die(
-            "the x86 lane needs " + ", ".join(lack) + ": run `python3 tests/lane/lane.py install` "
-            "(as root) or `apt-get install " + " ".join(lack) + "`"
+            f"the {arch} lane needs " + ", ".join(lack)
+            + f": run `python3 tests/lane/lane.py{flag} install` (as root)"
         )
+    if arch == "aarch64" and not (lane_kernel(arch) and arm_busybox()):
+        fetch_arm()
 
 
-def install():
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+def apt_env():
+    return dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+
+
+def install(arch="x86_64"):
+    env = apt_env()
+    if arch == "aarch64" and not dpkg_has_arm64():
+        subprocess.run(["dpkg", "--add-architecture", "arm64"], check=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+         *(ARM_PACKAGES + ARM_BUILD_PACKAGES if arch == "aarch64" else PACKAGES)],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
     )
+    if arch == "aarch64":
+        fetch_arm()
 
 
-def modules(ver):
+def apt_resolve(meta):
+    """The versioned package a Debian meta package (linux-image-arm64)
+    depends on, or the package itself."""
+    res = subprocess.run(["apt-cache", "depends", meta], capture_output=True, text=True)
+    m = re.search(r"^\s*Depends: (linux-image-\d\S*)$", res.stdout, re.M)
+    return m.group(1) if m else meta
+
+
+def fetch_arm():
+    """Downloads Debian's arm64 kernel and static busybox with apt-get
+    download and unpacks them into the cache (once; `depmod` makes the
+    module index that `modprobe -d` reads)."""
+    dist = CACHE / "lane-aarch64-dist"
+    dist.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dist) as tmp:
+        for meta, dest in ((ARM_KERNEL_PKG, "kernel"), (ARM_BUSYBOX_PKG, "busybox")):
+            if dest == "kernel" and lane_kernel("aarch64") or dest == "busybox" and arm_busybox():
+                continue
+            pkg = apt_resolve(meta)
+            dl = Path(tmp) / dest
+            dl.mkdir()
+            print(f"lane: apt-get download {pkg} into {dist}", file=sys.stderr, flush=True)
+            res = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True)
+            debs = list(dl.glob("*.deb"))
+            if res.returncode != 0 or not debs:
+                die(f"cannot download {pkg}: {res.stderr.strip()[-300:]}")
+            tree = Path(tmp) / f"{dest}-tree"
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True)
+            name = f"{dest}-{debs[0].name.split('_')[1].replace(':', '%3a')}"
+            if dest == "kernel":
+                for ver in (p.name for p in (tree / "lib/modules").iterdir()):
+                    subprocess.run(["depmod", "-b", str(tree), ver], check=True)
+            os.replace(tree, dist / name)
+
+
+def modules(ver, root, names):
     """The module files to load, dependencies first, each once."""
     res = subprocess.run(
-        ["modprobe", "-S", ver, "--show-depends", "-a", *MODULES],
+        ["modprobe", "-d", str(root), "-S", ver, "--show-depends", "-a", *names],
         capture_output=True,
         text=True,
     )
@@ -191,16 +335,19 @@ def modules(ver):
     return paths
 
 
-def initramfs(ver):
+def initramfs(arch, ver, root):
     """The lane's initramfs, built once per input set and cached."""
-    mods = modules(ver)
+    arm = arch == "aarch64"
+    init = INIT_ARM if arm else INIT
+    busybox = arm_busybox() if arm else Path("/bin/busybox")
+    mods = modules(ver, root, ARM_MODULES if arm else MODULES)
     h = hashlib.sha256()
-    h.update(INIT.encode())
+    h.update(init.encode())
     h.update(ver.encode())
-    for p in ["/bin/busybox", *mods]:
+    for p in [busybox, *mods]:
         st = os.stat(p)
         h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
-    out = CACHE / f"lane-x86_64-{h.hexdigest()[:16]}" / "initramfs.cpio"
+    out = CACHE / f"lane-{arch}-{h.hexdigest()[:16]}" / "initramfs.cpio"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,13 +355,13 @@ def initramfs(ver):
         stage = Path(tmp) / "root"
         (stage / "bin").mkdir(parents=True)
         (stage / "modules").mkdir()
-        shutil.copy2("/bin/busybox", stage / "bin/busybox")
+        shutil.copy2(busybox, stage / "bin/busybox")
         names = []
         for p in mods:
             shutil.copy2(p, stage / "modules" / Path(p).name)
             names.append(Path(p).name)
         (stage / "modules/order").write_text("\n".join(names) + "\n")
-        (stage / "init").write_text(INIT)
+        (stage / "init").write_text(init)
         (stage / "init").chmod(0o755)
         files = subprocess.run(
             ["find", ".", "-print0"], cwd=stage, capture_output=True, check=True
@@ -236,9 +383,10 @@ def initramfs(ver):
 FRESH = ("/tmp", "/run", "/var/tmp")
 
 
-def hidden_paths(paths, outdir):
+def hidden_paths(paths, outdir, everything=False):
     """Of `paths` (directories, or files: their directories), the ones a
-    fresh tmpfs in the lane would hide, the outermost of nested ones, and
+    fresh tmpfs in the lane would hide (with `everything`, all: the
+    aarch64 lane shares nothing else), the outermost of nested ones, and
     none in the result directory `outdir`."""
     out = []
     dirs = set()
@@ -248,24 +396,26 @@ def hidden_paths(paths, outdir):
     for p in sorted(dirs):
         if p == str(outdir) or p.startswith(f"{outdir}/"):
             continue
-        if any(p == f or p.startswith(f + "/") for f in FRESH) and \
-                not any(p.startswith(k + "/") for k in out):
+        hidden = everything or any(p == f or p.startswith(f + "/") for f in FRESH)
+        if hidden and not any(p == k or p.startswith(k + "/") for k in out):
             if "," in p or " " in p:
                 die(f"the lane cannot share {p}: its path has a comma or a space")
             out.append(p)
     return out
 
 
-def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tcg="multi"):
+def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tcg="multi",
+                arch="x86_64"):
     """Runs argv in the lane; returns its exit status. Interactive: the
     lane's console is this terminal (QEMU makes it raw), so a person can
     type into the command; nothing is captured. If the lane's kernel
     reports a soft lockup or an RCU stall, or its heartbeat stops, the lane
     VM is killed; then, or if the lane VM ends without the command's
     status, LANE_BROKE is returned."""
-    require()
-    ver, vmlinuz = lane_kernel()
-    cpio = initramfs(ver)
+    require(arch)
+    arm = arch == "aarch64"
+    ver, vmlinuz, modroot = lane_kernel(arch)
+    cpio = initramfs(arch, ver, modroot)
     outdir = Path(tempfile.mkdtemp(prefix="strato-lane-"))
     try:
         script = [f"cd {shlex.quote(str(cwd))} || exit 125"]
@@ -273,7 +423,7 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(Path.home()),
             "TERM": "dumb",
-            "STRATO_LANE": "x86_64",
+            "STRATO_LANE": arch,
             "STRATO_LANE_OUT": str(outdir),
         }
         for k, v in {**base, **env}.items():
@@ -281,13 +431,24 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
         script.append("exec " + " ".join(shlex.quote(a) for a in argv))
         (outdir / "cmd.sh").write_text("\n".join(script) + "\n")
         # The command's directory, the test binaries, strato and the images
-        # must be where they are on the host, also under /tmp.
+        # must be where they are on the host, also under /tmp (and in the
+        # aarch64 lane, which shares nothing else, everywhere).
         keep = hidden_paths(
-            [cwd, ROOT, CACHE, *[v for v in env.values() if v.startswith("/") and ":" not in v]],
+            [cwd, ROOT, CACHE, *[v for v in [*env.values(), *argv]
+                                 if v.startswith("/") and ":" not in v and Path(v).exists()]],
             outdir.resolve(),
+            everything=arm,
         )
-        qemu = [
-            "qemu-system-x86_64",
+        if arm:
+            machine = ["qemu-system-aarch64", "-M", "virt,virtualization=on,gic-version=3"]
+            console = "ttyAMA0"
+            root_share = []
+        else:
+            machine = ["qemu-system-x86_64"]
+            console = "ttyS0"
+            root_share = ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
+                                     "readonly=on,multidevs=remap"]
+        qemu = machine + [
             "-accel", f"tcg,thread={tcg},tb-size=512",
             "-cpu", "max",
             "-smp", str(cpus),
@@ -297,10 +458,9 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             "-kernel", str(vmlinuz),
             "-initrd", str(cpio),
             "-append",
-            f"console=ttyS0 loglevel=5 panic=-1 mitigations=off lane_out={outdir}"
+            f"console={console} loglevel=5 panic=-1 mitigations=off lane_out={outdir}"
             + (f" lane_keep={','.join(keep)}" if keep else ""),
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            *root_share,
             "-virtfs",
             f"local,path={outdir},mount_tag=laneout,security_model=none,multidevs=remap",
         ]
@@ -400,17 +560,46 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
         shutil.rmtree(outdir, ignore_errors=True)
 
 
-def host_build(release):
-    """Builds strato, the integration tests and the guest images on the host.
-    Returns (env for the lane, [test executables])."""
+def cross_env():
+    """cargo's environment for a static aarch64 build with Debian's Rust
+    (the rustup shims come first in PATH, so /usr/bin is named) and its own
+    target directory, so that the host's builds stay as they are."""
+    lack = [p for p in ("/usr/bin/cargo", "/usr/bin/rustc", f"/usr/lib/rustlib/{ARM_TARGET}")
+            if not Path(p).exists()]
+    if not shutil.which("aarch64-linux-gnu-gcc"):
+        lack.append("aarch64-linux-gnu-gcc")
+    if lack:
+        die("cross-building for aarch64 needs " + ", ".join(ARM_BUILD_PACKAGES)
+            + " (missing: " + ", ".join(lack) + "): run `python3 tests/lane/lane.py "
+            "--arch aarch64 install` (as root)")
+    key = ARM_TARGET.upper().replace("-", "_")
+    return dict(
+        os.environ,
+        RUSTC="/usr/bin/rustc",
+        CARGO_TARGET_DIR=str(ROOT / "target" / "cross"),
+        **{f"CARGO_TARGET_{key}_LINKER": "aarch64-linux-gnu-gcc",
+           f"CARGO_TARGET_{key}_RUSTFLAGS": "-C target-feature=+crt-static"},
+    )
+
+
+def host_build(release, arch="x86_64"):
+    """Builds strato, the integration tests and (x86) the guest images on
+    the host. Returns (env for the lane, [test executables])."""
     profile = ["--release"] if release else []
-    subprocess.run(["cargo", "build", "-q", "-p", "api", *profile], cwd=ROOT, check=True)
+    if arch == "aarch64":
+        cargo, env, target = ["/usr/bin/cargo"], cross_env(), ["--target", ARM_TARGET]
+    else:
+        cargo, env, target = ["cargo"], None, []
+    subprocess.run([*cargo, "build", "-q", "-p", "api", *target, *profile], cwd=ROOT, check=True,
+                   env=env)
     res = subprocess.run(
-        ["cargo", "test", "-q", "-p", "strato-tests", "--no-run", "--message-format=json", *profile],
+        [*cargo, "test", "-q", "-p", "strato-tests", "--no-run", "--message-format=json",
+         *target, *profile],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
     tests = []
     for line in res.stdout.splitlines():
@@ -423,23 +612,25 @@ def host_build(release):
             tests.append(msg["executable"])
     if not tests:
         die("cargo built no integration test binaries")
-    images = subprocess.run(
-        ["bash", str(ROOT / "resources/build.sh"), "all"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    target = Path(tests[0]).parents[1]
-    env = {"STRATO_BIN": str(target / "strato")}
-    for line in images.splitlines():
-        k, _, v = line.partition("=")
-        if v:
-            env[f"STRATO_IMAGE_{k}"] = v
-    return env, sorted(tests)
+    target_dir = Path(tests[0]).parents[1]
+    lane_env = {"STRATO_BIN": str(target_dir / "strato")}
+    if arch == "x86_64":
+        images = subprocess.run(
+            ["bash", str(ROOT / "resources/build.sh"), "all"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for line in images.splitlines():
+            k, _, v = line.partition("=")
+            if v:
+                lane_env[f"STRATO_IMAGE_{k}"] = v
+    return lane_env, sorted(tests)
 
 
 def lane_test(args):
-    env, tests = host_build(args.release)
+    arm = args.arch == "aarch64"
+    env, tests = host_build(args.release, args.arch)
     # One test at a time: the lane's two emulated CPUs are the whole
     # machine, and two Linux guests of two vCPUs each starve one another
     # (timeouts, soft lockups) where a test alone runs steadily.
@@ -451,15 +642,20 @@ def lane_test(args):
     failed, retried, summary = [], [], []
     for t in tests:
         name = Path(t).name.rsplit("-", 1)[0]
-        if name in HOST_ONLY:
+        if arm and name not in ARM_TESTS:
+            print(f"\n== {name}: not run in the aarch64 lane (its guests are x86)", flush=True)
+            summary.append(f"{name}: not run in the aarch64 lane")
+            continue
+        if not arm and name in HOST_ONLY:
             print(f"\n== {name}: not run in the lane ({HOST_ONLY[name]})", flush=True)
             summary.append(f"{name}: not run in the lane")
             continue
+        filters = [*ARM_TESTS[name], *args.filters] if arm else args.filters
         for attempt in range(1 + LANE_RETRIES):
             print(f"\n== {name}" + (f" (again, attempt {attempt + 1})" if attempt else ""), flush=True)
             rc = run_in_lane(
-                [t, "--include-ignored", *args.filters], env, args.timeout, args.cpus,
-                args.memory, ROOT, tcg=args.tcg,
+                [t, "--include-ignored", *filters], env, args.timeout, args.cpus,
+                args.memory, ROOT, tcg=args.tcg, arch=args.arch,
             )
             if rc != LANE_BROKE:
                 break
@@ -469,7 +665,7 @@ def lane_test(args):
         else:
             failed.append(name)
             summary.append(f"{name}: FAILED (status {rc})")
-    print("\nlane summary:\n  " + "\n  ".join(summary), flush=True)
+    print(f"\n{args.arch} lane summary:\n  " + "\n  ".join(summary), flush=True)
     if retried:
         print(f"lane: the lane VM broke (lockup or crash) under: {' '.join(retried)}; "
               "run again", flush=True)
@@ -480,6 +676,8 @@ def lane_test(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=("x86_64", "aarch64"), default="x86_64",
+                   help="which lane (default x86_64)")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("run", "test"):
         s = sub.add_parser(name)
@@ -499,18 +697,32 @@ def main():
         else:
             s.add_argument("--release", action="store_true")
             s.add_argument("filters", nargs="*", help="libtest filters and options")
+    c = sub.add_parser("cargo", help="cargo for the lane's architecture (aarch64: the static "
+                                     "cross build the lane runs), e.g. cargo -- clippy --workspace")
+    c.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("check")
     sub.add_parser("install")
     args = p.parse_args()
     if args.cmd == "check":
-        lack = missing()
-        print("lane: ready" if not lack else "lane: missing " + " ".join(lack))
+        lack = missing(args.arch)
+        print(f"{args.arch} lane: ready" if not lack else f"{args.arch} lane: missing "
+              + ", ".join(lack))
         return 0 if not lack else LANE_FAILED
     if args.cmd == "install":
-        install()
+        install(args.arch)
         return 0
     if args.cmd == "test":
         return lane_test(args)
+    if args.cmd == "cargo":
+        cargo_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+        if args.arch != "aarch64":
+            return subprocess.run(["cargo", *cargo_args], cwd=ROOT).returncode
+        # Debian's cargo finds its own clippy and rustfmt first on this PATH.
+        env = cross_env()
+        env["PATH"] = "/usr/bin:" + env.get("PATH", "")
+        sub_cmd, rest = cargo_args[:1], cargo_args[1:]
+        return subprocess.run(["/usr/bin/cargo", *sub_cmd, "--target", ARM_TARGET, *rest],
+                              cwd=ROOT, env=env).returncode
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         die("run needs a command", 2)
@@ -519,7 +731,7 @@ def main():
         if k in os.environ:
             env.setdefault(k, os.environ[k])
     return run_in_lane(command, env, args.timeout, args.cpus, args.memory, Path.cwd(),
-                       args.interactive, tcg=args.tcg)
+                       args.interactive, tcg=args.tcg, arch=args.arch)
 
 
 if __name__ == "__main__":
