@@ -7,12 +7,17 @@ style KVM), same run, same kernel, same root disk.
                                 [--vmms strato,firecracker,qemu] [--timeout S]
 
 On the host it builds strato (release) and the guest images, then runs
-itself inside the lane (tests/lane/lane.py) with --inside. There, every VMM
+itself inside the lane (tests/lane/lane.py) with --inside, once per run and
+VMM, each in a lane VM of its own (VMMs alternate run by run; a run whose
+lane VM breaks, an emulator fault, is run again, twice at most), and
+prints the table of all runs. In the lane, each VMM
 boots the project kernel (vmlinux) with 2 vCPUs and 256 MiB, the ext4 root
 disk as vda, a scratch disk as vdb and a NIC on a tap in a network namespace
 made for the run; the guest's init (strato_bench=HOST:PORT:MIB) runs the
 steps below and prints a line before each, which the host timestamps as it
-arrives on the serial console. VMMs alternate run by run. Figures:
+arrives on the serial console. A run whose guest fails a step keeps the
+figures of the steps before it; the failure is listed under the table.
+Figures:
 
   start -> /init   VMM spawn to init's first line (STRATO_INIT_OK)
   read/write 1M    MIB MiB in 1 MiB O_DIRECT requests on vdb (MiB/s)
@@ -23,14 +28,16 @@ arrives on the serial console. VMMs alternate run by run. Figures:
   stock kernel     VMM spawn to init's first line for Debian's stock cloud
   start -> /init   kernel (finds CPUs and virtio devices only through
                    ACPI) with the project's init in an initramfs carrying
-                   the kernel's virtio modules, a drive and the NIC; the
-                   run counts only if init saw both vCPUs and the drive
+                   the kernel's virtio modules, a drive and the NIC, in
+                   a VM of its own after the main one; it counts only if
+                   init saw both vCPUs and the drive
 
 The lane emulates its CPU (QEMU TCG), so absolute figures are far below a
 real host's: only the ratios between VMMs in one run mean anything.
 """
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -48,27 +55,113 @@ import run as bench  # noqa: E402  (the host benchmark's VMM launchers)
 REPO = Path(__file__).resolve().parents[2]
 HOST_IP, GUEST_IP, PORT = "172.31.9.1", "172.31.9.2", 6000
 STEPS = ["read1m", "write1m", "read4k", "write4k", "tx", "rx"]
+# Each step's figure: its name and the units moved per MiB of --mib.
+STEP_FIGURES = [
+    ("read1m", "read 1 MiB O_DIRECT (MiB/s)", 1),
+    ("write1m", "write 1 MiB O_DIRECT (MiB/s)", 1),
+    ("read4k", "read 4 KiB O_DIRECT (req/s)", 64),
+    ("write4k", "write 4 KiB O_DIRECT (req/s)", 64),
+    ("tx", "TCP guest -> host (MiB/s)", 1),
+    ("rx", "TCP host -> guest (MiB/s)", 1),
+]
+FIGURES = (["start -> /init (ms)"] + [name for _, name, _ in STEP_FIGURES]
+           + ["RSS overhead (MiB)", "stock kernel start -> /init (ms)"])
 
 
 def log(msg):
     print(f"[lane-bench] {msg}", file=sys.stderr, flush=True)
 
 
+# The lane runner's status for a lane VM that broke (an emulator fault,
+# docs/testing.md), and how often one run is tried again for it.
+LANE_BROKE = 126
+LANE_RETRIES = 2
+JSON_MARK = "LANE_BENCH_JSON "
+
+
 def host_main(args):
+    """Builds on the host, then boots a lane VM per run and VMM (in the
+    same alternating order), so that a lane VM breaking costs one run,
+    which is tried again, not the whole benchmark."""
     strato = Path(args.strato) if args.strato else bench.build_strato()
     images = subprocess.run(["bash", str(REPO / "resources/build.sh"), "all"],
                             check=True, capture_output=True, text=True).stdout
     env = dict(line.split("=", 1) for line in images.splitlines() if "=" in line)
-    argv = [sys.executable, str(Path(__file__).resolve()), "--inside",
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--json",
             "--strato", str(strato), "--vmlinux", env["VMLINUX"], "--rootfs", env["ROOTFS"],
             "--cloud-kernel", env["CLOUD_KERNEL"], "--cloud-initrd", env["CLOUD_INITRAMFS"],
-            "--runs", str(args.runs), "--mib", str(args.mib), "--vmms", args.vmms,
-            "--timeout", str(args.timeout)]
+            "--runs", "1", "--mib", str(args.mib), "--timeout", str(args.timeout)]
     if args.firecracker:
         argv += ["--firecracker", str(bench.executable(args.firecracker, "--firecracker"))]
+    # A lane VM holds one run: its two boots and the lane's own start-up.
+    lane_timeout = args.lane_timeout or 2 * args.timeout + 300
     lane = [sys.executable, str(REPO / "tests/lane/lane.py"), "run",
-            "--timeout", str(args.lane_timeout), "--"] + argv
-    return subprocess.run(lane).returncode
+            "--timeout", str(lane_timeout), "--"]
+    keys = [k for k in args.vmms.split(",") if k != "firecracker" or args.firecracker]
+    labels, versions = {}, {}
+    results = {k: {f: [] for f in FIGURES} for k in keys}
+    failures = []
+    for i in range(args.runs):
+        for key in keys:
+            for attempt in range(1 + LANE_RETRIES):
+                rc, report = lane_run(lane + argv + ["--vmms", key])
+                if rc != LANE_BROKE:
+                    break
+                log(f"run {i + 1} {key}: the lane VM broke; again")
+            if report is None:
+                failures.append(f"run {i + 1} {key}: the lane ended with status {rc} "
+                                "and no report")
+                continue
+            labels.update(report["labels"])
+            versions.update(report["versions"])
+            for fig, vals in report["results"].get(key, {}).items():
+                results[key][fig] += vals
+            failures += [f"run {i + 1} {f}" for f in report["failures"]]
+            # Each run's figures as they come, so that a benchmark cut
+            # short still leaves them in its output.
+            got = {f: round(v[0], 2) for f, v in report["results"].get(key, {}).items() if v}
+            log(f"run {i + 1} {key}: {json.dumps(got)}")
+    print_table(args, [(k, labels.get(k, k)) for k in keys], results, versions, failures)
+    return 1 if failures else 0
+
+
+def lane_run(cmd):
+    """Runs `cmd` (the lane runner), echoing its output; returns its status
+    and the report the benchmark printed inside, if any."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, errors="replace")
+    report = None
+    for line in proc.stdout:
+        if line.startswith(JSON_MARK):
+            report = json.loads(line[len(JSON_MARK):])
+        else:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    return proc.wait(), report
+
+
+def print_table(args, vmms, results, versions, failures):
+    """The Markdown table: min / median / max of each figure per VMM."""
+    print(f"\nLane benchmark: {args.runs} runs, {args.mib} MiB, 2 vCPUs, 256 MiB guest; "
+          "min / median / max (n: runs that produced the figure, when fewer)\n")
+    print("| figure | " + " | ".join(label for _, label in vmms) + " |")
+    print("| --- |" + " --- |" * len(vmms))
+    for fig in FIGURES:
+        cells = []
+        for key, _ in vmms:
+            vals = results[key][fig]
+            if not vals:
+                cells.append("failed")
+                continue
+            fmt = "{:.0f}" if max(vals) >= 100 else "{:.2f}"
+            n = f" (n={len(vals)})" if len(vals) < args.runs else ""
+            cells.append(f"{fmt.format(min(vals))} / **{fmt.format(statistics.median(vals))}** / "
+                         f"{fmt.format(max(vals))}{n}")
+        print(f"| {fig} | " + " | ".join(cells) + " |")
+    for key, label in vmms:
+        if versions.get(key):
+            print(f"\n{label}: {versions[key]}")
+    for f in failures:
+        print(f"\nfailed: {f}")
 
 
 class Peer:
@@ -191,26 +284,29 @@ def one_run(vmm, args, scratch):
     finally:
         peer.close()
     proc, out = boot.proc, boot.out
+    # Every step that ended (the next step's mark came) has its figure, so
+    # a VMM whose guest dies halfway still shows what it did before.
+    order = ["INIT_OK"] + STEPS + ["end"]
+    dur = {s: marks[order[i + 1]] - marks[s] for i, s in enumerate(order[:-1])
+           if s in marks and order[i + 1] in marks}
+    mib = args.mib
+    figures = {}
+    if "INIT_OK" in marks:
+        figures["start -> /init (ms)"] = marks["INIT_OK"] * 1000
+    for step, name, scale in STEP_FIGURES:
+        if step in dur:
+            figures[name] = mib * scale / dur[step]
+    if overhead is not None:
+        figures["RSS overhead (MiB)"] = overhead / 1024
+    error = None
     if "BENCH_FAILED" in marks or "end" not in marks or proc.returncode != 0:
         tail = out[-600:].decode(errors="replace")
         # The VMM's own words: its stderr, and its log file if it has one.
         logs = "".join(f"\n{p.name} ends:\n" + p.read_text(errors="replace")[-800:]
                        for p in sorted(Path(scratch).glob("*.log")))
-        raise RuntimeError(f"{vmm.label}: status {proc.returncode}, marks {sorted(marks)}; "
-                           f"console ends:\n{tail}{logs}")
-    order = ["INIT_OK"] + STEPS + ["end"]
-    dur = {s: marks[order[i + 1]] - marks[s] for i, s in enumerate(order[:-1])}
-    mib = args.mib
-    return {
-        "start -> /init (ms)": marks["INIT_OK"] * 1000,
-        "read 1 MiB O_DIRECT (MiB/s)": mib / dur["read1m"],
-        "write 1 MiB O_DIRECT (MiB/s)": mib / dur["write1m"],
-        "read 4 KiB O_DIRECT (req/s)": mib * 64 / dur["read4k"],
-        "write 4 KiB O_DIRECT (req/s)": mib * 64 / dur["write4k"],
-        "TCP guest -> host (MiB/s)": mib / dur["tx"],
-        "TCP host -> guest (MiB/s)": mib / dur["rx"],
-        "RSS overhead (MiB)": overhead / 1024 if overhead is not None else float("nan"),
-    }
+        error = (f"{vmm.label}: status {proc.returncode}, marks {sorted(marks)}; "
+                 f"console ends:\n{tail}{logs}")
+    return figures, error
 
 
 def stock_boot(vmm, args, scratch):
@@ -242,7 +338,8 @@ def inside_main(args):
             vmms.append(bench.Firecracker("firecracker", "Firecracker", args.firecracker))
         elif key == "qemu" and bench.shutil.which("qemu-system-x86_64"):
             vmms.append(bench.Qemu("qemu", "QEMU microvm", bench.shutil.which("qemu-system-x86_64")))
-    results = {v.key: [] for v in vmms}
+    # Per VMM and figure, the values of the runs that produced it.
+    results = {v.key: {f: [] for f in FIGURES} for v in vmms}
     failures = []
     with bench.Netns() as ns:
         subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{HOST_IP}/24", "dev",
@@ -250,37 +347,30 @@ def inside_main(args):
         ns.enter()
         for i in range(args.runs):
             for vmm in vmms:
+                # The stock-kernel boot is a VM of its own: it runs whether
+                # or not the main run's guest got through every step.
                 with tempfile.TemporaryDirectory() as scratch:
+                    figures, error = one_run(vmm, args, scratch)
                     try:
-                        figures = one_run(vmm, args, scratch)
                         figures.update(stock_boot(vmm, args, scratch))
-                        results[vmm.key].append(figures)
-                        log(f"run {i + 1}/{args.runs} {vmm.label}: ok")
                     except RuntimeError as e:
-                        failures.append(str(e))
-                        log(f"run {i + 1}/{args.runs} {vmm.label}: FAILED: {e}")
-    figures = list(next((r[0] for r in results.values() if r), {}).keys())
-    print(f"\nLane benchmark: {args.runs} runs, {args.mib} MiB, 2 vCPUs, 256 MiB guest; "
-          "min / median / max\n")
-    print("| figure | " + " | ".join(v.label for v in vmms) + " |")
-    print("| --- |" + " --- |" * len(vmms))
-    for fig in figures:
-        cells = []
-        for v in vmms:
-            vals = [r[fig] for r in results[v.key]]
-            if not vals:
-                cells.append("failed")
-                continue
-            fmt = "{:.0f}" if max(vals) >= 100 else "{:.2f}"
-            cells.append(f"{fmt.format(min(vals))} / **{fmt.format(statistics.median(vals))}** / "
-                         f"{fmt.format(max(vals))}")
-        print(f"| {fig} | " + " | ".join(cells) + " |")
-    for v in vmms:
-        ver = v.version()
-        if ver:
-            print(f"\n{v.label}: {ver}")
-    for f in failures:
-        print(f"\nfailed: {f}")
+                        error = f"{error}\n{e}" if error else str(e)
+                for fig, value in figures.items():
+                    results[vmm.key][fig].append(value)
+                if error:
+                    failures.append(f"run {i + 1} {error}")
+                    log(f"run {i + 1}/{args.runs} {vmm.label}: FAILED "
+                        f"({len(figures)} of {len(FIGURES)} figures): {error}")
+                else:
+                    log(f"run {i + 1}/{args.runs} {vmm.label}: ok")
+    versions = {v.key: v.version() for v in vmms}
+    if args.json:
+        # For the host side, which merges the runs of many lane VMs.
+        print(JSON_MARK + json.dumps({"labels": {v.key: v.label for v in vmms},
+                                      "versions": versions, "results": results,
+                                      "failures": failures}), flush=True)
+    else:
+        print_table(args, [(v.key, v.label) for v in vmms], results, versions, failures)
     return 1 if failures else 0
 
 
@@ -293,8 +383,10 @@ def main():
     ap.add_argument("--firecracker", default=os.environ.get("STRATO_BENCH_FIRECRACKER"))
     ap.add_argument("--strato")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per boot")
-    ap.add_argument("--lane-timeout", type=int, default=3600)
+    ap.add_argument("--lane-timeout", type=int,
+                    help="seconds per lane VM (one run of one VMM); default 2 x --timeout + 300")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--vmlinux", help=argparse.SUPPRESS)
     ap.add_argument("--rootfs", help=argparse.SUPPRESS)
     ap.add_argument("--cloud-kernel", help=argparse.SUPPRESS)
