@@ -10,8 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use api::{
-    alive, create_body, kill, pid_of, raw_request, state, wait_console, wait_for, wait_state, Api,
-    Daemon, Json, Netns,
+    alive, create_body, kill, pid_of, raw_request, state, wait_console, wait_console_for, wait_for,
+    wait_state, Api, Daemon, Json, Netns,
 };
 use strato_tests::{
     guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, tiny_elf,
@@ -822,7 +822,7 @@ fn three_linux_instances_serve_tcp_and_survive_a_neighbour_stopping() {
         })
     };
     for (i, id) in ids.iter().enumerate() {
-        wait_console(&api, id, "STRATO_INIT_DONE");
+        wait_console_for(&api, id, "STRATO_INIT_DONE", LONG);
         assert_eq!(
             serving(i),
             answers[i],

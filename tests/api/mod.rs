@@ -399,7 +399,13 @@ pub fn wait_state(api: &Api, id: &str, want: &str) -> Json {
 /// Waits for `marker` on daemon instance `id`'s console; returns the
 /// console text.
 pub fn wait_console(api: &Api, id: &str, marker: &str) -> String {
-    wait_for(&format!("{marker:?} on {id}'s console"), WAIT, || {
+    wait_console_for(api, id, marker, WAIT)
+}
+
+/// [`wait_console`] with a deadline of its own (Linux guests booting side
+/// by side on the lane's emulated CPUs need minutes).
+pub fn wait_console_for(api: &Api, id: &str, marker: &str, timeout: Duration) -> String {
+    wait_for(&format!("{marker:?} on {id}'s console"), timeout, || {
         let r = api.expect("GET", &format!("/v1/instances/{id}/console"), None, 200);
         let text = r.text();
         text.contains(marker).then_some(text)
