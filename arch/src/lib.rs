@@ -11,8 +11,9 @@
 //!   `CMDLINE_MAX_SIZE`, `BOOT_TIMER_ADDR`, `MMIO_DEVICES_START`/`END` and
 //!   `VIRTIO_IRQ_BASE`/`MAX`;
 //! - the VM: `ram_regions`, `check_kvm`, `max_vcpus`, `create_vm`,
-//!   `create_vcpus` (the vCPUs and the in-kernel interrupt controller, in
-//!   the order the platform needs them) returning a `Chipset`;
+//!   `create_chipset` (the in-kernel interrupt controller, before any
+//!   device's irqfd; on aarch64 with the vCPUs it is sized for) and
+//!   `create_vcpus` (called last, right before the vCPUs are configured);
 //! - the vCPUs: `VcpuSetup` (per-VM data), `configure_vcpu`,
 //!   `program_counter` and `faulting_instruction` for exit reports;
 //! - the kernel: `load_kernel` into a `LoadedKernel`, `initrd_range`, and

@@ -405,11 +405,31 @@ pub fn wait_console(api: &Api, id: &str, marker: &str) -> String {
 /// [`wait_console`] with a deadline of its own (Linux guests booting side
 /// by side on the lane's emulated CPUs need minutes).
 pub fn wait_console_for(api: &Api, id: &str, marker: &str, timeout: Duration) -> String {
-    wait_for(&format!("{marker:?} on {id}'s console"), timeout, || {
-        let r = api.expect("GET", &format!("/v1/instances/{id}/console"), None, 200);
-        let text = r.text();
-        text.contains(marker).then_some(text)
-    })
+    let start = Instant::now();
+    loop {
+        let text = api
+            .expect("GET", &format!("/v1/instances/{id}/console"), None, 200)
+            .text();
+        if text.contains(marker) {
+            return text;
+        }
+        if start.elapsed() > timeout {
+            let show = api.call("GET", &format!("/v1/instances/{id}"), None).text();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {marker:?} on {id}'s console; \
+                 the instance: {show}\nits console ends:\n{tail}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The VMM process id of daemon instance `id`.

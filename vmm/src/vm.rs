@@ -331,7 +331,7 @@ impl Vm {
         started: Instant,
     ) -> Result<Built> {
         // Devices come after: their irqfds need the interrupt controller.
-        let (chipset, vcpu_fds) = arch::create_vcpus(kvm, vm_fd, config.vcpus)?;
+        let mut chipset = arch::create_chipset(kvm, vm_fd, config.vcpus)?;
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
         let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
@@ -443,6 +443,9 @@ impl Vm {
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
         let loaded = crate::boot::load(mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        // The vCPUs as late as the platform allows (x86: here; aarch64:
+        // with the GIC), right before they are configured.
+        let vcpu_fds = arch::create_vcpus(vm_fd, &mut chipset, config.vcpus)?;
         let ram = crate::boot::mem_regions(mem);
         let entry = arch::configure_boot(
             mem,

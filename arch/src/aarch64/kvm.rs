@@ -53,12 +53,14 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, KvmError> {
         .map_err(|e| KvmError::Call("KVM_CREATE_VM", e))
 }
 
-/// The in-kernel GIC.
+/// The in-kernel GIC, and the vCPUs it was sized for until
+/// [`create_vcpus`] hands them out.
 pub struct Chipset {
     // Kept open: closing the device fd does not remove the GIC, but its
     // attributes can only be read through it.
     _gic: DeviceFd,
     version: GicVersion,
+    vcpus: Vec<VcpuFd>,
 }
 
 impl Chipset {
@@ -69,14 +71,20 @@ impl Chipset {
     pub fn settle(&mut self) {}
 }
 
+/// The vCPUs [`create_chipset`] made.
+pub fn create_vcpus(
+    _vm_fd: &VmFd,
+    chipset: &mut Chipset,
+    _count: u32,
+) -> Result<Vec<VcpuFd>, KvmError> {
+    Ok(std::mem::take(&mut chipset.vcpus))
+}
+
 /// Creates `count` vCPUs, initialises them for PSCI 0.2 (all but the
 /// first powered off until the guest starts them with `CPU_ON`), then the
-/// GIC, which KVM sizes to the vCPUs that exist when it is initialised.
-pub fn create_vcpus(
-    _kvm: &Kvm,
-    vm_fd: &VmFd,
-    count: u32,
-) -> Result<(Chipset, Vec<VcpuFd>), KvmError> {
+/// GIC, which KVM sizes to the vCPUs that exist when it is initialised:
+/// here the vCPUs must come first, and the devices' irqfds after the GIC.
+pub fn create_chipset(_kvm: &Kvm, vm_fd: &VmFd, count: u32) -> Result<Chipset, KvmError> {
     let mut preferred = kvm_vcpu_init::default();
     vm_fd
         .get_preferred_target(&mut preferred)
@@ -111,7 +119,11 @@ pub fn create_vcpus(
             )
         }
     };
-    let chipset = Chipset { _gic: gic, version };
+    let chipset = Chipset {
+        _gic: gic,
+        version,
+        vcpus,
+    };
     match version {
         GicVersion::V3 => {
             set_addr(&chipset._gic, KVM_VGIC_V3_ADDR_TYPE_DIST, GIC_DIST_ADDR)?;
@@ -141,7 +153,7 @@ pub fn create_vcpus(
         0,
         "KVM_DEV_ARM_VGIC_CTRL_INIT",
     )?;
-    Ok((chipset, vcpus))
+    Ok(chipset)
 }
 
 fn create_gic(vm_fd: &VmFd, kind: u32) -> Result<DeviceFd, KvmError> {

@@ -68,5 +68,6 @@ pub use mptable::setup_mptable;
 pub use regs::{boot_fpu, boot_msrs, boot_regs, setup_sregs, write_boot_tables, EntryMode};
 pub use vcpu::{configure_vcpu, faulting_instruction, program_counter, VcpuSetup};
 pub use vm::{
-    check_kvm, create_vcpus, create_vm, guest_listens_to_power_button, max_vcpus, Chipset,
+    check_kvm, create_chipset, create_vcpus, create_vm, guest_listens_to_power_button, max_vcpus,
+    Chipset,
 };
