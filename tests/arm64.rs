@@ -116,3 +116,27 @@ fn more_vcpus_than_the_gic_can_hold_are_refused() {
     assert!(r.stderr.contains("257"), "{r:#?}");
     assert!(r.stdout.is_empty(), "{r:#?}");
 }
+
+#[test]
+#[ignore = aarch64!()]
+fn an_image_that_claims_more_memory_than_the_guest_has_is_refused() {
+    require_aarch64();
+    let dir = Scratch::new("arm64-huge-image");
+    // An Image header (magic at 0x38) whose image_size (at 16) is 1 TiB.
+    let mut image = vec![0u8; 4096];
+    image[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    let path = dir.file("Image", &image);
+    let r = strato(
+        &["run", "--kernel", &path, "--memory", "64"],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_ne!(r.code(), 0, "{r:#?}");
+    assert!(
+        r.stderr
+            .contains("needs 0x10000000000 bytes of RAM from its load address"),
+        "{r:#?}"
+    );
+    assert!(r.stdout.is_empty(), "{r:#?}");
+}

@@ -110,6 +110,10 @@ pub enum LoadError {
     /// A bzImage without a 64-bit entry point.
     #[error("is a bzImage without a 64-bit entry point")]
     No64BitEntry,
+    /// The kernel says it needs more memory than the guest's RAM (and the
+    /// boot data above it) leaves.
+    #[error("needs {0:#x} bytes of RAM from its load address, more than the guest has")]
+    TooLarge(u64),
     /// The loader rejected the image.
     #[error("cannot be loaded: {0}")]
     Loader(linux_loader::loader::Error),

@@ -19,7 +19,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, DeviceFd, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::pe::PE;
 use linux_loader::loader::KernelLoader;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::fdt::{build_fdt, FdtConfig, GicVersion};
 use super::fdt_addr;
@@ -330,13 +330,21 @@ pub fn load_kernel(
             file.read_exact(&mut header).map_err(LoadError::Read)?;
             let mut image_size = [0u8; 8];
             image_size.copy_from_slice(&header[16..24]);
-            let image_end = r
+            // `image_size` is the file's word: it must leave the top of
+            // RAM, where the FDT goes, free.
+            let image_size = u64::from_le_bytes(image_size);
+            let ram = super::ram_regions((mem.last_addr().0 + 1).saturating_sub(DRAM_START));
+            let end = r
                 .kernel_load
                 .0
-                .saturating_add(u64::from_le_bytes(image_size));
+                .checked_add(image_size)
+                .map_or(u64::MAX, |e| e.max(r.kernel_end));
+            if end > fdt_addr(&ram) {
+                return Err(LoadError::TooLarge(image_size));
+            }
             Ok(LoadedKernel {
                 entry: r.kernel_load.0,
-                end: r.kernel_end.max(image_end),
+                end,
             })
         }
         KernelFormat::Unknown => Err(LoadError::NotAKernel),
