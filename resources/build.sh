@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Build strato's guest artifacts: a Linux kernel (vmlinux with a PVH entry
 # note, and bzImage), a busybox initramfs, an ext4 root image, and Debian's
-# cloud kernel with a busybox initramfs carrying its virtio modules.
+# cloud kernel with a busybox initramfs carrying its virtio modules; and
+# for aarch64 guests the project kernel built for arm64 (an Image, with
+# aarch64-linux-gnu-gcc) and Debian's stock arm64 kernel, with an arm64
+# busybox initramfs carrying the stock kernel's virtio modules.
 #
-#   resources/build.sh [kernel|initramfs|rootfs|cloud|all]     (default: all)
+#   resources/build.sh [kernel|initramfs|rootfs|cloud|arm64|all]   (default: all)
 #
 # Progress goes to stderr; stdout gets KEY=PATH lines (VMLINUX, BZIMAGE,
-# INITRAMFS, ROOTFS, CLOUD_KERNEL, CLOUD_INITRAMFS) for the selected
-# targets. Results are cached under
+# INITRAMFS, ROOTFS, CLOUD_KERNEL, CLOUD_INITRAMFS; ARM64_IMAGE,
+# ARM64_KERNEL, ARM64_INITRAMFS) for the selected targets; `all` is the x86 set. Results are cached under
 # ${STRATO_CACHE:-$HOME/.cache/strato}/<target>-<hash>/, where <hash> is a
 # sha256 over every input of that target (see resources/README.md). A hit
 # prints the paths at once; a build fills a temporary directory that is
@@ -16,7 +19,9 @@ set -euo pipefail
 
 RES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SELF="$RES_DIR/build.sh"
-KCONFIG_FRAGMENT="$RES_DIR/kernel/x86_64.config"
+# The project kernel: one config fragment per architecture.
+KCONFIG_X86_64="$RES_DIR/kernel/x86_64.config"
+KCONFIG_ARM64="$RES_DIR/kernel/arm64.config"
 PATCH_DIR="$RES_DIR/patches"
 INIT_SCRIPT="$RES_DIR/initramfs/init"
 CACHE="${STRATO_CACHE:-$HOME/.cache/strato}"
@@ -29,7 +34,14 @@ BUSYBOX_BIN=/bin/busybox
 # versioned linux-image-<abi>-cloud-amd64 it depends on) and the modules
 # its initramfs carries, with their dependencies, for the init to load.
 CLOUD_META_PKG=linux-image-cloud-amd64
-CLOUD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_console button evdev ext4)
+CLOUD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_console virtio_balloon button evdev ext4)
+# Debian's generic arm64 kernel (an uncompressed Image; the same meta
+# package scheme) and the arm64 build of the same busybox, both fetched
+# with apt-get download, which needs dpkg's arm64 architecture.
+ARM64_META_PKG=linux-image-arm64:arm64
+ARM64_BUSYBOX_PKG=busybox-static:arm64
+# gpio_keys and evdev: the power key on the PL061 GPIO, for busybox acpid.
+ARM64_MODULES=(virtio_mmio virtio_blk virtio_net virtio_console gpio_keys evdev ext4)
 ROOTFS_SIZE_MIB=64
 # Fixed values keep the outputs reproducible.
 ROOTFS_UUID=5f2a7c1e-0b6d-4c3e-9a57-57a7a0000001
@@ -163,14 +175,25 @@ with_entry() {
 # ----------------------------------------------------------------- kernel
 
 KERNEL_PKGS=(make gcc libc6-dev flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 patch binutils "$LINUX_PKG")
+ARM64_KERNEL_PKGS=(gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
+
+# The kernel being built: K_ARCH (the kernel's ARCH), K_FRAGMENT (its
+# config fragment), K_CROSS (the cross compiler's prefix, or empty).
+kernel_for() {
+    case "$1" in
+        x86_64) K_ARCH=x86_64 K_FRAGMENT="$KCONFIG_X86_64" K_CROSS= ;;
+        arm64) K_ARCH=arm64 K_FRAGMENT="$KCONFIG_ARM64" K_CROSS=aarch64-linux-gnu- ;;
+    esac
+}
 
 kernel_hash() {
     {
         echo "strato-kernel-v1"
+        echo "arch: $K_ARCH"
         echo "source: $LINUX_PKG $(pkg_version "$LINUX_PKG") $(file_sha "$LINUX_TARBALL")"
-        echo "gcc: $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
-        echo "binutils: $(ld --version | head -n1)"
-        echo "config:"; cat "$KCONFIG_FRAGMENT"
+        echo "gcc: $("${K_CROSS}gcc" -dumpfullversion 2>/dev/null || "${K_CROSS}gcc" -dumpversion)"
+        echo "binutils: $("${K_CROSS}ld" --version | head -n1)"
+        echo "config:"; cat "$K_FRAGMENT"
         local p
         for p in "$PATCH_DIR"/*.patch; do
             [ -e "$p" ] || continue
@@ -194,11 +217,12 @@ build_kernel() {
     export KBUILD_BUILD_USER=strato KBUILD_BUILD_HOST=strato KBUILD_BUILD_VERSION=1
     KBUILD_BUILD_TIMESTAMP="$(LC_ALL=C date -u -d "@$(stat -c %Y "$LINUX_TARBALL")")"
     export KBUILD_BUILD_TIMESTAMP
-    local mk=(make -C "$src" ARCH=x86_64 -j"$(nproc)")
+    local mk=(make -C "$src" ARCH="$K_ARCH" -j"$(nproc)")
+    [ -z "$K_CROSS" ] || mk+=(CROSS_COMPILE="$K_CROSS")
     echo "== tinyconfig + fragment + olddefconfig" >>"$logf"
     {
         "${mk[@]}" tinyconfig &&
-        (cd "$src" && scripts/kconfig/merge_config.sh -m .config "$KCONFIG_FRAGMENT") &&
+        (cd "$src" && scripts/kconfig/merge_config.sh -m .config "$K_FRAGMENT") &&
         "${mk[@]}" olddefconfig
     } >>"$logf" 2>&1
     # Every option of the fragment must have survived olddefconfig.
@@ -211,8 +235,19 @@ build_kernel() {
                 opt="${line#\# }"; opt="${opt%% *}"
                 if grep -q "^$opt=" "$src/.config"; then echo "config: wanted $opt off, got: $(grep "^$opt=" "$src/.config")" >>"$logf"; bad=1; fi ;;
         esac
-    done <"$KCONFIG_FRAGMENT"
+    done <"$K_FRAGMENT"
     if [ "$bad" -ne 0 ]; then echo "config fragment not applied cleanly" >>"$logf"; return 1; fi
+    if [ "$K_ARCH" = arm64 ]; then
+        # The uncompressed Image, which strato loads (and its header says
+        # where); no PVH on arm64.
+        echo "== make Image" >>"$logf"
+        "${mk[@]}" Image >>"$logf" 2>&1
+        cp "$src/arch/arm64/boot/Image" "$out/Image"
+        cp "$src/.config" "$out/config"
+        cp "$src/System.map" "$out/System.map"
+        echo "== done" >>"$logf"
+        return 0
+    fi
     echo "== make vmlinux bzImage" >>"$logf"
     "${mk[@]}" vmlinux bzImage >>"$logf" 2>&1
     # PVH entry: XEN_ELFNOTE_PHYS32_ENTRY (type 18 = 0x12) must be present.
@@ -237,11 +272,14 @@ userspace_inputs() {
     echo "script:"; cat "$SELF"
 }
 
-# populate_tree DIR: busybox with all applet links plus our init.
+# populate_tree DIR [BUSYBOX]: busybox (this machine's, or the BUSYBOX
+# binary of another architecture) with all applet links plus our init. The
+# applet list comes from this machine's busybox, which runs here: the
+# arm64 one is the same Debian version, so the same applets.
 populate_tree() {
-    local d="$1" a
+    local d="$1" bb="${2:-$BUSYBOX_BIN}" a
     mkdir -p "$d"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,mnt,root,etc}
-    cp "$BUSYBOX_BIN" "$d/bin/busybox"
+    cp "$bb" "$d/bin/busybox"
     chmod 755 "$d/bin/busybox"
     for a in $("$BUSYBOX_BIN" --list-full); do
         [ -e "$d/$a" ] || [ -L "$d/$a" ] || ln -s /bin/busybox "$d/$a"
@@ -285,69 +323,89 @@ build_rootfs() {
     echo "== done" >>"$logf"
 }
 
-# ------------------------------------------------------------ cloud kernel
+# ------------------------------------------------- distribution kernels
 
-CLOUD_PKGS=("$BUSYBOX_PKG" cpio kmod xz-utils)
+DISTRO_PKGS=("$BUSYBOX_PKG" cpio kmod xz-utils)
 
-# cloud_resolve: sets CLOUD_PKG (the versioned kernel package the meta
-# package depends on), CLOUD_VER and CLOUD_SHA (the .deb's sha256 as the
-# archive's signed index gives it), from the local apt lists; updates them
-# once if they do not know the package. apt-cache takes about a second, so
-# the answer is memoized by the lists' modification time.
-cloud_resolve() {
-    local try memo="$CACHE/.cloud-resolve-memo" stamp line info
+# deb_resolve PKG: sets DEB_PKG (PKG, or the versioned linux-image package
+# the meta package PKG depends on), DEB_VER and DEB_SHA (the .deb's sha256
+# as the archive's signed index gives it), from the local apt lists;
+# updates them once if they do not know the package. apt-cache takes
+# about a second, so the answer is memoized by the lists' modification
+# time.
+deb_resolve() {
+    local want="$1" try memo="$CACHE/.deb-resolve-memo" stamp line info
     stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
     if [ -f "$memo" ]; then
-        line="$(grep -F -- "$CLOUD_META_PKG $stamp " "$memo" 2>/dev/null | tail -n1 || true)"
+        line="$(grep -F -- "$want $stamp " "$memo" 2>/dev/null | tail -n1 || true)"
         if [ -n "$line" ]; then
-            read -r _ _ CLOUD_PKG CLOUD_VER CLOUD_SHA <<<"$line"
+            read -r _ _ DEB_PKG DEB_VER DEB_SHA <<<"$line"
             return 0
         fi
     fi
     for try in 1 2; do
-        CLOUD_PKG="$(apt-cache depends "$CLOUD_META_PKG" 2>/dev/null |
-            sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1)"
-        if [ -n "$CLOUD_PKG" ]; then
-            info="$(apt-cache show --no-all-versions "$CLOUD_PKG" 2>/dev/null || true)"
-            CLOUD_VER="$(sed -n 's/^Version: //p' <<<"$info" | head -n1)"
-            CLOUD_SHA="$(sed -n 's/^SHA256: //p' <<<"$info" | head -n1)"
-            if [ -n "$CLOUD_VER" ] && [ -n "$CLOUD_SHA" ]; then
-                stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
-                echo "$CLOUD_META_PKG $stamp $CLOUD_PKG $CLOUD_VER $CLOUD_SHA" >>"$memo"
-                return 0
-            fi
+        DEB_PKG="$(apt-cache depends "$want" 2>/dev/null |
+            sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)"
+        [ -n "$DEB_PKG" ] || DEB_PKG="$want"
+        info="$(apt-cache show --no-all-versions "$DEB_PKG" 2>/dev/null || true)"
+        DEB_VER="$(sed -n 's/^Version: //p' <<<"$info" | head -n1)"
+        DEB_SHA="$(sed -n 's/^SHA256: //p' <<<"$info" | head -n1)"
+        if [ -n "$DEB_VER" ] && [ -n "$DEB_SHA" ]; then
+            stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
+            echo "$want $stamp $DEB_PKG $DEB_VER $DEB_SHA" >>"$memo"
+            return 0
         fi
         [ "$try" -eq 1 ] && [ "$APT_UPDATED" -eq 0 ] || break
-        log "apt lists do not know $CLOUD_META_PKG; apt-get update"
+        log "apt lists do not know $want; apt-get update"
         local sudo=()
         [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
         DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq >&2
         APT_UPDATED=1
     done
-    die "cannot resolve $CLOUD_META_PKG to a kernel package with apt-cache"
+    case "$want" in
+        *:arm64) die "cannot resolve $want with apt-cache; dpkg needs the arm64 architecture (python3 tests/lane/lane.py --arch aarch64 install)" ;;
+    esac
+    die "cannot resolve $want to a package with apt-cache"
 }
 
-cloud_hash() {
-    { echo "strato-cloud-v1"
-      echo "kernel: $CLOUD_PKG $CLOUD_VER $CLOUD_SHA"
-      echo "modules: ${CLOUD_MODULES[*]}"
+# fetch_deb WORK LOG PKG VER SHA DIR: apt-get download PKG=VER, check its
+# sha256, unpack it into DIR.
+fetch_deb() {
+    local work="$1" logf="$2" pkg="$3" ver="$4" sum="$5" dir="$6" dl deb
+    dl="$(mktemp -d "$work/deb.XXXXXX")"
+    echo "== apt-get download $pkg=$ver" >>"$logf"
+    (cd "$dl" && apt-get download "$pkg=$ver") >>"$logf" 2>&1
+    deb="$(echo "$dl"/*.deb)"
+    [ -f "$deb" ] || { echo "no .deb downloaded" >>"$logf"; return 1; }
+    if [ "$(sha256sum "$deb" | cut -d' ' -f1)" != "$sum" ]; then
+        echo "sha256 of $deb differs from the archive's $sum" >>"$logf"; return 1
+    fi
+    echo "== dpkg-deb -x ${deb##*/}" >>"$logf"
+    mkdir -p "$dir"
+    dpkg-deb -x "$deb" "$dir" >>"$logf" 2>&1
+}
+
+# The distribution kernel being built, set by the main part: D_KPKG,
+# D_KVER, D_KSHA (the kernel package), D_MODULES (modules to carry),
+# D_BBPKG, D_BBVER, D_BBSHA (a busybox package of another architecture, or
+# empty for this machine's) and D_KERNEL (the output's file name).
+distro_hash() {
+    { echo "strato-distro-v1"
+      echo "kernel: $D_KPKG $D_KVER $D_KSHA"
+      echo "busybox: ${D_BBPKG:-host} ${D_BBVER:-} ${D_BBSHA:-}"
+      echo "modules: ${D_MODULES[*]}"
       echo "kmod: $(pkg_version kmod)"
       userspace_inputs; } | sha
 }
 
-build_cloud() {
-    local out="$1" work="$2" logf="$3" pkg="$2/pkg" tree="$2/tree"
-    local deb kver m deps line rel f
-    mkdir -p "$work/deb" "$pkg"
-    echo "== apt-get download $CLOUD_PKG=$CLOUD_VER" >>"$logf"
-    (cd "$work/deb" && apt-get download "$CLOUD_PKG=$CLOUD_VER") >>"$logf" 2>&1
-    deb="$(echo "$work/deb"/*.deb)"
-    [ -f "$deb" ] || { echo "no .deb downloaded" >>"$logf"; return 1; }
-    if [ -n "$CLOUD_SHA" ] && [ "$(sha256sum "$deb" | cut -d' ' -f1)" != "$CLOUD_SHA" ]; then
-        echo "sha256 of $deb differs from the archive's $CLOUD_SHA" >>"$logf"; return 1
+build_distro() {
+    local out="$1" work="$2" logf="$3" pkg="$2/pkg" tree="$2/tree" bb="$BUSYBOX_BIN"
+    local kver m deps line rel f
+    fetch_deb "$work" "$logf" "$D_KPKG" "$D_KVER" "$D_KSHA" "$pkg"
+    if [ -n "$D_BBPKG" ]; then
+        fetch_deb "$work" "$logf" "$D_BBPKG" "$D_BBVER" "$D_BBSHA" "$work/bb"
+        bb="$work/bb/bin/busybox"
     fi
-    echo "== dpkg-deb -x ${deb##*/}" >>"$logf"
-    dpkg-deb -x "$deb" "$pkg" >>"$logf" 2>&1
     kver="$(ls "$pkg/lib/modules")"
     [ -n "$kver" ] && [ "$(echo "$kver" | wc -l)" -eq 1 ] ||
         { echo "expected one lib/modules/<release> in the package, got: $kver" >>"$logf"; return 1; }
@@ -356,13 +414,13 @@ build_cloud() {
     # The package ships no modules.dep (its postinst runs depmod).
     depmod -b "$pkg" "$kver" >>"$logf" 2>&1
 
-    populate_tree "$tree" >>"$logf" 2>&1
+    populate_tree "$tree" "$bb" >>"$logf" 2>&1
     local mdir="$tree/lib/modules/$kver"
     mkdir -p "$mdir"
     cp "$pkg/lib/modules/$kver/modules.builtin" \
         "$pkg/lib/modules/$kver/modules.builtin.modinfo" "$mdir/"
     echo "== modules" >>"$logf"
-    for m in "${CLOUD_MODULES[@]}"; do
+    for m in "${D_MODULES[@]}"; do
         # insmod lines in load order, or "builtin NAME" for built-in ones;
         # -C /dev/null keeps the host's modprobe.d out.
         deps="$(modprobe -C /dev/null -d "$pkg" -S "$kver" --show-depends "$m" 2>>"$logf")" ||
@@ -390,19 +448,35 @@ build_cloud() {
     find "$tree" -exec touch -h -d @0 {} +
     (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort |
         cpio -o -H newc -R 0:0 --reproducible --quiet) >"$out/initramfs.cpio" 2>>"$logf"
-    cp "$pkg/boot/vmlinuz-$kver" "$out/vmlinuz"
+    cp "$pkg/boot/vmlinuz-$kver" "$out/$D_KERNEL"
     cp "$pkg/boot/config-$kver" "$out/config"
     echo "$kver" >"$out/release"
     echo "== done" >>"$logf"
+}
+
+# distro_target NAME META MODULES_ARRAY KERNEL_FILE [BUSYBOX_PKG]: resolve
+# and build (or find) one distribution kernel entry.
+distro_target() {
+    local name="$1" meta="$2" mods="$3[@]" kfile="$4" bbpkg="${5:-}"
+    ensure_pkgs "${DISTRO_PKGS[@]}"
+    deb_resolve "$meta"
+    D_KPKG="$DEB_PKG" D_KVER="$DEB_VER" D_KSHA="$DEB_SHA"
+    D_MODULES=("${!mods}") D_KERNEL="$kfile"
+    D_BBPKG= D_BBVER= D_BBSHA=
+    if [ -n "$bbpkg" ]; then
+        deb_resolve "$bbpkg"
+        D_BBPKG="$DEB_PKG" D_BBVER="$DEB_VER" D_BBSHA="$DEB_SHA"
+    fi
+    with_entry "$name" "$(distro_hash)" build_distro "a 30 MB download and seconds"
 }
 
 # ------------------------------------------------------------------- main
 
 target="${1:-all}"
 case "$target" in
-    kernel|initramfs|rootfs|cloud|all) ;;
-    -h|--help) sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown target '$target' (kernel|initramfs|rootfs|cloud|all)" ;;
+    kernel|initramfs|rootfs|cloud|arm64|all) ;;
+    -h|--help) sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown target '$target' (kernel|initramfs|rootfs|cloud|arm64|all)" ;;
 esac
 
 mkdir -p "$CACHE"
@@ -412,6 +486,7 @@ results=()
 
 if [ "$target" = kernel ] || [ "$target" = all ]; then
     ensure_pkgs "${KERNEL_PKGS[@]}"
+    kernel_for x86_64
     with_entry kernel "$(kernel_hash)" build_kernel "3-5 min on 2 cores"
     results+=("VMLINUX=$ENTRY/vmlinux" "BZIMAGE=$ENTRY/bzImage")
 fi
@@ -426,10 +501,16 @@ if [ "$target" = rootfs ] || [ "$target" = all ]; then
     results+=("ROOTFS=$ENTRY/rootfs.ext4")
 fi
 if [ "$target" = cloud ] || [ "$target" = all ]; then
-    ensure_pkgs "${CLOUD_PKGS[@]}"
-    cloud_resolve
-    with_entry cloud "$(cloud_hash)" build_cloud "a 27 MB download and seconds"
+    distro_target cloud "$CLOUD_META_PKG" CLOUD_MODULES vmlinuz
     results+=("CLOUD_KERNEL=$ENTRY/vmlinuz" "CLOUD_INITRAMFS=$ENTRY/initramfs.cpio")
+fi
+if [ "$target" = arm64 ]; then
+    ensure_pkgs "${KERNEL_PKGS[@]}" "${ARM64_KERNEL_PKGS[@]}"
+    kernel_for arm64
+    with_entry kernel-arm64 "$(kernel_hash)" build_kernel "5-8 min on 2 cores"
+    results+=("ARM64_IMAGE=$ENTRY/Image")
+    distro_target arm64 "$ARM64_META_PKG" ARM64_MODULES Image "$ARM64_BUSYBOX_PKG"
+    results+=("ARM64_KERNEL=$ENTRY/Image" "ARM64_INITRAMFS=$ENTRY/initramfs.cpio")
 fi
 
 printf '%s\n' "${results[@]}"

@@ -1,7 +1,8 @@
 //! aarch64 platform tests: tiny arm64 guests (`tests/guests/aarch64`) that
 //! report what strato set up for them: PSCI bring-up of every vCPU with
-//! its MPIDR, the FDT in X0, SYSTEM_OFF and SYSTEM_RESET ending strato
-//! with status 0, and kernels of the wrong architecture refused by name.
+//! its MPIDR, the FDT in X0, the RAM it describes all usable, SYSTEM_OFF
+//! and SYSTEM_RESET ending strato with status 0, and kernels of the wrong
+//! architecture refused by name.
 //!
 //! The guests exist only in an aarch64 build of these tests, so every test
 //! here is `#[ignore]`d on other hosts (`cargo test` lists them as
@@ -139,4 +140,32 @@ fn an_image_that_claims_more_memory_than_the_guest_has_is_refused() {
         "{r:#?}"
     );
     assert!(r.stdout.is_empty(), "{r:#?}");
+}
+
+#[test]
+#[ignore = aarch64!()]
+fn every_mib_of_ram_is_described_and_usable() {
+    require_aarch64();
+    // 3 GiB: RAM from 2 GiB runs past 4 GiB, where 32-bit addresses end.
+    for mib in [64u64, 3072] {
+        let r = run_guest(
+            "memory",
+            &["--memory", &mib.to_string(), "--log-level", "info"],
+        );
+        r.assert_ok();
+        let ram = format!("memory: ram {DRAM_START:016x} {:016x}", mib << 20);
+        assert!(r.lines().contains(&ram.as_str()), "{r:#?}");
+        // The guest lives in the first 2 MiB; every MiB above is checked.
+        assert!(
+            r.stdout.contains(&format!("memory: {} MiB ok", mib - 2)),
+            "{r:#?}"
+        );
+        let highest = DRAM_START + ((mib - 1) << 20);
+        assert!(
+            r.stdout
+                .contains(&format!("memory: highest {highest:016x}")),
+            "{r:#?}"
+        );
+        assert!(r.stderr.contains("guest reset"), "{r:#?}");
+    }
 }

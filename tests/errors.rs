@@ -119,6 +119,32 @@ fn bad_sizes() {
     assert_rejected(&["--kernel", k, "--cmdline", &long], "command line");
 }
 
+/// As many virtio devices as the machine has interrupts for: the VM is
+/// built and the guest runs. One more is refused before any guest starts.
+#[test]
+fn the_most_virtio_devices_boot_and_one_more_is_refused() {
+    let hello = guest("hello");
+    let k = hello.to_str().unwrap();
+    let max = vmm::config::MAX_VIRTIO_DEVICES;
+    let specs: Vec<String> = (0..=max)
+        .map(|i| {
+            format!(
+                "path={},readonly=on",
+                scratch(&format!("d{i}.img"), &[0; 4096])
+            )
+        })
+        .collect();
+    let mut args = vec!["--kernel", k, "--memory", "64"];
+    for spec in &specs[..max] {
+        args.extend(["--drive", spec.as_str()]);
+    }
+    let r = run(&args);
+    r.assert_ok();
+    assert_eq!(r.lines(), vec!["Hello from strato test guest"], "{r:#?}");
+    args.extend(["--drive", specs[max].as_str()]);
+    assert_rejected(&args, &format!("at most {max} are supported"));
+}
+
 #[test]
 fn bad_flags_are_usage_errors() {
     let r = run(&["--kernel", "x", "--memory", "lots"]);

@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use api::{alive, vmm_of, wait_for, wait_state, Api, Daemon, Json, Netns};
+use api::{alive, vmm_of, wait_for, wait_state, wait_state_for, Api, Daemon, Json, Netns};
 use strato_tests::{guest, random_bytes, strato_bin, Scratch};
 
 const LONG: Duration = Duration::from_secs(60);
+/// For a guest that touches all of its memory: where each first touch is
+/// a nested page fault (the lane) that takes minutes. The guests that do
+/// are kept small (32 MiB) for the same reason.
+const FILL: Duration = Duration::from_secs(240);
 const MIB: usize = 1 << 20;
 const NOBODY: u32 = 65534;
 
@@ -333,8 +337,8 @@ fn daemon_instances_are_jailed_by_default_and_held_to_their_memory() {
 
     // A guest that touches all of its memory fits in guest memory plus
     // the allowance.
-    create(&api, "fits", "fill", 64, "");
-    let v = wait_state(&api, "fits", "stopped");
+    create(&api, "fits", "fill", 32, "");
+    let v = wait_state_for(&api, "fits", "stopped", FILL);
     assert_eq!(v["exit_status"].as_i64(), Some(0), "{v:?}");
 }
 
@@ -350,8 +354,8 @@ fn a_vmm_over_its_memory_limit_is_killed_and_reported_crashed() {
     assert_eq!(memory_limit(vmm_of(pid_of(&v))).1, 64 << 20);
     api.expect("POST", "/v1/instances/idle/kill", None, 200);
 
-    create(&api, "oom", "fill", 64, "");
-    let v = wait_state(&api, "oom", "crashed");
+    create(&api, "oom", "fill", 32, "");
+    let v = wait_state_for(&api, "oom", "crashed", FILL);
     let reason = v["exit_reason"].as_str().unwrap_or_default();
     assert!(reason.contains("killed by signal 9"), "{v:?}");
     assert_eq!(v["exit_status"].as_i64(), Some(137));

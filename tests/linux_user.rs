@@ -1,10 +1,14 @@
 //! Linux to user space under strato: the project kernel with busybox init
 //! (`resources/`), driven through its console shell or its init's reports.
+//! On aarch64 the kernel is Debian's stock arm64 one with the same init and
+//! its own virtio modules (`resources/build.sh arm64`), and the tests that
+//! are the same on both architectures run there too (the aarch64 lane
+//! picks them: `tests/lane/lane.py`, ARM_TESTS).
 //!
 //! User space needs hardware-style KVM, so every test here is `#[ignore]`d
 //! with that reason: `cargo test` lists them as ignored on software KVM,
-//! and the x86 lane (`python3 tests/lane/lane.py test`) or a host with
-//! hardware KVM (`cargo test -- --include-ignored`) runs them.
+//! and the lanes (`python3 tests/lane/lane.py [--arch aarch64] test`) or a
+//! host with hardware KVM (`cargo test -- --include-ignored`) run them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +24,13 @@ use strato_tests::{
 const DEADLINE: Duration = Duration::from_secs(300);
 const STEP: Duration = Duration::from_secs(120);
 const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Whether these tests run on aarch64, where the project kernel is an arm64
+/// Image (`ARM64_IMAGE`), the stock kernel Debian's arm64 one
+/// (`ARM64_KERNEL`), and there is no root image of arm64 programs.
+fn arm() -> bool {
+    std::env::consts::ARCH == "aarch64"
+}
 
 /// One guest's set-up: its scratch directory, disks, NICs (taps in a
 /// network namespace of its own) and strato's command line.
@@ -37,9 +48,17 @@ struct Setup {
 }
 
 impl Setup {
-    /// A guest booting the initramfs, 2 vCPUs, 256 MiB.
+    /// A guest booting the initramfs, 2 vCPUs, 256 MiB, with the project
+    /// kernel.
     fn new(tag: &str) -> Setup {
         require_hardware_kvm();
+        let (kernel, initramfs) = if arm() {
+            // One initramfs for both arm64 kernels: the project kernel has
+            // no modules, and init loads only those of the running release.
+            ("ARM64_IMAGE", "ARM64_INITRAMFS")
+        } else {
+            ("VMLINUX", "INITRAMFS")
+        };
         Setup {
             dir: Scratch::new(tag),
             ns: None,
@@ -48,17 +67,21 @@ impl Setup {
             cmdline: BASE_CMDLINE.to_string(),
             devices: Vec::new(),
             initrd: true,
-            kernel: "VMLINUX",
-            initramfs: "INITRAMFS",
+            kernel,
+            initramfs,
         }
     }
 
-    /// Boots Debian's stock cloud kernel with the project's init and the
-    /// kernel's own virtio modules instead: a kernel that finds CPUs and
-    /// devices only through ACPI.
+    /// Boots a distribution's kernel with the project's init and the
+    /// kernel's own virtio modules instead: on x86_64 Debian's stock cloud
+    /// kernel, which finds CPUs and devices only through ACPI; on aarch64
+    /// Debian's stock arm64 kernel.
     fn stock_kernel(mut self) -> Setup {
-        self.kernel = "CLOUD_KERNEL";
-        self.initramfs = "CLOUD_INITRAMFS";
+        (self.kernel, self.initramfs) = if arm() {
+            ("ARM64_KERNEL", "ARM64_INITRAMFS")
+        } else {
+            ("CLOUD_KERNEL", "CLOUD_INITRAMFS")
+        };
         self
     }
 
@@ -107,9 +130,10 @@ impl Setup {
         let mut args: Vec<String> = Vec::new();
         let program = match &self.ns {
             Some(ns) => {
-                args.extend(["netns", "exec", &ns.name].map(String::from));
+                let (program, prefix) = ns.prefix();
+                args.extend(prefix);
                 args.push(strato_bin().to_str().unwrap().to_string());
-                PathBuf::from("ip")
+                program
             }
             None => strato_bin(),
         };
@@ -170,22 +194,27 @@ fn leave(mut sh: Shell, cmd: &str) -> Run {
     r
 }
 
-/// Boots the initramfs to user space and back out: init prints its report,
-/// writes the boot timer and reboots, which ends strato with status 0.
+/// Boots the initramfs to user space and back out, with the project
+/// kernel and with the distribution's: init prints its report, writes the
+/// boot timer and reboots, which ends strato with status 0.
 #[test]
 #[ignore = hardware_kvm!()]
 fn linux_boots_to_user_space() {
-    let setup = Setup::new("linux-initramfs");
-    let (program, mut args) = setup.command(&["--no-stdin"]);
-    args.splice(0..0, ["--log-level".to_string(), "info".to_string()]);
-    args.extend(["--cmdline".to_string(), setup.cmdline.clone()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = strato_cmd(&program, &args, None, DEADLINE);
-    r.assert_ok();
-    assert!(r.stdout.contains("STRATO_INIT_OK"), "{r:#?}");
-    assert!(r.stdout.contains("STRATO_NPROC=2"), "{r:#?}");
-    assert!(r.stdout.contains("STRATO_INIT_DONE"), "{r:#?}");
-    assert!(r.stderr.contains("guest boot time:"), "{r:#?}");
+    for setup in [
+        Setup::new("linux-initramfs"),
+        Setup::new("linux-initramfs-stock").stock_kernel(),
+    ] {
+        let (program, mut args) = setup.command(&["--no-stdin"]);
+        args.splice(0..0, ["--log-level".to_string(), "info".to_string()]);
+        args.extend(["--cmdline".to_string(), setup.cmdline.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = strato_cmd(&program, &args, None, DEADLINE);
+        r.assert_ok();
+        assert!(r.stdout.contains("STRATO_INIT_OK"), "{r:#?}");
+        assert!(r.stdout.contains("STRATO_NPROC=2"), "{r:#?}");
+        assert!(r.stdout.contains("STRATO_INIT_DONE"), "{r:#?}");
+        assert!(r.stderr.contains("guest boot time:"), "{r:#?}");
+    }
 }
 
 /// Boots the ext4 root disk over virtio-blk with a NIC: init sees vda and
@@ -252,6 +281,31 @@ fn virtio_console_shell() {
             STEP
         ),
         "1"
+    );
+    leave(sh, "exit");
+}
+
+/// `--entropy`: Linux binds its virtio-rng driver to the device, makes it
+/// the current hardware generator, and /dev/hwrng reads from it.
+#[test]
+#[ignore = hardware_kvm!()]
+fn hwrng_reads_from_the_entropy_device() {
+    let mut setup = Setup::new("linux-hwrng");
+    setup.vcpus = 1;
+    let mut sh = setup.shell(None, &["--entropy"]);
+    assert_eq!(
+        sh.ok("cat /sys/class/misc/hw_random/rng_current", STEP),
+        "virtio_rng.0"
+    );
+    assert_eq!(sh.ok("head -c 4096 /dev/hwrng | wc -c", STEP), "4096");
+    // Random bytes do not compress; 4 KiB of them stays above 4000 bytes.
+    let packed: u32 = sh
+        .ok("head -c 4096 /dev/hwrng | gzip -c | wc -c", STEP)
+        .parse()
+        .expect("a byte count");
+    assert!(
+        packed > 4000,
+        "4 KiB from /dev/hwrng gzipped to {packed} bytes"
     );
     leave(sh, "exit");
 }
@@ -437,6 +491,21 @@ fn check_platform(sh: &mut Shell, vcpus: u32, datas: &[Vec<u8>]) {
     );
     let out = sh.ok("ping -c 3 -W 10 172.31.1.1", STEP);
     assert!(out.contains("3 packets received"), "{out}");
+    // The CMOS clock: bound, and it tells the host's time.
+    let (broken, _) = sh.run("dmesg | grep -i 'rtc.*broken or not accessible'", STEP);
+    assert_eq!(broken, "", "the kernel found the CMOS clock broken");
+    let rtc: i64 = sh
+        .ok("cat /sys/class/rtc/rtc0/since_epoch", STEP)
+        .parse()
+        .expect("seconds since the epoch");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    assert!(
+        (rtc - host).abs() <= 5,
+        "the guest's CMOS clock says {rtc}, the host {host}"
+    );
 }
 
 /// A platform with two drives and a NIC on tap0 (172.31.1.1 on the host).
@@ -452,7 +521,7 @@ fn platform(mut setup: Setup) -> (Setup, Vec<Vec<u8>>) {
 
 /// Debian's stock cloud kernel (no MP-table parser, virtio-mmio only
 /// through ACPI) finds every vCPU, both drives and the NIC through the
-/// ACPI tables, and does not wait for a CMOS RTC the FADT says is absent.
+/// ACPI tables, the CMOS clock among them.
 #[test]
 #[ignore = hardware_kvm!()]
 fn stock_cloud_kernel_finds_every_vcpu_drive_and_nic_through_acpi() {
@@ -479,23 +548,18 @@ fn stock_cloud_kernel_finds_every_vcpu_drive_and_nic_through_acpi() {
     assert!(sh.ok("uname -r", STEP).ends_with("-cloud-amd64"));
     check_platform(&mut sh, 4, &datas);
     // Found as ACPI devices: two drives and a NIC, COM1, the i8042, the
-    // power button and the GED.
+    // CMOS clock, the power button and the GED.
     assert_eq!(
         sh.ok("ls /sys/bus/acpi/devices | grep -c LNRO0005", STEP),
         "3"
     );
-    for hid in ["PNP0501", "PNP0303", "PNP0C0C", "ACPI0013"] {
+    for hid in ["PNP0501", "PNP0303", "PNP0B00", "PNP0C0C", "ACPI0013"] {
         assert_ne!(
             sh.ok(&format!("ls /sys/bus/acpi/devices | grep -c {hid}"), STEP),
             "0",
             "{hid}"
         );
     }
-    let (rtc, _) = sh.run(
-        "dmesg | grep -i 'rtc_cmos\\|broken or not accessible'",
-        STEP,
-    );
-    assert_eq!(rtc, "", "the kernel looked for a CMOS RTC");
     leave(sh, "reboot");
 }
 
@@ -585,7 +649,13 @@ fn linux_transfers_data_over_tcp() {
     let from_guest = random_bytes(LEN, 31);
     let to_guest = random_bytes(LEN, 32);
     let mut setup = Setup::new("linux-tcp");
-    setup.root_disk();
+    // vda: the ext4 root on x86_64; a small spare drive where there is no
+    // root image (aarch64), so that the data drives are vdb and vdc.
+    if arm() {
+        setup.drive("spare", &[0; 4096], true);
+    } else {
+        setup.root_disk();
+    }
     setup.drive("src", &from_guest, true);
     let dst = setup.drive("dst", &vec![0; LEN], false);
     setup.cmdline.push_str(&format!(

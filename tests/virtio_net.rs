@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use strato_tests::{guest, strato_bin, strato_cmd, Netns};
+use strato_tests::{guest, Netns};
 
 const ETHERTYPE: u16 = 0x88b5;
 
@@ -119,14 +119,8 @@ fn frames_cross_the_tap_both_ways() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let kernel = guest("net");
-    let strato = strato_bin();
-    let r = strato_cmd(
-        std::path::Path::new("ip"),
+    let r = ns.strato(
         &[
-            "netns",
-            "exec",
-            &ns.name,
-            strato.to_str().unwrap(),
             "run",
             "--no-stdin",
             "--memory",
@@ -136,7 +130,6 @@ fn frames_cross_the_tap_both_ways() {
             "--net",
             "tap=tap0,mac=06:00:ac:10:00:02",
         ],
-        None,
         Duration::from_secs(60),
     );
     let got = host.join().unwrap();
@@ -155,14 +148,9 @@ fn a_tap_that_cannot_be_opened_is_a_clear_error() {
     let hello = guest("hello");
     // As root /dev/net/tun creates a missing tap, so take a name that is a
     // TUN (layer 3) device: the kernel refuses to attach to it as a tap.
-    ns.exec(&["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"]);
-    let r = strato_cmd(
-        std::path::Path::new("ip"),
+    ns.add_tun("tun0");
+    let r = ns.strato(
         &[
-            "netns",
-            "exec",
-            &ns.name,
-            strato_bin().to_str().unwrap(),
             "run",
             "--no-stdin",
             "--kernel",
@@ -170,7 +158,6 @@ fn a_tap_that_cannot_be_opened_is_a_clear_error() {
             "--net",
             "tap=tun0",
         ],
-        None,
         Duration::from_secs(30),
     );
     assert_eq!(r.code(), 1, "{r:#?}");
@@ -199,12 +186,7 @@ fn four_drives_and_two_nics_at_once() {
         .collect();
     std::thread::sleep(Duration::from_millis(100));
     let kernel = guest("many");
-    let strato = strato_bin();
     let mut args: Vec<String> = [
-        "netns",
-        "exec",
-        &ns.name,
-        strato.to_str().unwrap(),
         "run",
         "--no-stdin",
         "--memory",
@@ -224,13 +206,7 @@ fn four_drives_and_two_nics_at_once() {
         args.push("--net".into());
         args.push(format!("tap={tap},mac=06:00:ac:10:00:1{i}"));
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = strato_cmd(
-        std::path::Path::new("ip"),
-        &args,
-        None,
-        Duration::from_secs(60),
-    );
+    let r = ns.strato(&args, Duration::from_secs(60));
     r.assert_ok();
     for (i, data) in images.iter().enumerate() {
         let first: String = data[..8].iter().map(|b| format!("{b:02x}")).collect();

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::{kill, wait_for, Api, Json, Netns};
-use strato_tests::{guest, hardware_kvm, linux_image, require_hardware_kvm, strato_bin, Scratch};
+use strato_tests::{
+    guest, hardware_kvm, linux_image, require_hardware_kvm, strato_bin, vmm_report, Scratch,
+};
 
 // Upper bounds, not expectations: a Linux boot in the emulated lane takes
 // tens of seconds and varies with the lane's load.
@@ -46,8 +48,9 @@ impl Vm {
         let exit_file = dir.join("exit.json");
         let mut cmd = match netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name]).arg(strato_bin());
+                let (program, prefix) = ns.prefix();
+                let mut c = Command::new(program);
+                c.args(prefix).arg(strato_bin());
                 c
             }
             None => Command::new(strato_bin()),
@@ -92,11 +95,36 @@ impl Vm {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
 
-    fn wait_console(&self, marker: &str) -> String {
-        wait_for(&format!("{marker:?} on the console"), LONG, || {
-            let t = self.console_text();
-            t.contains(marker).then_some(t)
-        })
+    /// Waits for `marker` on the console. If the VMM ends first, or the
+    /// deadline passes, the panic says how the VMM ended (or what its
+    /// threads do) and how the console ends, so a lane failure says where
+    /// the guest stopped, without waiting out the deadline for a VMM that
+    /// is gone.
+    fn wait_console(&mut self, marker: &str) -> String {
+        let start = Instant::now();
+        loop {
+            // Whether it had ended before the read: then the text is whole.
+            let ended = self.child.try_wait().ok().flatten();
+            let text = self.console_text();
+            if text.contains(marker) {
+                return text;
+            }
+            if ended.is_some() || start.elapsed() > LONG {
+                let state = match ended {
+                    Some(s) => format!(
+                        "the VMM exited ({s}); exit file: {:?}",
+                        std::fs::read_to_string(&self.exit_file).ok()
+                    ),
+                    None => format!(
+                        "timed out after {LONG:?}; the VMM still runs; its threads:\n{}",
+                        vmm_report(self.child.id())
+                    ),
+                };
+                let tail = api::tail(&text, 4000);
+                panic!("no {marker:?} on the console: {state}; the console ends:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the process to exit: (status, stderr).
@@ -290,7 +318,7 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
 /// Boots the tiny guest `name` (1 vCPU, 32 MiB) with `args` on its command
 /// line through the API and waits for `marker` on its console.
 fn start_tiny_guest(dir: &Path, name: &str, args: &str, marker: &str) -> (Vm, Api) {
-    let vm = Vm::start(dir, None, &[]);
+    let mut vm = Vm::start(dir, None, &[]);
     let api = Api::new(&vm.sock, "vm");
     api.expect(
         "PUT",
@@ -373,6 +401,230 @@ fn shutdown_presses_the_power_button_for_an_acpi_guest() {
     assert_eq!(vm.exit_record()["reason"], "guest powered off");
 }
 
+/// vCPU hotplug through the API with the tiny ACPI guest, which walks the
+/// CPU hotplug controller as the DSDT's methods do: `PATCH
+/// /machine-config` after boot plugs vCPUs (the guest takes each event
+/// once), asks them back (the guest ejects them, and only then do they
+/// count as gone), and plugs one again; bad counts and other fields are
+/// refused; the power button still ends the VM cleanly with the unplugged
+/// vCPUs' threads parked.
+#[test]
+fn vcpus_are_plugged_asked_back_and_ejected_through_the_api() {
+    let dir = Scratch::new("vm-api-cpu-hotplug");
+    let vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    let mut vm = vm;
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32,"max_vcpus":3}"#),
+        204,
+    );
+    let m = api.get("/machine-config").json();
+    assert_eq!(m["max_vcpus"].as_u64(), Some(3));
+    assert!(m["vcpus_present"].is_null(), "only after the start");
+    api.expect(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"action=cpus timeout=600000"}}"#,
+            guest("acpi").display()
+        )),
+        204,
+    );
+    api.action("InstanceStart");
+    vm.wait_console("acpi: waiting for cpu events");
+    let console = vm.console_text();
+    assert!(console.contains("acpi: madt cpus 1 ioapics 1"), "{console}");
+    assert!(console.contains("acpi: madt possible 3"), "{console}");
+    let counts = || {
+        let m = api.get("/machine-config").json();
+        [
+            "vcpu_count",
+            "vcpus_present",
+            "vcpus_inserting",
+            "vcpus_removing",
+        ]
+        .map(|k| m[k].as_u64().unwrap_or(99))
+    };
+    assert_eq!(counts(), [1, 1, 0, 0]);
+    let scans = |n: usize| {
+        wait_for(&format!("{n} CPU scans"), LONG, || {
+            let t = vm.console_text();
+            (t.matches("acpi: cpu scan done").count() >= n).then_some(t)
+        })
+    };
+    let resize = |n: u32| {
+        api.expect(
+            "PATCH",
+            "/machine-config",
+            Some(&format!(r#"{{"vcpu_count":{n}}}"#)),
+            204,
+        )
+    };
+    resize(3);
+    let t = scans(1);
+    assert!(
+        t.contains("acpi: cpu 1 plugged\nacpi: cpu 2 plugged\nacpi: cpu scan done"),
+        "{t}"
+    );
+    assert_eq!(counts(), [3, 3, 0, 0]);
+    // The same count again: nothing for the guest to do, no event.
+    resize(3);
+    resize(1);
+    let t = scans(2);
+    assert!(
+        t.contains("acpi: cpu 1 ejected\nacpi: cpu 2 ejected\nacpi: cpu scan done"),
+        "{t}"
+    );
+    assert_eq!(counts(), [1, 1, 0, 0]);
+    resize(2);
+    let t = scans(3);
+    assert!(
+        t.ends_with("acpi: cpu 1 plugged\nacpi: cpu scan done\n"),
+        "{t}"
+    );
+    assert_eq!(counts(), [2, 2, 0, 0]);
+    for (body, needle) in [
+        (r#"{"vcpu_count":4}"#, "outside 1 to 3"),
+        (r#"{"vcpu_count":0}"#, "outside 1 to 3"),
+        (r#"{"max_vcpus":4}"#, "only vcpu_count"),
+        (r#"{"mem_size_mib":64}"#, "only vcpu_count"),
+        (r#"{}"#, "only vcpu_count"),
+    ] {
+        api.expect_fault("PATCH", "/machine-config", body, 400, needle);
+    }
+    assert_eq!(counts(), [2, 2, 0, 0]);
+    api.action("SendPowerButton");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("has not stopped"), "{err}");
+    assert_eq!(vm.exit_record()["reason"], "guest powered off");
+    api.check_schema(&dir.0);
+}
+
+/// The balloon's API around a guest without a balloon driver: checked
+/// before the start, the target reaches the device after it (the guest
+/// is not obliged to follow), statistics are refused without an interval,
+/// and the whole configuration shows the balloon.
+#[test]
+fn balloon_api_is_checked_and_reaches_the_device() {
+    let dir = Scratch::new("vm-api-balloon");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect_fault("GET", "/balloon", "", 400, "No balloon device");
+    api.expect_fault(
+        "PATCH",
+        "/balloon",
+        r#"{"amount_mib":1}"#,
+        400,
+        "No balloon device",
+    );
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    for (body, needle) in [
+        (
+            r#"{"amount_mib":33,"deflate_on_oom":false}"#,
+            "more than the guest's 32 MiB",
+        ),
+        (
+            r#"{"amount_mib":1,"deflate_on_oom":false,"free_page_hinting":true}"#,
+            "free_page_hinting",
+        ),
+        (r#"{"amount_mib":1}"#, "deflate_on_oom"),
+        (r#"{"amount_mib":-1,"deflate_on_oom":false}"#, "invalid"),
+    ] {
+        api.expect_fault("PUT", "/balloon", body, 400, needle);
+    }
+    api.expect(
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib":4,"deflate_on_oom":true}"#),
+        204,
+    );
+    api.expect("PATCH", "/balloon", Some(r#"{"amount_mib":8}"#), 204);
+    assert_eq!(api.get("/balloon").json()["amount_mib"].as_u64(), Some(8));
+    api.expect_fault("GET", "/balloon/statistics", "", 400, "not running");
+    assert_eq!(
+        api.get("/vm/config").json()["balloon"]["amount_mib"].as_u64(),
+        Some(8)
+    );
+    api.expect(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"action=button timeout=600000"}}"#,
+            guest("acpi").display()
+        )),
+        204,
+    );
+    api.action("InstanceStart");
+    vm.wait_console("acpi: waiting for the power button");
+    api.expect_fault(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib":1,"deflate_on_oom":false}"#,
+        400,
+        "not supported after starting",
+    );
+    api.expect("PATCH", "/balloon", Some(r#"{"amount_mib":16}"#), 204);
+    assert_eq!(api.get("/balloon").json()["amount_mib"].as_u64(), Some(16));
+    api.expect_fault(
+        "PATCH",
+        "/balloon",
+        r#"{"amount_mib":33}"#,
+        400,
+        "more than the guest's 32 MiB",
+    );
+    // No statistics interval was set.
+    api.expect_fault(
+        "GET",
+        "/balloon/statistics",
+        "",
+        400,
+        "statistics were not enabled",
+    );
+    api.expect_fault(
+        "PATCH",
+        "/balloon/statistics",
+        r#"{"stats_polling_interval_s":1}"#,
+        400,
+        "statistics were not enabled",
+    );
+    api.action("SendPowerButton");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    api.check_schema(&dir.0);
+}
+
+/// A boot count above the maximum, or a maximum the platform cannot
+/// describe, is refused before the start.
+#[test]
+fn max_vcpus_below_the_boot_count_is_refused() {
+    let dir = Scratch::new("vm-api-max-vcpus");
+    let vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect_fault(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":2,"mem_size_mib":32,"max_vcpus":1}"#,
+        400,
+        "max_vcpus must be vcpu_count (2) to 254",
+    );
+    api.expect_fault(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":32,"max_vcpus":255}"#,
+        400,
+        "max_vcpus must be",
+    );
+    drop(vm);
+}
+
 /// Boots the project's Linux with its initramfs through the API: 2 vCPUs,
 /// 256 MiB, `cmdline`, and a NIC on tap0 when `nic`.
 fn boot_linux(api: &Api, cmdline: &str, nic: bool) {
@@ -431,16 +683,27 @@ fn ctrl_alt_del_makes_linux_init_reboot() {
 /// reaches the kernel's button driver, busybox acpid runs init's power
 /// action, and the kernel powers off through the FADT's sleep register:
 /// "guest powered off", status 0. The same for the daemon-style
-/// `Shutdown`, and for Debian's stock kernel.
+/// `Shutdown`, and for Debian's stock kernel. On aarch64 (the project's
+/// arm64 kernel and Debian's) the button is a power key on the PL061
+/// GPIO, reported by gpio-keys, and the kernel powers off through PSCI.
 #[test]
 #[ignore = hardware_kvm!()]
 fn power_button_powers_linux_off() {
     require_hardware_kvm();
-    for (images, action) in [
-        (("VMLINUX", "INITRAMFS"), "SendPowerButton"),
-        (("VMLINUX", "INITRAMFS"), "Shutdown"),
-        (("CLOUD_KERNEL", "CLOUD_INITRAMFS"), "Shutdown"),
-    ] {
+    let cases = if std::env::consts::ARCH == "aarch64" {
+        vec![
+            (("ARM64_IMAGE", "ARM64_INITRAMFS"), "SendPowerButton"),
+            (("ARM64_IMAGE", "ARM64_INITRAMFS"), "Shutdown"),
+            (("ARM64_KERNEL", "ARM64_INITRAMFS"), "Shutdown"),
+        ]
+    } else {
+        vec![
+            (("VMLINUX", "INITRAMFS"), "SendPowerButton"),
+            (("VMLINUX", "INITRAMFS"), "Shutdown"),
+            (("CLOUD_KERNEL", "CLOUD_INITRAMFS"), "Shutdown"),
+        ]
+    };
+    for (images, action) in cases {
         let dir = Scratch::new("vm-api-linux-pwrb");
         let mut vm = Vm::start(&dir.0, None, &[]);
         let api = Api::new(&vm.sock, "vm");
@@ -453,6 +716,294 @@ fn power_button_powers_linux_off() {
         assert!(console.contains("STRATO_POWER_BUTTON"), "{console}");
         assert!(console.contains("reboot: Power down"), "{console}");
         assert_eq!(vm.exit_record()["reason"], "guest powered off");
+    }
+}
+
+/// The CPUs a guest booted with `strato_cpus` reported online last, after
+/// byte `from` of its console: (online list, CPUs a process ran on).
+fn last_online(console: &str, from: usize) -> Option<(String, String)> {
+    console.get(from..)?.lines().rev().find_map(|l| {
+        let rest = l.trim_end().strip_prefix("STRATO_CPUS_ONLINE=")?;
+        let (online, ran) = rest.split_once(" RAN=")?;
+        Some((online.to_string(), ran.to_string()))
+    })
+}
+
+/// Waits until the guest reports exactly `online` as its online CPUs, and
+/// a process has run on each of `ran`; returns the console's length then.
+fn wait_online(vm: &Vm, from: usize, online: &str, ran: &str) -> usize {
+    wait_for(&format!("CPUs {online} online"), LONG, || {
+        let t = vm.console_text();
+        (last_online(&t, from)? == (online.to_string(), ran.to_string())).then_some(t.len())
+    })
+}
+
+/// The workers' reports (`STRATO_WORK <worker> <round> .`) in order: each
+/// worker's rounds go up by 20, none repeated or out of step. A kernel
+/// message can land in the middle of a report on the console; such a
+/// report (no longer whole) may be missing from the sequence, one step for
+/// each cut report seen.
+fn work_rounds(console: &str) -> std::collections::BTreeMap<u32, u64> {
+    let mut last = std::collections::BTreeMap::new();
+    let mut cut = 0u64;
+    for l in console.lines() {
+        if !l.contains("STRATO_WORK") {
+            continue;
+        }
+        let report = l
+            .trim_end()
+            .strip_prefix("STRATO_WORK ")
+            .and_then(|r| r.strip_suffix(" ."))
+            .and_then(|r| r.split_once(' '))
+            .and_then(|(w, i)| Some((w.parse::<u32>().ok()?, i.parse::<u64>().ok()?)));
+        let Some((w, i)) = report else {
+            cut += 1;
+            continue;
+        };
+        let prev = last.insert(w, i).unwrap_or(0);
+        let missed = (i.saturating_sub(prev) / 20).saturating_sub(1);
+        assert!(
+            i > prev && i.is_multiple_of(20) && missed <= cut,
+            "worker {w}: round {i} after {prev} ({cut} cut reports)"
+        );
+        cut -= missed;
+    }
+    last
+}
+
+/// vCPU hotplug on a running Linux (x86, ACPI): booted with 1 vCPU and
+/// room for 4, the guest is given 4, then 2, then (while paused) 3, with
+/// two workers running the whole time. The guest's ACPI adds the plugged
+/// vCPUs (its init brings them online, as a udev rule would), gives the
+/// others back (offline, then `_EJ0`), a process runs on every online
+/// CPU, the workers lose no round, `GET /machine-config` converges on
+/// what was asked, and the power button still powers it off. For the
+/// project kernel and Debian's stock cloud kernel.
+#[test]
+#[ignore = hardware_kvm!()]
+fn vcpus_are_plugged_into_and_unplugged_from_running_linux() {
+    require_hardware_kvm();
+    for images in [
+        ("VMLINUX", "INITRAMFS"),
+        ("CLOUD_KERNEL", "CLOUD_INITRAMFS"),
+    ] {
+        let dir = Scratch::new("vm-api-linux-hotplug");
+        let mut vm = Vm::start(&dir.0, None, &[]);
+        let api = Api::new(&vm.sock, "vm");
+        api.expect(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":1,"mem_size_mib":256,"max_vcpus":4}"#),
+            204,
+        );
+        // `quiet`: see the end.
+        let body = format!(
+            r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 quiet strato_noreboot strato_cpus strato_work=2"}}"#,
+            linux_image(images.0),
+            linux_image(images.1)
+        );
+        api.expect("PUT", "/boot-source", Some(&body), 204);
+        api.action("InstanceStart");
+        vm.wait_console("STRATO_INIT_DONE");
+        let at = wait_online(&vm, 0, "0", "0");
+        let m = api.get("/machine-config").json();
+        assert_eq!(
+            (
+                m["vcpu_count"].as_u64(),
+                m["max_vcpus"].as_u64(),
+                m["vcpus_present"].as_u64()
+            ),
+            (Some(1), Some(4), Some(1)),
+            "{images:?}"
+        );
+
+        let resize = |n: u32| {
+            api.expect(
+                "PATCH",
+                "/machine-config",
+                Some(&format!(r#"{{"vcpu_count":{n}}}"#)),
+                204,
+            )
+        };
+        let settled = |n: u64| {
+            wait_for(&format!("{n} vCPUs present and settled"), LONG, || {
+                let m = api.get("/machine-config").json();
+                (m["vcpu_count"].as_u64() == Some(n)
+                    && m["vcpus_present"].as_u64() == Some(n)
+                    && m["vcpus_inserting"].as_u64() == Some(0)
+                    && m["vcpus_removing"].as_u64() == Some(0))
+                .then_some(())
+            })
+        };
+        resize(4);
+        let at = wait_online(&vm, at, "0-3", "0,1,2,3");
+        settled(4);
+        resize(2);
+        let at = wait_online(&vm, at, "0-1", "0,1");
+        settled(2);
+        // Resized while paused: the guest sees it on resume.
+        api.expect("PATCH", "/vm", Some(r#"{"state":"Paused"}"#), 204);
+        resize(3);
+        api.expect("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#), 204);
+        let at = wait_online(&vm, at, "0-2", "0,1,2");
+        settled(3);
+        // The workers went on through all of it.
+        let before = work_rounds(&vm.console_text());
+        wait_for("the workers' next rounds", LONG, || {
+            let now = work_rounds(&vm.console_text());
+            (now.len() == 2 && now.iter().all(|(w, i)| before.get(w).is_none_or(|b| i > b)))
+                .then_some(())
+        });
+        // Out of range, or not the vCPU count after boot: refused, nothing
+        // changes.
+        for (body, needle) in [
+            (r#"{"vcpu_count":5}"#, "outside 1 to 4"),
+            (r#"{"vcpu_count":0}"#, "outside 1 to 4"),
+            (r#"{"mem_size_mib":512}"#, "only vcpu_count"),
+            (r#"{"vcpu_count":2,"smt":false}"#, "only vcpu_count"),
+        ] {
+            api.expect_fault("PATCH", "/machine-config", body, 400, needle);
+        }
+        assert_eq!(
+            api.get("/machine-config").json()["vcpus_present"].as_u64(),
+            Some(3)
+        );
+        let console = vm.console_text();
+        assert!(!console[at..].contains("STRATO_CPUS_ONLINE="), "{console}");
+        api.action("Shutdown");
+        let (code, err) = vm.wait_exit();
+        let console = vm.console_text();
+        assert_eq!(code, 0, "{images:?}: {err}\n{console}");
+        assert!(console.contains("reboot: Power down"), "{console}");
+        // `quiet` keeps the kernel's CPU up and down messages off the
+        // console (a kernel line can land inside a user-space line there)
+        // but not its errors.
+        for bad in ["BUG", "Oops", "Kernel panic", "WARNING"] {
+            assert!(!console.contains(bad), "{bad}: {console}");
+        }
+        api.check_schema(&dir.0);
+    }
+}
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// The memory balloon on a running Linux: after the guest touched half of
+/// its memory, inflating 160 MiB lowers the guest's free memory and page
+/// cache (its own statistics) and the VMM's resident memory by at least
+/// 80 % of that;
+/// deflating gives the guest its memory back. For the project kernel and
+/// Debian's stock cloud kernel (virtio_balloon as a module).
+#[test]
+#[ignore = hardware_kvm!()]
+fn balloon_takes_memory_from_running_linux_and_gives_it_back() {
+    require_hardware_kvm();
+    const MIB: u64 = 1 << 20;
+    const AMOUNT: u64 = 160;
+    for images in [
+        ("VMLINUX", "INITRAMFS"),
+        ("CLOUD_KERNEL", "CLOUD_INITRAMFS"),
+    ] {
+        let dir = Scratch::new("vm-api-linux-balloon");
+        let mut vm = Vm::start(&dir.0, None, &[]);
+        let api = Api::new(&vm.sock, "vm");
+        api.expect(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":2,"mem_size_mib":384}"#),
+            204,
+        );
+        api.expect(
+            "PUT",
+            "/balloon",
+            Some(r#"{"amount_mib":0,"deflate_on_oom":true,"stats_polling_interval_s":1}"#),
+            204,
+        );
+        let body = format!(
+            r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 strato_noreboot strato_fill=192"}}"#,
+            linux_image(images.0),
+            linux_image(images.1)
+        );
+        api.expect("PUT", "/boot-source", Some(&body), 204);
+        api.action("InstanceStart");
+        vm.wait_console("STRATO_INIT_DONE");
+        let console = vm.console_text();
+        assert!(
+            console.contains("STRATO_FILLED=192"),
+            "{images:?}: {console}"
+        );
+        // Statistics come once the driver is up, then every second.
+        // Free memory and page cache: what the guest could use; inflating
+        // takes free pages and reclaims cache.
+        let free = || {
+            let s = api.get("/balloon/statistics").json();
+            s["free_memory"].as_u64().unwrap_or(0) + s["disk_caches"].as_u64().unwrap_or(0)
+        };
+        let free_before = wait_for("the guest's first statistics", LONG, || {
+            Some(free()).filter(|f| *f > 0)
+        });
+        let rss_before = rss_kib(vm.pid());
+        let actual_mib = || api.get("/balloon/statistics").json()["actual_mib"].as_u64();
+        api.expect(
+            "PATCH",
+            "/balloon",
+            Some(&format!(r#"{{"amount_mib":{AMOUNT}}}"#)),
+            204,
+        );
+        wait_for("the balloon to inflate", LONG, || {
+            (actual_mib() == Some(AMOUNT)).then_some(())
+        });
+        let want = AMOUNT * MIB * 8 / 10;
+        let free_inflated = wait_for("the guest's free memory to drop", LONG, || {
+            Some(free()).filter(|f| *f + want <= free_before)
+        });
+        let released_kib = rss_before.saturating_sub(rss_kib(vm.pid()));
+        assert!(
+            released_kib * 1024 >= want,
+            "{images:?}: the VMM's RSS fell by {released_kib} KiB for a {AMOUNT} MiB balloon"
+        );
+        let b = api.get("/balloon").json();
+        assert_eq!(b["amount_mib"].as_u64(), Some(AMOUNT));
+        let s = api.get("/balloon/statistics").json();
+        assert_eq!(s["target_pages"].as_u64(), Some(AMOUNT * 256));
+        assert!(
+            s["total_memory"].as_u64().is_some_and(|t| t > 300 * MIB),
+            "{s:?}"
+        );
+        // Too much, and fields that are not the target: refused.
+        api.expect_fault(
+            "PATCH",
+            "/balloon",
+            r#"{"amount_mib":400}"#,
+            400,
+            "more than the guest's 384 MiB",
+        );
+        api.expect_fault(
+            "PATCH",
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s":0}"#,
+            400,
+            "cannot go to 0",
+        );
+        api.expect("PATCH", "/balloon", Some(r#"{"amount_mib":0}"#), 204);
+        wait_for("the balloon to deflate", LONG, || {
+            (actual_mib() == Some(0)).then_some(())
+        });
+        wait_for("the guest's free memory to come back", LONG, || {
+            Some(free()).filter(|f| *f >= free_inflated + want)
+        });
+        api.action("Shutdown");
+        let (code, err) = vm.wait_exit();
+        let console = vm.console_text();
+        assert_eq!(code, 0, "{images:?}: {err}\n{console}");
+        api.check_schema(&dir.0);
     }
 }
 
@@ -592,6 +1143,17 @@ fn bad_requests_and_wrong_states_are_refused() {
         (m["vcpu_count"].as_u64(), m["mem_size_mib"].as_u64()),
         (Some(2), Some(48))
     );
+    assert!(m["cpu_template"].is_null(), "{m:?}");
+    // Firecracker's "no template", as its SDKs may send it, is taken.
+    api.expect(
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"cpu_template":"None"}"#),
+        204,
+    );
+    let m = api.expect("GET", "/machine-config", None, 200).json();
+    assert_eq!(m["cpu_template"], "None");
+    assert_eq!(m["mem_size_mib"].as_u64(), Some(48));
 
     let bad: &[(&str, &str, String, &str)] = &[
         ("PUT", "/machine-config", "{".into(), "invalid request body"),
@@ -599,6 +1161,18 @@ fn bad_requests_and_wrong_states_are_refused() {
             "PUT",
             "/machine-config",
             r#"{"vcpu_count":1,"mem_size_mib":64,"cpu_template":"T2"}"#.into(),
+            "cpu_template T2 is not supported",
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            r#"{"cpu_template":"T3"}"#.into(),
+            "unknown cpu_template \"T3\"",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":64,"cpu_templat":"None"}"#.into(),
             "unknown field",
         ),
         (
@@ -622,7 +1196,7 @@ fn bad_requests_and_wrong_states_are_refused() {
         (
             "PUT",
             "/machine-config",
-            r#"{"vcpu_count":1,"mem_size_mib":64,"smt":true}"#.into(),
+            r#"{"vcpu_count":3,"mem_size_mib":64,"smt":true}"#.into(),
             "smt",
         ),
         (
@@ -699,6 +1273,19 @@ fn bad_requests_and_wrong_states_are_refused() {
         ),
         ("PATCH", "/vm", r#"{"state":"Sleeping"}"#.into(), ""),
         ("GET", "/nope", String::new(), "Invalid request"),
+        (
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#.into(),
+            "snapshots are not supported",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid":3,"uds_path":"/v"}"#.into(),
+            "/vsock is not supported yet",
+        ),
+        ("GET", "/mmds", String::new(), "/mmds is not supported yet"),
         (
             "DELETE",
             "/machine-config",
@@ -850,6 +1437,568 @@ fn config_file_boots_without_api_calls() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Firecracker's command line, as its clients give it: called through a
+/// symlink named `firecracker` (and as `strato` with Firecracker's flags),
+/// the version line they parse, a guest booted from a config file with
+/// the logger flags (the log in a file, with levels and origins, seccomp
+/// on), the request body limit on the API, and one line with status 1 for
+/// unknown flags and for what strato lacks.
+#[test]
+fn firecracker_s_command_line_is_taken() {
+    let dir = Scratch::new("vm-api-fc-cli");
+    let fc = dir.0.join("firecracker");
+    std::os::unix::fs::symlink(strato_bin(), &fc).unwrap();
+    let run = |bin: &Path, args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for bin in [fc.as_path(), Path::new(&strato_bin())] {
+        let out = run(bin, &["--version"]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.starts_with("Firecracker v1.7.0 (strato "),
+            "{}: {text}",
+            bin.display()
+        );
+    }
+    for (args, needle) in [
+        (&["--bogus"][..], "--bogus"),
+        (
+            &["--metrics-path", "/nonexistent/dir/m"],
+            "metrics /nonexistent/dir/m",
+        ),
+        (&["--metadata", "/tmp/m"], "MMDS is not supported"),
+        (&["--snapshot-version"], "snapshots are not supported"),
+        (&["--level", "loud"], "unknown level"),
+        (&["--no-api"], "--config-file"),
+    ] {
+        let out = run(&fc, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+
+    let cfg = dir.file(
+        "hello.json",
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}}}"#,
+            guest("hello").display()
+        )
+        .as_bytes(),
+    );
+    let log = dir.0.join("fc.log");
+    let log_arg = log.to_str().unwrap();
+    let out = run(
+        &fc,
+        &[
+            "--id",
+            "fc-1",
+            "--no-api",
+            "--config-file",
+            &cfg,
+            "--boot-timer",
+            "--level",
+            "Info",
+            "--log-path",
+            log_arg,
+            "--show-level",
+            "--show-log-origin",
+            "--start-time-us",
+            "1",
+            "--start-time-cpu-us",
+            "2",
+            "--parent-cpu-time-us",
+            "3",
+            "--mmds-size-limit",
+            "100",
+            "--enable-pci",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Hello from strato test guest"), "{stdout}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("[fc-1:strato WARN main api/src/firecracker.rs:"),
+        "{text}"
+    );
+    // From the VM's thread, under its seccomp filter.
+    assert!(text.contains("INFO vm vmm/src/vm.rs:"), "{text}");
+    assert!(
+        !stderr.contains("[fc-1"),
+        "the log went to stderr: {stderr}"
+    );
+
+    // The API with a 100-byte body limit: a larger body is refused with
+    // 413 before it is read; GET /version names both versions.
+    let sock = dir.0.join("fc.sock");
+    let mut child = Command::new(&fc)
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(["--http-api-max-payload-size", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the API socket", LONG, || sock.exists().then_some(()));
+    let api = Api::new(&sock, "vm");
+    let v = api.expect("GET", "/version", None, 200).json();
+    assert_eq!(v["firecracker_version"], "1.7.0");
+    assert!(v["strato_version"].as_str().is_some(), "{v:?}");
+    let big = format!(
+        r#"{{"vcpu_count":1,"mem_size_mib":32,"x":"{}"}}"#,
+        "a".repeat(100)
+    );
+    let r = api::raw_request(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(big.as_bytes()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Configures the idle tiny guest: 1 vCPU, 32 MiB.
+fn configure_idle(api: &Api) {
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, guest("idle").display());
+    api.expect("PUT", "/boot-source", Some(&boot), 204);
+}
+
+/// Firecracker's logger: `PUT /logger` names a FIFO nobody reads yet (as
+/// the Go SDK does) and a level; the VMM's lines, from the VM's own thread
+/// under its seccomp filter, reach the FIFO's reader. Bad levels and paths
+/// are refused, and so is any change after the start. The `logger`
+/// section of a config file does the same for a VM without an API.
+#[test]
+fn the_logger_writes_where_firecracker_s_clients_say() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = Scratch::new("vm-api-logger");
+    let fifo = dir.0.join("log.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    for (body, needle) in [
+        (r#"{"level":"loud"}"#, "unknown level"),
+        (r#"{"log_path":"/nonexistent/dir/log"}"#, "log_path"),
+        (r#"{"log_fifo":"/tmp/x"}"#, "unknown field"),
+    ] {
+        api.expect_fault("PUT", "/logger", body, 400, needle);
+    }
+    let body = format!(
+        r#"{{"log_path":"{}","level":"Info","show_level":true,"show_log_origin":false}}"#,
+        fifo.display()
+    );
+    api.expect("PUT", "/logger", Some(&body), 204);
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    configure_idle(&api);
+    api.action("InstanceStart");
+    vm.wait_console("idle: ready");
+    let mut got = String::new();
+    wait_for("the VMM's log line in the FIFO", LONG, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = reader.read(&mut buf) {
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got.contains("[strato INFO vm] started 1 vCPU(s)")
+            .then_some(())
+    });
+    api.expect_fault("PUT", "/logger", r#"{"level":"Debug"}"#, 400, "");
+    kill(vm.pid(), libc::SIGTERM);
+    assert_eq!(vm.wait_exit().0, 143);
+    api.check_schema(&dir.0);
+
+    // The config file's section, without an API.
+    let log = dir.0.join("vm.log");
+    let cfg = dir.file(
+        "hello.json",
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}},
+            "logger":{{"log_path":"{}","level":"info","show_level":false,"module":"vmm"}}}}"#,
+            guest("hello").display(),
+            log.display()
+        )
+        .as_bytes(),
+    );
+    let run2 = dir.0.join("run2");
+    std::fs::create_dir_all(&run2).unwrap();
+    let mut vm = Vm::start(&run2, None, &["--config-file", &cfg, "--no-api"]);
+    assert_eq!(vm.wait_exit().0, 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("[strato vm] started 1 vCPU(s)"), "{text}");
+    // Only the vmm crate's messages: none of the API's.
+    assert!(text.lines().all(|l| !l.contains("api::")), "{text}");
+}
+
+/// Firecracker's metrics: `PUT /metrics` before the start (once), then
+/// `FlushMetrics` writes a line with the vCPUs' exits and each drive's
+/// counters under its id and summed; the next line has what grew since.
+#[test]
+fn metrics_lines_follow_firecracker_s_format() {
+    let dir = Scratch::new("vm-api-metrics");
+    let path = dir.0.join("metrics.json");
+    let disk = dir.file("disk.img", &[0u8; 4096]);
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect_fault(
+        "PUT",
+        "/metrics",
+        r#"{"metrics_path":"/nonexistent/dir/m"}"#,
+        400,
+        "metrics_path",
+    );
+    let body = format!(r#"{{"metrics_path":"{}"}}"#, path.display());
+    api.expect("PUT", "/metrics", Some(&body), 204);
+    api.expect_fault("PUT", "/metrics", &body, 400, "already configured");
+    configure_idle(&api);
+    api.expect(
+        "PUT",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id":"data","path_on_host":"{disk}","is_root_device":false}}"#
+        )),
+        204,
+    );
+    api.action("InstanceStart");
+    vm.wait_console("idle: ready");
+    api.action("FlushMetrics");
+    api.action("FlushMetrics");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<Json> = text.lines().map(|l| Json::parse(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let first = &lines[0];
+    assert!(
+        first["utc_timestamp_ms"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
+    // The guest printed on the serial port: port writes.
+    assert!(
+        first["vcpu"]["exit_io_out"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
+    for group in ["block", "block_data"] {
+        for counter in ["read_bytes", "write_bytes", "read_count", "flush_count"] {
+            assert!(
+                first[group][counter].as_u64().is_some(),
+                "{group}.{counter}: {text}"
+            );
+        }
+    }
+    // Growth since the first line: the idle guest printed nothing more.
+    assert_eq!(lines[1]["vcpu"]["exit_io_out"].as_u64(), Some(0), "{text}");
+    kill(vm.pid(), libc::SIGTERM);
+    assert_eq!(vm.wait_exit().0, 143);
+    api.check_schema(&dir.0);
+}
+
+/// Firecracker's entropy device: `PUT /entropy` (or the config file's
+/// `entropy` section) adds a virtio-rng device whose buffers the tiny
+/// guest gets back full of random bytes, as fast as its rate limiter lets
+/// it; a malformed limiter is refused.
+#[test]
+fn the_entropy_device_fills_the_guest_s_buffers() {
+    let dir = Scratch::new("vm-api-entropy");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect_fault(
+        "PUT",
+        "/entropy",
+        r#"{"rate_limiter":{"bandwidth":{"size":1000}}}"#,
+        400,
+        "refill_time",
+    );
+    api.expect_fault("PUT", "/entropy", r#"{"bogus":1}"#, 400, "unknown field");
+    api.expect("PUT", "/entropy", Some(r#"{"rate_limiter":{}}"#), 204);
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#,
+        guest("rng").display()
+    );
+    api.expect("PUT", "/boot-source", Some(&boot), 204);
+    assert!(!api.get("/vm/config").json()["entropy"].is_null());
+    api.action("InstanceStart");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    let console = vm.console_text();
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("rng: got"))
+        .unwrap_or_else(|| panic!("{console}"));
+    // 144 random bytes hold about 110 distinct values; 60 is far below.
+    let distinct: u32 = line
+        .split_whitespace()
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        line.starts_with("rng: got 144 bytes,") && distinct > 60,
+        "{line}"
+    );
+    api.check_schema(&dir.0);
+
+    // The config file's section (one with a limit of a request a second:
+    // the guest's three take two seconds), and no device without it.
+    for (section, want) in [
+        (r#","entropy":{}"#, "rng: got 144 bytes"),
+        (
+            r#","entropy":{"rate_limiter":{"ops":{"size":1,"refill_time":1000}}}"#,
+            "rng: got 144 bytes",
+        ),
+        ("", "rng: no entropy device"),
+    ] {
+        let start = Instant::now();
+        let run = dir.0.join(format!("run{}", section.len()));
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg = dir.file(
+            &format!("rng{}.json", section.len()),
+            format!(
+                r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}{section}}}"#,
+                guest("rng").display()
+            )
+            .as_bytes(),
+        );
+        let mut vm = Vm::start(&run, None, &["--config-file", &cfg, "--no-api"]);
+        assert_eq!(vm.wait_exit().0, 0);
+        let console = vm.console_text();
+        assert!(console.contains(want), "{section}: {console}");
+        if section.contains("ops") {
+            let took = start.elapsed();
+            assert!(took >= Duration::from_millis(1800), "{section}: {took:?}");
+        }
+    }
+}
+
+/// `PATCH /drives/{id}` and `PATCH /network-interfaces/{id}`: checked, stored
+/// before the start, applied to the running devices after it.
+#[test]
+fn drives_and_interfaces_are_patched_before_and_after_the_start() {
+    let dir = Scratch::new("vm-api-patch");
+    let ns = Netns::new("vmapi-patch", &["tap0"]);
+    let disk = dir.file("disk.img", &[0u8; 4096]);
+    let bigger = dir.file("bigger.img", &[0u8; 8192]);
+    let mut vm = Vm::start(&dir.0, Some(&ns), &[]);
+    let api = Api::new(&vm.sock, "vm");
+    configure_idle(&api);
+    api.expect(
+        "PUT",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id":"data","path_on_host":"{disk}","is_root_device":false}}"#
+        )),
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#),
+        204,
+    );
+    let limit = r#"{"bandwidth":{"size":1048576,"refill_time":1000},"ops":{"size":100,"one_time_burst":50,"refill_time":1000}}"#;
+    for (path, body, needle) in [
+        (
+            "/drives/nope",
+            r#"{"drive_id":"nope"}"#.to_string(),
+            "no drive",
+        ),
+        (
+            "/drives/data",
+            r#"{"drive_id":"other"}"#.to_string(),
+            "does not match",
+        ),
+        (
+            "/drives/data",
+            r#"{"drive_id":"data","path_on_host":"/nonexistent/x"}"#.to_string(),
+            "/nonexistent/x",
+        ),
+        (
+            "/drives/data",
+            r#"{"drive_id":"data","is_read_only":true}"#.to_string(),
+            "unknown field",
+        ),
+        (
+            "/network-interfaces/eth9",
+            r#"{"iface_id":"eth9"}"#.to_string(),
+            "no network interface",
+        ),
+        (
+            "/network-interfaces/eth0",
+            r#"{"iface_id":"eth0","rx_rate_limiter":{"ops":{"size":1}}}"#.to_string(),
+            "refill_time",
+        ),
+    ] {
+        api.expect_fault("PATCH", path, &body, 400, needle);
+    }
+    // Before the start: stored.
+    api.expect(
+        "PATCH",
+        "/drives/data",
+        Some(&format!(r#"{{"drive_id":"data","rate_limiter":{limit}}}"#)),
+        204,
+    );
+    api.expect(
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(&format!(
+            r#"{{"iface_id":"eth0","tx_rate_limiter":{limit}}}"#
+        )),
+        204,
+    );
+    let cfg = api.get("/vm/config").json();
+    assert_eq!(
+        cfg["drives"][0]["rate_limiter"]["ops"]["one_time_burst"].as_u64(),
+        Some(50)
+    );
+    assert_eq!(
+        cfg["network-interfaces"][0]["tx_rate_limiter"]["bandwidth"]["size"].as_u64(),
+        Some(1048576)
+    );
+    api.action("InstanceStart");
+    vm.wait_console("idle: ready");
+    // After it: applied to the running devices.
+    api.expect(
+        "PATCH",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id":"data","path_on_host":"{bigger}","rate_limiter":{{}}}}"#
+        )),
+        204,
+    );
+    api.expect(
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id":"eth0","rx_rate_limiter":{},"tx_rate_limiter":{}}"#),
+        204,
+    );
+    let cfg = api.get("/vm/config").json();
+    assert_eq!(cfg["drives"][0]["path_on_host"], bigger.as_str());
+    api.action("SendCtrlAltDel");
+    kill(vm.pid(), libc::SIGTERM);
+    vm.wait_exit();
+    api.check_schema(&dir.0);
+}
+
+/// A drive swapped under a running Linux: `PATCH /drives/{id}` with a new
+/// image of another size, and the guest sees the new size of /dev/vdb.
+#[test]
+#[ignore = hardware_kvm!()]
+fn a_drive_swapped_under_running_linux_shows_its_new_size() {
+    require_hardware_kvm();
+    let dir = Scratch::new("vm-api-linux-swap");
+    let small = dir.file("small.img", &vec![0u8; 1 << 20]);
+    let large = dir.file("large.img", &vec![0u8; 4 << 20]);
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id":"data","path_on_host":"{small}","is_root_device":false}}"#
+        )),
+        204,
+    );
+    boot_linux(&api, "strato_noreboot strato_blksize=vda", false);
+    vm.wait_console("STRATO_BLKSIZE=2048 .");
+    api.expect(
+        "PATCH",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id":"data","path_on_host":"{large}"}}"#
+        )),
+        204,
+    );
+    vm.wait_console("STRATO_BLKSIZE=8192 .");
+    api.action("Shutdown");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Firecracker's rate limiters on a drive hold the guest to their rate:
+/// the tiny guest reads 40 requests of 64 KiB one after another. With
+/// 1 MiB/s in a 256 KiB bucket (full at the start) the last 36 wait for
+/// 2.25 s of refill; with 10 requests/s in a bucket of 10, the last 30
+/// wait 3 s. Each run may take what the unlimited one took on top.
+#[test]
+fn a_drive_s_rate_limiter_holds_the_guest_to_its_rate() {
+    let dir = Scratch::new("vm-api-rate");
+    let disk = dir.file("disk.img", &vec![0u8; 1 << 20]);
+    let mut n = 0;
+    let mut run = |limiter: &str| {
+        n += 1;
+        let run = dir.0.join(format!("run{n}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg = dir.file(
+            &format!("cfg{n}.json"),
+            format!(
+                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"console=ttyS0 op=read count=40 chunk=64"}},
+                "machine-config":{{"vcpu_count":1,"mem_size_mib":32}},
+                "drives":[{{"drive_id":"d","path_on_host":"{disk}","is_root_device":false{limiter}}}]}}"#,
+                guest("blk-copy").display()
+            )
+            .as_bytes(),
+        );
+        let start = Instant::now();
+        let mut vm = Vm::start(&run, None, &["--config-file", &cfg, "--no-api"]);
+        let (code, err) = vm.wait_exit();
+        let took = start.elapsed();
+        let console = vm.console_text();
+        assert_eq!(code, 0, "{err}");
+        assert!(console.contains("blk-bench: 40 requests done"), "{console}");
+        took
+    };
+    let free = run("");
+    for (limiter, want) in [
+        (
+            r#","rate_limiter":{"bandwidth":{"size":262144,"refill_time":250}}"#,
+            Duration::from_millis(2250),
+        ),
+        (
+            r#","rate_limiter":{"ops":{"size":10,"refill_time":1000}}"#,
+            Duration::from_millis(3000),
+        ),
+    ] {
+        let took = run(limiter);
+        println!("{limiter}: {took:?}, unlimited {free:?}");
+        assert!(
+            took >= want * 9 / 10 && took <= want * 11 / 10 + free,
+            "{limiter}: {took:?}, expected {want:?} (+ up to {free:?} unlimited)"
+        );
+    }
 }
 
 #[test]

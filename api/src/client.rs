@@ -59,6 +59,10 @@ pub struct CreateArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// The most vCPUs `strato resize` can give the running instance (x86;
+    /// default --vcpus).
+    #[arg(long)]
+    max_vcpus: Option<u32>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
@@ -86,6 +90,10 @@ pub struct ResizeArgs {
     /// New guest memory in MiB.
     #[arg(long)]
     memory: Option<u64>,
+    /// For a running instance: how long to wait for the guest to take the
+    /// change, printing its progress (0: do not wait).
+    #[arg(long, default_value_t = 60)]
+    wait_s: u64,
 }
 
 /// `strato console` options.
@@ -204,7 +212,7 @@ fn create_body(a: &CreateArgs) -> Result<Value, String> {
         .enumerate()
         .map(|(i, s)| parse_net(s, i))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(json!({
+    let mut body = json!({
         "id": a.id,
         "vcpus": a.vcpus,
         "memory_mib": a.memory,
@@ -214,7 +222,97 @@ fn create_body(a: &CreateArgs) -> Result<Value, String> {
         "drives": drives,
         "nets": nets,
         "start": !a.no_start,
-    }))
+    });
+    if let Some(max) = a.max_vcpus {
+        body["max_vcpus"] = json!(max);
+    }
+    Ok(body)
+}
+
+/// One line on how far a running instance's guest has come to its size.
+fn progress_line(v: &Value) -> String {
+    let a = &v["actual"];
+    let mut line = format!(
+        "{}: vCPUs {} present of {} requested",
+        v["id"].as_str().unwrap_or("?"),
+        a["vcpus"],
+        v["config"]["vcpus"],
+    );
+    for (key, what) in [
+        ("vcpus_inserting", "being plugged"),
+        ("vcpus_removing", "being unplugged"),
+    ] {
+        if a[key].as_u64().is_some_and(|n| n > 0) {
+            line.push_str(&format!(", {} {what}", a[key]));
+        }
+    }
+    line.push_str(&format!(
+        "; memory {} of {} MiB",
+        a["memory_mib"], v["config"]["memory_mib"]
+    ));
+    line
+}
+
+/// True once the guest has what was asked for.
+fn converged(v: &Value) -> bool {
+    let a = &v["actual"];
+    a["vcpus"] == v["config"]["vcpus"]
+        && a["memory_mib"] == v["config"]["memory_mib"]
+        && a["vcpus_inserting"].as_u64() == Some(0)
+        && a["vcpus_removing"].as_u64() == Some(0)
+}
+
+/// `strato resize`: the PATCH, then for a running instance the guest's
+/// progress until it has the new size or `wait` passes.
+fn resize(sock: &Path, path: &str, body: Value, wait: Duration) -> i32 {
+    let timeout = Duration::from_secs(30);
+    let resp = match http::call(sock, "PATCH", path, Some(&body), timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strato: cannot reach the daemon at {}: {e}", sock.display());
+            return 1;
+        }
+    };
+    if !(200..300).contains(&resp.status) {
+        eprintln!("strato: {} ({})", resp.message(), resp.status);
+        return 1;
+    }
+    let mut v = resp.json();
+    if v["actual"].is_null() || wait.is_zero() {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return 0;
+    }
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = String::new();
+    loop {
+        let line = progress_line(&v);
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if converged(&v) {
+            return 0;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "strato: the guest has not taken the change after {} s (it may not bring vCPUs up or give them back, or have no balloon driver)",
+                wait.as_secs()
+            );
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        match http::call(sock, "GET", path, None, timeout) {
+            Ok(r) if r.status == 200 => v = r.json(),
+            Ok(r) => {
+                eprintln!("strato: {} ({})", r.message(), r.status);
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("strato: cannot reach the daemon at {}: {e}", sock.display());
+                return 1;
+            }
+        }
+    }
 }
 
 /// What to do with a successful response.
@@ -425,13 +523,11 @@ pub fn main(cmd: ClientCommand) -> i32 {
             if let Some(m) = a.memory {
                 body["memory_mib"] = json!(m);
             }
-            request(
+            resize(
                 &a.target.sock.api_sock,
-                "PATCH",
                 &inst(&a.target.id),
-                Some(body),
-                short,
-                Show::Json,
+                body,
+                Duration::from_secs(a.wait_s),
             )
         }
         ClientCommand::Delete(a) => request(

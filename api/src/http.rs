@@ -90,8 +90,8 @@ enum RequestError {
         "request head larger than {MAX_HEAD} bytes or with more than {MAX_HEADERS} header fields"
     )]
     HeadTooLarge,
-    #[error("request body larger than {MAX_BODY} bytes")]
-    BodyTooLarge,
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
     #[error("the request did not arrive whole within {} s", REQUEST_TIMEOUT.as_secs())]
     Timeout,
     #[error("malformed request: {0}")]
@@ -104,7 +104,7 @@ impl RequestError {
     fn status(&self) -> Option<u16> {
         match self {
             RequestError::HeadTooLarge => Some(431),
-            RequestError::BodyTooLarge => Some(413),
+            RequestError::BodyTooLarge(_) => Some(413),
             RequestError::Timeout => Some(408),
             RequestError::Malformed(_) => Some(400),
             RequestError::Io(_) => None,
@@ -372,6 +372,7 @@ fn reason(status: u16) -> &'static str {
 /// A bound API socket; [`Server::serve`] answers on it.
 pub struct Server {
     listener: UnixListener,
+    max_body: usize,
 }
 
 /// Listens on `path` with mode 0600 (or 0660 and group `gid`). A socket
@@ -405,21 +406,31 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<Server, BindError> {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
-    Ok(Server { listener })
+    Ok(Server {
+        listener,
+        max_body: MAX_BODY,
+    })
 }
 
 impl Server {
+    /// Refuses request bodies over `bytes` (413) instead of [`MAX_BODY`].
+    pub fn with_max_body(mut self, bytes: usize) -> Server {
+        self.max_body = bytes;
+        self
+    }
+
     /// Serves forever: every connection on a thread of its own, at most
     /// `max_connections` at once, each complete request answered with what
     /// `handler` returns. Handlers may run at once on different
-    /// connections. Each connection may hold up to [`MAX_HEAD`] plus
-    /// [`MAX_BODY`] bytes and a thread, which is what `max_connections`
-    /// bounds.
+    /// connections. Each connection may hold up to [`MAX_HEAD`] plus the
+    /// body limit ([`MAX_BODY`] unless set) and a thread, which is what
+    /// `max_connections` bounds.
     pub fn serve<H>(self, max_connections: usize, handler: H) -> !
     where
         H: Fn(&Request) -> Response + Send + Sync + 'static,
     {
         let handler = Arc::new(handler);
+        let max_body = self.max_body;
         let active = Arc::new(AtomicUsize::new(0));
         loop {
             let stream = match self.listener.accept() {
@@ -442,7 +453,7 @@ impl Server {
                 .name("api-conn".into())
                 .spawn(move || {
                     let _slot = slot;
-                    connection(stream, &*handler);
+                    connection_with_limit(stream, &*handler, max_body);
                 });
             if let Err(e) = spawned {
                 // The closure, and with it the connection, is dropped.
@@ -518,14 +529,26 @@ pub fn wait_for_responses(limit: Duration) {
     }
 }
 
-pub fn connection(mut stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
+/// Answers the requests of one connection with `handler`, bodies up to
+/// [`MAX_BODY`].
+pub fn connection(stream: UnixStream, handler: &dyn Fn(&Request) -> Response) {
+    connection_with_limit(stream, handler, MAX_BODY)
+}
+
+/// [`connection`] with bodies up to `max_body` bytes.
+fn connection_with_limit(
+    mut stream: UnixStream,
+    handler: &dyn Fn(&Request) -> Response,
+    max_body: usize,
+) {
     let peer = Peer::of(&stream)
         .map_err(|e| log::warn!("cannot read the credentials of an API client: {e}"))
         .ok();
     let mut buf = Vec::new();
     let mut wait_until = Instant::now() + REQUEST_TIMEOUT;
     loop {
-        let (mut req, keep_alive) = match read_request(&mut stream, &mut buf, wait_until) {
+        let (mut req, keep_alive) = match read_request(&mut stream, &mut buf, wait_until, max_body)
+        {
             Ok(Some(got)) => got,
             Ok(None) => return,
             Err(e) => {
@@ -573,6 +596,7 @@ fn read_request(
     stream: &mut UnixStream,
     buf: &mut Vec<u8>,
     wait_until: Instant,
+    max_body: usize,
 ) -> Result<Option<(Request, bool)>, RequestError> {
     let mut deadline = wait_until;
     if !buf.is_empty() {
@@ -585,6 +609,10 @@ fn read_request(
         // of the whole head each time.
         if has_blank_line(&buf[scanned..]) {
             if let Some(head) = parse_head(buf)? {
+                // Judged before any of the body is read.
+                if head.body_len > max_body {
+                    return Err(RequestError::BodyTooLarge(max_body));
+                }
                 break head;
             }
         }
@@ -689,9 +717,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, RequestError> {
     Ok(Some(head))
 }
 
-/// The value of a Content-Length field, refused when over [`MAX_BODY`].
-/// Digits are accumulated with saturation: any value too large for usize
-/// is over the limit anyway, and nothing is ever sized from it.
+/// The value of a Content-Length field. Digits are accumulated with
+/// saturation: any value too large for usize is over every body limit,
+/// which the caller applies before anything is sized from it.
 fn content_length(value: &[u8]) -> Result<usize, RequestError> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(RequestError::Malformed("invalid Content-Length".into()));
@@ -699,9 +727,6 @@ fn content_length(value: &[u8]) -> Result<usize, RequestError> {
     let n = value.iter().fold(0usize, |n, d| {
         n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
     });
-    if n > MAX_BODY {
-        return Err(RequestError::BodyTooLarge);
-    }
     Ok(n)
 }
 

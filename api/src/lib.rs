@@ -5,9 +5,11 @@
 
 pub mod client;
 pub mod daemon;
+pub mod firecracker;
 pub mod http;
 pub mod jail;
 pub mod logger;
+pub mod metrics;
 pub mod run;
 mod terminal;
 pub mod vm_api;

@@ -29,6 +29,11 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// The most vCPUs the guest can be given while it runs (x86; default
+    /// --vcpus). The guest's ACPI tables list them all, the ones beyond
+    /// --vcpus absent.
+    #[arg(long)]
+    max_vcpus: Option<u32>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
@@ -49,6 +54,14 @@ pub struct RunArgs {
     /// Console device for input: serial (ttyS0) or virtio (hvc0).
     #[arg(long, value_enum, default_value = "serial")]
     console: ConsoleArg,
+    /// Two threads to a core (x86): vCPUs 2n and 2n+1 are siblings;
+    /// --vcpus must be 1 or even.
+    #[arg(long)]
+    smt: bool,
+    /// Add an entropy device (virtio-rng: the guest's /dev/hwrng), fed by
+    /// the host's getrandom.
+    #[arg(long)]
+    entropy: bool,
     /// Run without the seccomp filters that limit each thread's system
     /// calls.
     #[arg(long)]
@@ -79,7 +92,10 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     let mut config = VmConfig::new(args.kernel, args.vcpus, args.memory);
+    config.max_vcpus = args.max_vcpus;
     config.seccomp = !args.no_seccomp;
+    config.entropy = args.entropy.then(Default::default);
+    config.smt = args.smt;
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
     if let Some(path) = args.serial_log {

@@ -34,6 +34,11 @@ const RESPONSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500
 /// loaded host.
 const SHUTDOWN_ACK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The version of Firecracker's API that `strato vm` serves: what
+/// `GET /version` and `firecracker --version` report to Firecracker's
+/// clients, which check it.
+pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
+
 /// Options of `strato vm`.
 #[derive(clap::Args)]
 pub struct VmArgs {
@@ -71,6 +76,15 @@ pub struct VmArgs {
     /// calls.
     #[arg(long)]
     no_seccomp: bool,
+    /// Write Firecracker-style metrics lines to this file or FIFO (every
+    /// 60 s and on `FlushMetrics`); `PUT /metrics` does the same.
+    #[arg(long)]
+    metrics_path: Option<PathBuf>,
+    /// Refuse API request bodies larger than this (413); at most 16 MiB,
+    /// as each of the 16 connections may hold one.
+    #[arg(long, value_name = "BYTES", default_value_t = http::MAX_BODY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
+    http_api_max_payload_size: u64,
     /// A tap another process (the daemon) attached, inherited as
     /// descriptor FD: a network interface whose host_dev_name is NAME uses
     /// it instead of attaching itself. Repeat for more.
@@ -147,6 +161,14 @@ struct MachineConfig {
     smt: bool,
     #[serde(default)]
     track_dirty_pages: bool,
+    /// strato's: how many vCPUs a `PATCH /machine-config` after boot may
+    /// grow the VM to (x86); `vcpu_count` if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_vcpus: Option<u32>,
+    /// Firecracker's static CPU template: only "None" (the host's CPUID
+    /// as KVM offers it) is supported; shown as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpu_template: Option<String>,
 }
 
 /// `PATCH /machine-config` body: any subset.
@@ -157,6 +179,8 @@ struct MachineConfigPatch {
     mem_size_mib: Option<u64>,
     smt: Option<bool>,
     track_dirty_pages: Option<bool>,
+    max_vcpus: Option<u32>,
+    cpu_template: Option<String>,
 }
 
 /// `boot-source` body.
@@ -168,6 +192,81 @@ struct BootSource {
     boot_args: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     initrd_path: Option<PathBuf>,
+}
+
+/// An optional object field: serde would also build a struct from a JSON
+/// array, which Firecracker's API (and the spec) does not allow.
+fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(D::Error::custom),
+        Some(other) => Err(D::Error::custom(format!(
+            "expected an object, found {other}"
+        ))),
+    }
+}
+
+/// Firecracker's token bucket: `size` tokens when full, refilled from
+/// empty in `refill_time` ms, and a `one_time_burst` spent first.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBucketBody {
+    size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    one_time_burst: Option<u64>,
+    refill_time: u64,
+}
+
+impl TokenBucketBody {
+    fn config(&self) -> vmm::BucketConfig {
+        vmm::BucketConfig {
+            size: self.size,
+            one_time_burst: self.one_time_burst.unwrap_or(0),
+            refill_time_ms: self.refill_time,
+        }
+    }
+}
+
+/// Firecracker's rate limiter: a bandwidth bucket (bytes) and an ops
+/// bucket (requests or frames); either may be absent.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimiterBody {
+    #[serde(
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    bandwidth: Option<TokenBucketBody>,
+    #[serde(
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    ops: Option<TokenBucketBody>,
+}
+
+impl RateLimiterBody {
+    fn config(&self) -> vmm::RateLimiterConfig {
+        vmm::RateLimiterConfig {
+            bandwidth: self.bandwidth.as_ref().map(TokenBucketBody::config),
+            ops: self.ops.as_ref().map(TokenBucketBody::config),
+        }
+    }
+}
+
+/// The configuration of an optional limiter.
+fn limiter(body: &Option<RateLimiterBody>) -> vmm::RateLimiterConfig {
+    body.as_ref()
+        .map(RateLimiterBody::config)
+        .unwrap_or_default()
 }
 
 /// `drives/{id}` body.
@@ -183,6 +282,34 @@ struct Drive {
     partuuid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cache_type: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rate_limiter: Option<RateLimiterBody>,
+}
+
+/// `PATCH /drives/{id}` body: a new image and/or new rate limits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DriveUpdate {
+    drive_id: String,
+    #[serde(default)]
+    path_on_host: Option<PathBuf>,
+    #[serde(default, deserialize_with = "object")]
+    rate_limiter: Option<RateLimiterBody>,
+}
+
+/// `PATCH /network-interfaces/{id}` body: new rate limits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetUpdate {
+    iface_id: String,
+    #[serde(default, deserialize_with = "object")]
+    rx_rate_limiter: Option<RateLimiterBody>,
+    #[serde(default, deserialize_with = "object")]
+    tx_rate_limiter: Option<RateLimiterBody>,
 }
 
 /// `network-interfaces/{id}` body.
@@ -193,6 +320,188 @@ struct NetworkInterface {
     host_dev_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     guest_mac: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rx_rate_limiter: Option<RateLimiterBody>,
+    #[serde(
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    tx_rate_limiter: Option<RateLimiterBody>,
+}
+
+/// `balloon` body (Firecracker's).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonBody {
+    amount_mib: u32,
+    deflate_on_oom: bool,
+    #[serde(default)]
+    stats_polling_interval_s: u16,
+    #[serde(default)]
+    free_page_reporting: bool,
+    /// Accepted as false only: free page hinting is not offered.
+    #[serde(default)]
+    free_page_hinting: bool,
+}
+
+impl BalloonBody {
+    fn config(&self) -> vmm::BalloonConfig {
+        vmm::BalloonConfig {
+            amount_mib: self.amount_mib,
+            deflate_on_oom: self.deflate_on_oom,
+            stats_polling_interval_s: self.stats_polling_interval_s,
+            free_page_reporting: self.free_page_reporting,
+        }
+    }
+}
+
+/// `logger` body (Firecracker's): every field optional.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct LoggerBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    show_level: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    show_log_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    module: Option<String>,
+}
+
+impl LoggerBody {
+    /// The level, checked.
+    fn level(&self) -> Result<Option<log::LevelFilter>, String> {
+        self.level
+            .as_deref()
+            .map(crate::logger::parse_level)
+            .transpose()
+    }
+
+    /// Points the process's logger where and how this says: the file (or
+    /// FIFO) is opened now, as the VMM sees it (inside its jail, if any).
+    fn apply(&self) -> Result<(), String> {
+        let level = self.level()?;
+        let file = match &self.log_path {
+            Some(p) => {
+                Some(crate::logger::open(p).map_err(|e| format!("log_path {}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        crate::logger::update(crate::logger::Update {
+            level,
+            module: self.module.clone(),
+            file,
+            show_level: self.show_level,
+            show_origin: self.show_log_origin,
+            id: None,
+        });
+        Ok(())
+    }
+}
+
+/// `entropy` body (Firecracker's): a virtio-rng device.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct EntropyBody {
+    #[serde(
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rate_limiter: Option<RateLimiterBody>,
+}
+
+/// `metrics` body (Firecracker's).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsBody {
+    metrics_path: PathBuf,
+}
+
+/// `PATCH /balloon` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonUpdate {
+    amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonStatsUpdate {
+    stats_polling_interval_s: u16,
+}
+
+/// 4 KiB pages per MiB.
+const PAGES_PER_MIB: u32 = 256;
+
+/// `GET /balloon/statistics` of a running VM.
+fn balloon_statistics(b: &vmm::BalloonShared) -> Result<Value, ApiError> {
+    let stats = b
+        .stats()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .unwrap_or_default();
+    let (target, actual) = (b.target_pages(), b.actual_pages());
+    let mut v = json!({
+        "target_pages": target,
+        "actual_pages": actual,
+        "target_mib": target / PAGES_PER_MIB,
+        "actual_mib": actual / PAGES_PER_MIB,
+    });
+    for (name, value) in [
+        ("swap_in", stats.swap_in),
+        ("swap_out", stats.swap_out),
+        ("major_faults", stats.major_faults),
+        ("minor_faults", stats.minor_faults),
+        ("free_memory", stats.free_memory),
+        ("total_memory", stats.total_memory),
+        ("available_memory", stats.available_memory),
+        ("disk_caches", stats.disk_caches),
+        ("hugetlb_allocations", stats.hugetlb_allocations),
+        ("hugetlb_failures", stats.hugetlb_failures),
+    ] {
+        if let Some(value) = value {
+            v[name] = json!(value);
+        }
+    }
+    Ok(v)
+}
+
+/// The balloon of a running VM.
+fn running_balloon(ctl: &VmController) -> Result<std::sync::Arc<vmm::BalloonShared>, ApiError> {
+    ctl.balloon()
+        .ok_or_else(|| ApiError::bad_request("No balloon device configured."))
+}
+
+/// A balloon setting changed: on the running device through `live`
+/// (which checks it), before boot in the configuration through `stored`.
+fn patch_balloon(
+    inst: &Shared,
+    live: impl FnOnce(&vmm::BalloonShared) -> Result<(), vmm::BalloonError>,
+    stored: impl FnOnce(&mut BalloonBody),
+) -> Result<(), ApiError> {
+    let mut guard = crate::lock(inst);
+    let i = &mut *guard;
+    let Some(b) = i.config.balloon.as_mut() else {
+        return Err(ApiError::bad_request("No balloon device configured."));
+    };
+    match &i.phase {
+        Phase::Running(ctl) => {
+            live(running_balloon(ctl)?.as_ref()).map_err(|e| ApiError::bad_request(e.to_string()))
+        }
+        Phase::NotStarted => {
+            stored(b);
+            Ok(())
+        }
+    }
 }
 
 /// `actions` body.
@@ -226,6 +535,14 @@ struct FullConfig {
     drives: Vec<Drive>,
     #[serde(rename = "network-interfaces", default)]
     network_interfaces: Vec<NetworkInterface>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    balloon: Option<BalloonBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logger: Option<LoggerBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics: Option<MetricsBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entropy: Option<EntropyBody>,
 }
 
 fn default_machine() -> MachineConfig {
@@ -234,6 +551,18 @@ fn default_machine() -> MachineConfig {
         mem_size_mib: 128,
         smt: false,
         track_dirty_pages: false,
+        max_vcpus: None,
+        cpu_template: None,
+    }
+}
+
+impl FullConfig {
+    /// The drives in the order the guest sees them: the root device first
+    /// (`/dev/vda`), the rest as configured.
+    fn drives_in_order(&self) -> Vec<&Drive> {
+        let mut drives: Vec<&Drive> = self.drives.iter().collect();
+        drives.sort_by_key(|d| !d.is_root_device);
+        drives
     }
 }
 
@@ -244,6 +573,10 @@ impl Default for FullConfig {
             machine_config: default_machine(),
             drives: Vec::new(),
             network_interfaces: Vec::new(),
+            balloon: None,
+            logger: None,
+            metrics: None,
+            entropy: None,
         }
     }
 }
@@ -262,6 +595,11 @@ struct Instance {
     exit_file: Option<PathBuf>,
     api_sock: Option<PathBuf>,
     seccomp: bool,
+    /// Whether `PUT /logger` and `PUT /metrics` open their files (not in a
+    /// VM that never boots, where the fuzzers drive the API).
+    live_logger: bool,
+    /// Where the metrics lines go, once configured.
+    metrics: Option<crate::metrics::Shared>,
     /// The VM thread, which boots a configuration when sent one.
     vm_thread: SyncSender<StartRequest>,
 }
@@ -317,13 +655,82 @@ fn check_machine(m: &MachineConfig) -> Result<(), ApiError> {
             vmm::config::MIN_MEMORY_MIB
         )));
     }
-    if m.smt {
-        return Err(ApiError::bad_request("smt is not supported"));
+    if m.smt && !vmm::config::SMT_SUPPORTED {
+        return Err(ApiError::bad_request(
+            "smt is not supported on this platform",
+        ));
+    }
+    for n in [Some(m.vcpu_count), m.max_vcpus].into_iter().flatten() {
+        if m.smt && n > 1 && n % 2 == 1 {
+            return Err(ApiError::bad_request(format!(
+                "with smt, vcpu_count and max_vcpus must be 1 or even (got {n})"
+            )));
+        }
     }
     if m.track_dirty_pages {
         return Err(ApiError::bad_request("track_dirty_pages is not supported"));
     }
+    // Firecracker's names; a guest that asked for one of its templates
+    // expects a CPU it does not get here, so they are refused, not ignored.
+    match m.cpu_template.as_deref() {
+        None | Some("None") => {}
+        Some(t @ ("C3" | "T2" | "T2S" | "T2CL" | "T2A")) => {
+            return Err(ApiError::bad_request(format!(
+                "cpu_template {t} is not supported: the guest sees the host's CPU as KVM \
+                 offers it (cpu_template \"None\")"
+            )))
+        }
+        Some(t) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown cpu_template {t:?} (C3, T2, T2S, T2CL, T2A or None)"
+            )))
+        }
+    }
+    if let Some(max) = m.max_vcpus {
+        if max < m.vcpu_count || max > vmm::config::MAX_VCPUS {
+            return Err(ApiError::bad_request(format!(
+                "max_vcpus must be vcpu_count ({}) to {}",
+                m.vcpu_count,
+                vmm::config::MAX_VCPUS
+            )));
+        }
+    }
     Ok(())
+}
+
+/// `GET /machine-config` of a running VM: the vCPU count asked for last,
+/// the maximum, and where the guest is (`vcpus_present`: plugged and not
+/// ejected; `vcpus_inserting`/`vcpus_removing`: events the guest has not
+/// taken yet).
+fn running_machine(m: &MachineConfig, ctl: &VmController) -> Value {
+    let c = ctl.vcpu_counts();
+    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("vcpu_count".into(), c.requested.into());
+        o.insert("max_vcpus".into(), c.max.into());
+        o.insert("vcpus_present".into(), c.present.into());
+        o.insert("vcpus_inserting".into(), c.inserting.into());
+        o.insert("vcpus_removing".into(), c.removing.into());
+    }
+    v
+}
+
+/// `PATCH /machine-config` after boot: `vcpu_count` alone, which plugs or
+/// unplugs vCPUs.
+fn resize_running(p: &MachineConfigPatch, ctl: &VmController) -> Result<(), ApiError> {
+    let others = p.mem_size_mib.is_some()
+        || p.smt.is_some()
+        || p.track_dirty_pages.is_some()
+        || p.max_vcpus.is_some()
+        || p.cpu_template.is_some();
+    let Some(count) = p.vcpu_count.filter(|_| !others) else {
+        return Err(ApiError::bad_request(format!(
+            "{FAULT_AFTER_START} After boot only vcpu_count can change."
+        )));
+    };
+    ctl.resize_vcpus(count)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 impl Instance {
@@ -398,6 +805,78 @@ impl Instance {
         Ok(())
     }
 
+    /// A drive's new image and/or rate limits: stored before the start,
+    /// applied to the running device after it (the guest is told the new
+    /// capacity).
+    fn patch_drive(&mut self, id: &str, u: DriveUpdate) -> Result<(), ApiError> {
+        if u.drive_id != id {
+            return Err(ApiError::bad_request(format!(
+                "drive_id {:?} does not match the path id {id:?}",
+                u.drive_id
+            )));
+        }
+        if let Some(p) = &u.path_on_host {
+            check_file("drive", p)?;
+        }
+        let Some(index) = self
+            .config
+            .drives_in_order()
+            .iter()
+            .position(|d| d.drive_id == id)
+        else {
+            return Err(ApiError::bad_request(format!("no drive {id:?}")));
+        };
+        if let Phase::Running(ctl) = &self.phase {
+            let limits = u.rate_limiter.as_ref().map(RateLimiterBody::config);
+            ctl.update_drive(index, u.path_on_host.as_deref(), limits.as_ref())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        if let Some(d) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
+            if let Some(p) = u.path_on_host {
+                d.path_on_host = p;
+            }
+            if u.rate_limiter.is_some() {
+                d.rate_limiter = u.rate_limiter;
+            }
+        }
+        Ok(())
+    }
+
+    /// A network interface's new rate limits, stored or applied as
+    /// [`Self::patch_drive`] does.
+    fn patch_net(&mut self, id: &str, u: NetUpdate) -> Result<(), ApiError> {
+        if u.iface_id != id {
+            return Err(ApiError::bad_request(format!(
+                "iface_id {:?} does not match the path id {id:?}",
+                u.iface_id
+            )));
+        }
+        let Some(index) = self
+            .config
+            .network_interfaces
+            .iter()
+            .position(|n| n.iface_id == id)
+        else {
+            return Err(ApiError::bad_request(format!(
+                "no network interface {id:?}"
+            )));
+        };
+        if let Phase::Running(ctl) = &self.phase {
+            let rx = u.rx_rate_limiter.as_ref().map(RateLimiterBody::config);
+            let tx = u.tx_rate_limiter.as_ref().map(RateLimiterBody::config);
+            ctl.update_net(index, rx.as_ref(), tx.as_ref())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let n = &mut self.config.network_interfaces[index];
+        if u.rx_rate_limiter.is_some() {
+            n.rx_rate_limiter = u.rx_rate_limiter;
+        }
+        if u.tx_rate_limiter.is_some() {
+            n.tx_rate_limiter = u.tx_rate_limiter;
+        }
+        Ok(())
+    }
+
     fn put_net(&mut self, id: &str, n: NetworkInterface) -> Result<(), ApiError> {
         self.before_start()?;
         check_id("network interface", id)?;
@@ -434,13 +913,20 @@ impl Instance {
         })?;
         let m = &self.config.machine_config;
         let mut config = VmConfig::new(&boot.kernel_image_path, m.vcpu_count, m.mem_size_mib);
+        config.max_vcpus = m.max_vcpus;
+        config.smt = m.smt;
         config.initrd = boot.initrd_path.clone();
+        config.balloon = self.config.balloon.as_ref().map(BalloonBody::config);
+        config.entropy = self
+            .config
+            .entropy
+            .as_ref()
+            .map(|e| limiter(&e.rate_limiter));
         let mut cmdline = boot
             .boot_args
             .clone()
             .unwrap_or_else(|| vmm::DEFAULT_CMDLINE.to_string());
-        let mut drives: Vec<&Drive> = self.config.drives.iter().collect();
-        drives.sort_by_key(|d| !d.is_root_device);
+        let drives = self.config.drives_in_order();
         if let Some(root) = drives.first().filter(|d| d.is_root_device) {
             if !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
                 let mode = if root.is_read_only { "ro" } else { "rw" };
@@ -455,6 +941,7 @@ impl Instance {
                 path: d.path_on_host.clone(),
                 read_only: d.is_read_only,
                 serial: Some(d.drive_id.chars().take(20).collect()),
+                rate_limiter: limiter(&d.rate_limiter),
             })
             .collect();
         config.nets = self
@@ -482,8 +969,11 @@ fn net_config(n: &NetworkInterface, index: usize) -> Result<NetConfig, ApiError>
         .map(parse_mac)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    vmm::config::net_config(n.host_dev_name.clone(), mac, index)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+    let mut cfg = vmm::config::net_config(n.host_dev_name.clone(), mac, index)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    cfg.rx_rate_limiter = limiter(&n.rx_rate_limiter);
+    cfg.tx_rate_limiter = limiter(&n.tx_rate_limiter);
+    Ok(cfg)
 }
 
 /// The console log: appends, and when it passes `max` bytes moves it to
@@ -672,7 +1162,7 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
         (Method::Get, [""]) => Ok(Reply::Json(200, crate::lock(inst).info())),
         (Method::Get, ["version"]) => Ok(Reply::Json(
             200,
-            json!({ "firecracker_version": "1.7.0", "strato_version": env!("CARGO_PKG_VERSION") }),
+            json!({ "firecracker_version": FIRECRACKER_API_VERSION, "strato_version": env!("CARGO_PKG_VERSION") }),
         )),
         (Method::Get, ["vm", "config"]) => {
             let cfg = crate::lock(inst).config.clone();
@@ -682,11 +1172,13 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             ))
         }
         (Method::Get, ["machine-config"]) => {
-            let m = crate::lock(inst).config.machine_config.clone();
-            Ok(Reply::Json(
-                200,
-                serde_json::to_value(m).unwrap_or(Value::Null),
-            ))
+            let i = crate::lock(inst);
+            let m = &i.config.machine_config;
+            let v = match &i.phase {
+                Phase::Running(ctl) => running_machine(m, ctl),
+                Phase::NotStarted => serde_json::to_value(m).unwrap_or(Value::Null),
+            };
+            Ok(Reply::Json(200, v))
         }
         (Method::Put, ["machine-config"]) => {
             let m: MachineConfig = http::json_body(req)?;
@@ -699,12 +1191,22 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
         (Method::Patch, ["machine-config"]) => {
             let p: MachineConfigPatch = http::json_body(req)?;
             let mut i = crate::lock(inst);
+            if let Phase::Running(ctl) = &i.phase {
+                let ctl = ctl.clone();
+                // Not under the instance lock: a paused or busy guest must
+                // not hold up other requests.
+                drop(i);
+                resize_running(&p, &ctl)?;
+                return ok;
+            }
             i.before_start()?;
             let mut m = i.config.machine_config.clone();
             m.vcpu_count = p.vcpu_count.unwrap_or(m.vcpu_count);
             m.mem_size_mib = p.mem_size_mib.unwrap_or(m.mem_size_mib);
             m.smt = p.smt.unwrap_or(m.smt);
             m.track_dirty_pages = p.track_dirty_pages.unwrap_or(m.track_dirty_pages);
+            m.max_vcpus = p.max_vcpus.or(m.max_vcpus);
+            m.cpu_template = p.cpu_template.clone().or(m.cpu_template);
             check_machine(&m)?;
             i.config.machine_config = m;
             ok
@@ -731,6 +1233,122 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             crate::lock(inst).put_drive(id, d)?;
             ok
         }
+        (Method::Patch, ["drives", id]) => {
+            let u: DriveUpdate = http::json_body(req)?;
+            crate::lock(inst).patch_drive(id, u)?;
+            ok
+        }
+        (Method::Patch, ["network-interfaces", id]) => {
+            let u: NetUpdate = http::json_body(req)?;
+            crate::lock(inst).patch_net(id, u)?;
+            ok
+        }
+        (Method::Put, ["logger"]) => {
+            let b: LoggerBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            b.level().map_err(ApiError::bad_request)?;
+            if i.live_logger {
+                b.apply().map_err(ApiError::bad_request)?;
+            }
+            i.config.logger = Some(b);
+            ok
+        }
+        (Method::Put, ["entropy"]) => {
+            let b: EntropyBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            i.config.entropy = Some(b);
+            ok
+        }
+        (Method::Put, ["metrics"]) => {
+            let b: MetricsBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            if i.config.metrics.is_some() {
+                return Err(ApiError::bad_request("the metrics are already configured"));
+            }
+            if i.live_logger {
+                let w = crate::metrics::Writer::open(&b.metrics_path).map_err(|e| {
+                    ApiError::bad_request(format!("metrics_path {}: {e}", b.metrics_path.display()))
+                })?;
+                // From an API thread: the new thread keeps its filter. It
+                // locks the instance only when it writes, a minute on.
+                let inst2 = inst.clone();
+                std::thread::Builder::new()
+                    .name("metrics".into())
+                    .spawn(move || flush_every_interval(&inst2))
+                    .map_err(|e| {
+                        ApiError::bad_request(format!("cannot start the metrics thread: {e}"))
+                    })?;
+                i.metrics = Some(Arc::new(Mutex::new(w)));
+            }
+            i.config.metrics = Some(b);
+            ok
+        }
+        (Method::Put, ["balloon"]) => {
+            let b: BalloonBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            if b.free_page_hinting {
+                return Err(ApiError::bad_request(
+                    "free_page_hinting is not supported (free_page_reporting is)",
+                ));
+            }
+            let mem = i.config.machine_config.mem_size_mib;
+            if u64::from(b.amount_mib) > mem {
+                return Err(ApiError::bad_request(format!(
+                    "amount_mib {} is more than the guest's {mem} MiB of memory",
+                    b.amount_mib
+                )));
+            }
+            i.config.balloon = Some(b);
+            ok
+        }
+        (Method::Get, ["balloon"]) => {
+            let i = crate::lock(inst);
+            let Some(b) = &i.config.balloon else {
+                return Err(ApiError::bad_request("No balloon device configured."));
+            };
+            let mut v = serde_json::to_value(b).unwrap_or(Value::Null);
+            if let Phase::Running(ctl) = &i.phase {
+                if let Some(shared) = ctl.balloon() {
+                    let c = shared.config();
+                    v["amount_mib"] = json!(c.amount_mib);
+                    v["stats_polling_interval_s"] = json!(c.stats_polling_interval_s);
+                }
+            }
+            Ok(Reply::Json(200, v))
+        }
+        (Method::Patch, ["balloon"]) => {
+            let u: BalloonUpdate = http::json_body(req)?;
+            patch_balloon(
+                inst,
+                |shared| shared.set_target_mib(u.amount_mib),
+                |b| b.amount_mib = u.amount_mib,
+            )?;
+            ok
+        }
+        (Method::Get, ["balloon", "statistics"]) => {
+            let i = crate::lock(inst);
+            if i.config.balloon.is_none() {
+                return Err(ApiError::bad_request("No balloon device configured."));
+            }
+            let Phase::Running(ctl) = &i.phase else {
+                return Err(ApiError::bad_request(FAULT_NOT_STARTED));
+            };
+            let shared = running_balloon(ctl)?;
+            Ok(Reply::Json(200, balloon_statistics(&shared)?))
+        }
+        (Method::Patch, ["balloon", "statistics"]) => {
+            let u: BalloonStatsUpdate = http::json_body(req)?;
+            patch_balloon(
+                inst,
+                |shared| shared.set_stats_interval(u.stats_polling_interval_s),
+                |b| b.stats_polling_interval_s = u.stats_polling_interval_s,
+            )?;
+            ok
+        }
         (Method::Put, ["network-interfaces", id]) => {
             let n: NetworkInterface = http::json_body(req)?;
             crate::lock(inst).put_net(id, n)?;
@@ -755,7 +1373,8 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
                     ctl.request_shutdown(SHUTDOWN_ACK)
                         .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 }
-                "FlushMetrics" => {}
+                "FlushMetrics" => flush_metrics(inst)
+                    .map_err(|e| ApiError::bad_request(format!("cannot write the metrics: {e}")))?,
                 other => {
                     return Err(ApiError::bad_request(format!(
                         "unknown action_type {other:?} (InstanceStart, SendCtrlAltDel, \
@@ -780,6 +1399,10 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
             ok
         }
+        (_, ["snapshot", ..]) => Err(ApiError::bad_request("snapshots are not supported")),
+        (_, [what @ ("vsock" | "mmds" | "cpu-config" | "hotplug" | "pmem"), ..]) => Err(
+            ApiError::bad_request(format!("/{what} is not supported yet")),
+        ),
         _ => Err(ApiError::bad_request(format!(
             "Invalid request method and/or path: {method} {path}"
         ))),
@@ -824,6 +1447,28 @@ pub fn main(mut args: VmArgs) -> i32 {
         },
         None => FullConfig::default(),
     };
+    if let Some(l) = &config.logger {
+        if let Err(e) = l.apply() {
+            eprintln!("strato: config file logger: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
+    let mut config = config;
+    if let Some(path) = &args.metrics_path {
+        config.metrics = Some(MetricsBody {
+            metrics_path: path.clone(),
+        });
+    }
+    let startup_metrics = match &config.metrics {
+        Some(m) => match crate::metrics::Writer::open(&m.metrics_path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("strato: metrics {}: {e}", m.metrics_path.display());
+                return crate::run::EXIT_VMM_ERROR;
+            }
+        },
+        None => None,
+    };
     if let Err(e) = take_taps(&args) {
         eprintln!("strato: {e}");
         return crate::run::EXIT_VMM_ERROR;
@@ -846,7 +1491,9 @@ pub fn main(mut args: VmArgs) -> i32 {
     // The socket is made while still root (it is 0600 root's, or the
     // group's, as without a jail); privileges go before any request.
     let server = match (&args.api_sock, args.no_api) {
-        (Some(path), false) => match http::bind(path, args.api_sock_group) {
+        (Some(path), false) => match http::bind(path, args.api_sock_group)
+            .map(|s| s.with_max_body(args.http_api_max_payload_size as usize))
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("strato: {e}");
@@ -898,8 +1545,23 @@ pub fn main(mut args: VmArgs) -> i32 {
         exit_file: args.exit_file.clone(),
         api_sock,
         seccomp,
+        live_logger: true,
+        metrics: None,
         vm_thread: requests,
     }));
+
+    // Metrics from the config file or the command line: opened before the
+    // jail hid the host's tree, flushed on a thread of the VMM's filter.
+    if let Some(w) = startup_metrics {
+        crate::lock(&inst).metrics = Some(Arc::new(Mutex::new(w)));
+        let inst2 = inst.clone();
+        if let Err(e) = vmm::seccomp::spawn("metrics".into(), vmm_filter.clone(), move || {
+            flush_every_interval(&inst2)
+        }) {
+            eprintln!("strato: cannot start the metrics thread: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
 
     // SIGINT/SIGTERM stop a running VM (the VM thread then ends the
     // process) or end a process whose VM never started.
@@ -962,6 +1624,50 @@ pub fn main(mut args: VmArgs) -> i32 {
     }
 }
 
+/// Writes one metrics line for `inst`, if its metrics are configured.
+fn flush_metrics(inst: &Shared) -> std::io::Result<()> {
+    let (writer, metrics, drives, nets) = {
+        let i = crate::lock(inst);
+        let Some(w) = i.metrics.clone() else {
+            return Ok(());
+        };
+        let metrics = match &i.phase {
+            Phase::Running(ctl) => Some(ctl.metrics()),
+            Phase::NotStarted => None,
+        };
+        let drives: Vec<String> = i
+            .config
+            .drives_in_order()
+            .iter()
+            .map(|d| d.drive_id.clone())
+            .collect();
+        let nets: Vec<String> = i
+            .config
+            .network_interfaces
+            .iter()
+            .map(|n| n.iface_id.clone())
+            .collect();
+        (w, metrics, drives, nets)
+    };
+    let source = metrics.as_ref().map(|m| crate::metrics::Source {
+        metrics: m,
+        drives: &drives,
+        nets: &nets,
+    });
+    let result = crate::lock(&writer).flush(source.as_ref());
+    result
+}
+
+/// The periodic metrics lines, for the life of the process.
+fn flush_every_interval(inst: &Shared) {
+    loop {
+        std::thread::sleep(crate::metrics::INTERVAL);
+        if let Err(e) = flush_metrics(inst) {
+            log::warn!("cannot write the metrics: {e}");
+        }
+    }
+}
+
 fn load_config_file(path: &Path) -> Result<FullConfig, String> {
     let text = std::fs::read(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
     parse_config(&text).map_err(|e| format!("config file {}: {e}", path.display()))
@@ -970,6 +1676,9 @@ fn load_config_file(path: &Path) -> Result<FullConfig, String> {
 fn parse_config(text: &[u8]) -> Result<FullConfig, String> {
     let config: FullConfig = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     check_machine(&config.machine_config).map_err(|e| e.message)?;
+    if let Some(l) = &config.logger {
+        l.level().map_err(|e| format!("logger: {e}"))?;
+    }
     Ok(config)
 }
 
@@ -999,6 +1708,8 @@ impl Unbooted {
             exit_file: None,
             api_sock: None,
             seccomp: false,
+            live_logger: false,
+            metrics: None,
             // Never used: `handle` below boots nothing.
             vm_thread: std::sync::mpsc::sync_channel(0).0,
         })))
@@ -1092,8 +1803,20 @@ mod tests {
         assert!(check_machine(&m).is_ok());
         m.vcpu_count = 0;
         assert!(check_machine(&m).is_err());
-        m.vcpu_count = 1;
+        m.vcpu_count = 3;
         m.smt = true;
         assert!(check_machine(&m).is_err());
+        m.vcpu_count = 4;
+        assert_eq!(check_machine(&m).is_ok(), vmm::config::SMT_SUPPORTED);
+        let mut m = default_machine();
+        for (template, ok) in [
+            ("None", true),
+            ("T2", false),
+            ("T2A", false),
+            ("none", false),
+        ] {
+            m.cpu_template = Some(template.into());
+            assert_eq!(check_machine(&m).is_ok(), ok, "{template}");
+        }
     }
 }

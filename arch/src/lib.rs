@@ -9,7 +9,7 @@
 //!   `PLATFORM` (where the UART and the other platform devices sit), and
 //!   in `layout` `MAX_VCPUS`,
 //!   `CMDLINE_MAX_SIZE`, `BOOT_TIMER_ADDR`, `MMIO_DEVICES_START`/`END` and
-//!   `VIRTIO_IRQ_BASE`/`MAX`;
+//!   `VIRTIO_IRQ_BASE`/`MAX`/`SKIP`;
 //! - the VM: `ram_regions`, `check_kvm`, `max_vcpus`, `create_vm`,
 //!   `create_chipset` (the in-kernel interrupt controller, before any
 //!   device's irqfd; on aarch64 with the vCPUs it is sized for) and
@@ -119,8 +119,18 @@ pub struct Platform {
     /// The ACPI Generic Event Device's register and interrupt (the power
     /// button).
     pub ged: Option<Placement>,
+    /// The CPU hotplug controller the ACPI tables describe: where there is
+    /// one, vCPUs can be plugged and unplugged while the guest runs.
+    pub cpu_hotplug: Option<Placement>,
     /// A PL031 real-time clock.
     pub rtc: Option<Placement>,
+    /// The PC's CMOS real-time clock (MC146818), on port I/O.
+    pub cmos: Option<Placement>,
+    /// A PL061 GPIO controller whose pin [`Platform::power_key_pin`] is a
+    /// power key (`gpio-keys`): the power button where there is no ACPI.
+    pub gpio: Option<Placement>,
+    /// The GPIO pin of the power key.
+    pub power_key_pin: u32,
 }
 
 /// What [`configure_boot`] writes for the kernel.
@@ -133,8 +143,12 @@ pub struct BootConfig<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The guest's RAM.
     pub ram: &'a [RamRegion],
-    /// The vCPUs, created and initialised.
+    /// The vCPUs, created and initialised: all the VM can have, the
+    /// first `boot_vcpus` of them present at boot, the others plugged
+    /// later (where `PLATFORM.cpu_hotplug` exists).
     pub vcpus: &'a [kvm_ioctls::VcpuFd],
+    /// How many vCPUs the guest has at boot.
+    pub boot_vcpus: u32,
     /// The virtio devices.
     pub virtio: &'a [VirtioMmio],
     /// The in-kernel interrupt controller (the FDT names its version).

@@ -38,7 +38,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use devices::virtio::block::{execute, Block, BlockConfig, Outcome};
+use devices::virtio::block::{execute, Block, BlockConfig, BlockMetrics, Outcome};
 use devices::virtio::net::{Net, Tap};
 use devices::virtio::{DeviceSignals, VirtioDevice};
 use event_manager::{EventManager, SubscriberOps};
@@ -226,12 +226,13 @@ fn bench_execute(
     let mut dev = Vec::new();
     let mut base = Vec::new();
     let mut n = 0u64;
+    let stats = BlockMetrics::default();
     for _ in 0..rounds {
         let t = Instant::now();
         for _ in 0..per {
             header(mem, 0, kind, sector_of(n, u64::from(len)));
             n += 1;
-            let out = execute(mem, file, false, cap, b"micro", &descs);
+            let out = execute(mem, file, false, cap, b"micro", &descs, &stats);
             assert_eq!(
                 out,
                 Outcome::Done {
@@ -273,6 +274,7 @@ fn block_rig(mem: &GuestMemoryMmap, path: &std::path::Path) -> BlockRig {
         path: path.to_path_buf(),
         read_only: false,
         serial: None,
+        rate_limiter: Default::default(),
     };
     let blk = Block::new(&cfg, evt.try_clone().unwrap(), signals).expect("block device");
     let blk = Arc::new(Mutex::new(blk));

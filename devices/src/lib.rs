@@ -4,6 +4,8 @@
 pub mod bus;
 pub mod fd_path;
 pub mod legacy;
+pub mod metrics;
+pub mod rate_limiter;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice};

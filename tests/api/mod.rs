@@ -287,6 +287,15 @@ impl Api {
     }
 }
 
+/// The last `chars` characters of `text`: how a console ends, for a
+/// failure message.
+pub fn tail(text: &str, chars: usize) -> &str {
+    let skip = text.chars().count().saturating_sub(chars);
+    text.char_indices()
+        .nth(skip)
+        .map_or("", |(i, _)| &text[i..])
+}
+
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -388,7 +397,12 @@ pub fn state(api: &Api, id: &str) -> String {
 
 /// Waits for daemon instance `id` to be in state `want`; returns its view.
 pub fn wait_state(api: &Api, id: &str, want: &str) -> Json {
-    wait_for(&format!("{id} to be {want}"), WAIT, || {
+    wait_state_for(api, id, want, WAIT)
+}
+
+/// [`wait_state`] with a deadline of `within`.
+pub fn wait_state_for(api: &Api, id: &str, want: &str, within: Duration) -> Json {
+    wait_for(&format!("{id} to be {want}"), within, || {
         let v = api
             .expect("GET", &format!("/v1/instances/{id}"), None, 200)
             .json();
@@ -415,17 +429,15 @@ pub fn wait_console_for(api: &Api, id: &str, marker: &str, timeout: Duration) ->
         }
         if start.elapsed() > timeout {
             let show = api.call("GET", &format!("/v1/instances/{id}"), None).text();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(3000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let threads = Json::parse(&show)
+                .ok()
+                .and_then(|j| j["pid"].as_u64())
+                .map(|pid| strato_tests::vmm_report(pid as u32))
+                .unwrap_or_default();
+            let tail = tail(&text, 3000);
             panic!(
                 "timed out after {timeout:?} waiting for {marker:?} on {id}'s console; \
-                 the instance: {show}\nits console ends:\n{tail}"
+                 the instance: {show}\nits VMM's threads:\n{threads}its console ends:\n{tail}"
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -653,6 +665,28 @@ impl Daemon {
             .copied()
             .filter(|p| !parent_of(*p).is_some_and(|pp| all.contains(&pp)))
             .collect()
+    }
+
+    /// For a failed count of VMM processes: every process of this state
+    /// directory (pid, parent, state, command line) and what the daemon
+    /// says of each instance (a VMM that ended says why in its
+    /// `exit_reason`).
+    pub fn processes(&self, api: &Api) -> String {
+        let mut out = String::new();
+        for pid in pids_with(&format!("{}/", self.state.display())) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("?");
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out += &format!(
+                "pid {pid} parent {:?} state {state}: {}\n",
+                parent_of(pid),
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            );
+        }
+        out + &api.get("/v1/instances").text()
     }
 
     /// Instance directories left in the state directory.

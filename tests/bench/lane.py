@@ -103,14 +103,9 @@ def host_main(args):
     failures = []
     for i in range(args.runs):
         for key in keys:
-            for attempt in range(1 + LANE_RETRIES):
-                rc, report = lane_run(lane + argv + ["--vmms", key])
-                if rc != LANE_BROKE:
-                    break
-                log(f"run {i + 1} {key}: the lane VM broke; again")
+            report, failed = lane_run_retried(lane + argv + ["--vmms", key], i + 1, key)
             if report is None:
-                failures.append(f"run {i + 1} {key}: the lane ended with status {rc} "
-                                "and no report")
+                failures.append(failed)
                 continue
             labels.update(report["labels"])
             versions.update(report["versions"])
@@ -123,6 +118,20 @@ def host_main(args):
             log(f"run {i + 1} {key}: {json.dumps(got)}")
     print_table(args, [(k, labels.get(k, k)) for k in keys], results, versions, failures)
     return 1 if failures else 0
+
+
+def lane_run_retried(cmd, run, key):
+    """Runs `cmd` (the lane runner) for run `run` of VMM `key`, again if its
+    lane VM broke (LANE_RETRIES times at most). Returns (report, None), or
+    (None, the failure's line)."""
+    for _ in range(1 + LANE_RETRIES):
+        rc, report = lane_run(cmd)
+        if rc != LANE_BROKE:
+            break
+        log(f"run {run} {key}: the lane VM broke; again")
+    if report is None:
+        return None, f"run {run} {key}: the lane ended with status {rc} and no report"
+    return report, None
 
 
 def lane_run(cmd):

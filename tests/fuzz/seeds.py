@@ -120,6 +120,16 @@ def console_seeds():
           + b"\x00" + img.b)
 
 
+def rng_seeds():
+    # flags: queue size 16 (4); two writable buffers, then one more kick.
+    img = Image()
+    img.desc(0, 0, 0x1000, 64, WRITE)
+    img.desc(0, 1, 0x2000, 0, WRITE)
+    img.desc(0, 2, 0x3000, 16, 0, 0)
+    img.avail(0, [0, 1])
+    write("virtio_rng", "two-buffers", bytes([4, 1, 1]) + img.b)
+
+
 def mmio_seeds():
     def rd(off, size=4):
         return bytes([0 | {1: 0, 2: 1, 4: 2, 8: 3}[size] << 2]) + struct.pack("<H", off)
@@ -163,6 +173,8 @@ def mmio_seeds():
     rx = poke(rings(0)[0], struct.pack("<QI", 0x2000, 64)) + poke(rings(0)[0] + 12, struct.pack("<HH", WRITE, 0))
     rx += poke(rings(0)[1], struct.pack("<HHH", 0, 1, 0))
     write("virtio_mmio", "console", bytes([2]) + init(2) + rx + notify(0) + tail)
+    # Rng: init, one writable buffer.
+    write("virtio_mmio", "rng", bytes([3]) + init(1) + rx + notify(0) + tail)
     # Out of order: DRIVER_OK first, features late, queue size refused.
     write("virtio_mmio", "disorder", bytes([0]) + wr(0x70, 15) + wr(0x20, 1) + wr(0x38, 3)
           + wr(0x44, 1) + wr(0x70, 0x80) + rd(0x70) + wr(0x70, 0))
@@ -269,6 +281,7 @@ if __name__ == "__main__":
     block_seeds()
     net_seeds()
     console_seeds()
+    rng_seeds()
     mmio_seeds()
     http_seeds()
     api_seeds()

@@ -20,6 +20,14 @@
  *                       default 0x604) until the power-button bit comes or
  *                       timeout=<ms> passes: "acpi: power button" then
  *                       power-off, or "acpi: no power button"
+ *   cpus                as button, and also acts for the CPU hotplug bit:
+ *                       prints "acpi: madt possible <n>" (enabled and
+ *                       online-capable local APICs), then on each CPU event
+ *                       walks the CPU hotplug controller (port cpuhp=<hex>,
+ *                       default 0x608) as the DSDT's CSCN does, acknowledging
+ *                       "acpi: cpu <id> plugged" and ejecting each vCPU asked
+ *                       back, "acpi: cpu <id> ejected", then "acpi: cpu scan
+ *                       done"; the power button powers off
  * If a power-off or reset write returns, it prints "acpi: still running".
  */
 #include "lib.h"
@@ -76,11 +84,16 @@ static void report(const uint8_t *t)
           sum_ok(t, len) ? "ok" : "bad-checksum");
 }
 
+/* Local APICs enabled or online capable: the vCPUs the VM can have. */
+static int possible;
+
 static void madt(const uint8_t *t)
 {
     uint32_t len = le32(t + 4);
     int cpus = 0, ioapics = 0;
     for (uint32_t at = 44; at + 2 <= len && t[at + 1] >= 2; at += t[at + 1]) {
+        if (t[at] == 0 && (le32(t + at + 4) & 3))
+            possible++;
         if (t[at] == 0 && (le32(t + at + 4) & 1))
             cpus++;
         else if (t[at] == 1)
@@ -158,6 +171,37 @@ void guest_main(void)
         }
         print("acpi: power button\n");
         outb(sleep, s5);
+    } else if (arg_eq("action", "cpus")) {
+        uint16_t ged = (uint16_t)arg_u64("ged", 0x604);
+        uint16_t hp = (uint16_t)arg_u64("cpuhp", 0x608);
+        ioapic_unmask((uint32_t)arg_u64("gsi", 23));
+        print("acpi: madt possible %d\n", possible);
+        print("acpi: waiting for cpu events\n");
+        uint64_t dl = deadline_ms(arg_u64("timeout", 10000));
+        while (!expired(dl)) {
+            uint8_t ev = inb(ged);
+            if (ev & 1) {
+                print("acpi: power button\n");
+                outb(sleep, s5);
+                break;
+            }
+            if (!(ev & 2))
+                continue;
+            for (int id = 0; id < possible; id++) {
+                outl(hp, (uint32_t)id);
+                uint8_t st = inb(hp + 4);
+                if (st & 2) {
+                    outb(hp + 4, 2);
+                    print("acpi: cpu %d plugged\n", id);
+                }
+                if (st & 4) {
+                    outb(hp + 4, 4);
+                    outb(hp + 4, 8);
+                    print("acpi: cpu %d ejected\n", id);
+                }
+            }
+            print("acpi: cpu scan done\n");
+        }
     } else {
         outb(sleep, s5);
     }

@@ -1,6 +1,7 @@
 /* C runtime for the strato test guests: see lib.h. */
 #include "lib.h"
 
+#if defined(__x86_64__)
 void *memset(void *d, int c, size_t n)
 {
     /* 8 bytes per iteration: rep string instructions may be emulated one
@@ -19,6 +20,35 @@ void *memcpy(void *d, const void *s, size_t n)
     __asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(n) : : "memory");
     return ret;
 }
+#else
+/* Plain loops (built with -fno-tree-loop-distribute-patterns, so that the
+ * compiler does not turn them back into calls to themselves): 8 bytes at a
+ * time where both ends are aligned. */
+void *memset(void *d, int c, size_t n)
+{
+    uint8_t *p = d;
+    uint64_t v = (uint8_t)c * 0x0101010101010101ULL;
+    for (; n && ((uintptr_t)p & 7); n--)
+        *p++ = (uint8_t)c;
+    for (; n >= 8; n -= 8, p += 8)
+        *(uint64_t *)p = v;
+    while (n--)
+        *p++ = (uint8_t)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+    uint8_t *p = d;
+    const uint8_t *q = s;
+    if ((((uintptr_t)p | (uintptr_t)q) & 7) == 0)
+        for (; n >= 8; n -= 8, p += 8, q += 8)
+            *(uint64_t *)p = *(const uint64_t *)q;
+    while (n--)
+        *p++ = *q++;
+    return d;
+}
+#endif
 
 int memcmp(const void *a, const void *b, size_t n)
 {
@@ -236,6 +266,7 @@ bool arg_eq(const char *key, const char *val)
 /* ------------------------------------------------------------------ */
 /* Time.                                                              */
 
+#if defined(__x86_64__)
 static void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c)
 {
     uint32_t d;
@@ -264,10 +295,19 @@ uint64_t ticks_per_ms(void)
         tpm = 3000000;
     return tpm;
 }
+#else
+uint64_t ticks_per_ms(void)
+{
+    uint64_t hz;
+    __asm__ volatile("mrs %0, cntfrq_el0" : "=r"(hz));
+    /* A counter whose frequency nobody set: assume the common 24 MHz. */
+    return hz >= 1000 ? hz / 1000 : 24000;
+}
+#endif
 
 uint64_t deadline_ms(uint64_t ms)
 {
-    return rdtsc() + ms * ticks_per_ms();
+    return ticks() + ms * ticks_per_ms();
 }
 
 /* ------------------------------------------------------------------ */

@@ -4,10 +4,14 @@
  * boot info; this header declares those helpers for C and adds formatted
  * output, command-line parsing, a time source and a small DMA allocator.
  *
- * Build flags (build.sh): -O2 -ffreestanding -mgeneral-regs-only
- * -mno-red-zone -fno-pic ...: no SSE/FPU code, no library calls except the
- * memset/memcpy/memcmp defined in lib.c.  Guest virtual = physical
+ * Build flags (build.sh, aarch64/build.sh): -O2 -ffreestanding
+ * -mgeneral-regs-only ...: no SSE/FPU/SIMD code, no library calls except
+ * the memset/memcpy/memcmp defined in lib.c.  Guest virtual = physical
  * (identity map), so a pointer is also a DMA address.
+ *
+ * On arm64 the runtime is aarch64/crt.S and aarch64/rt.c instead of
+ * common.S: the same helpers, the command line and the virtio-mmio windows
+ * from the device tree.
  */
 #ifndef STRATO_GUEST_LIB_H
 #define STRATO_GUEST_LIB_H
@@ -17,12 +21,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* common.S helpers (SysV calling convention). */
+/* Helpers of the architecture's runtime (x86: common.S, SysV calling
+ * convention; arm64: aarch64/crt.S and aarch64/rt.c). */
 void serial_putc(int c) __asm__("putc");
 void serial_puts(const char *s) __asm__("puts");
 void serial_write(const void *buf, uint64_t len) __asm__("write");
 const char *boot_cmdline(void) __asm__("cmdline");
 __attribute__((noreturn)) void vm_reset(void) __asm__("reset");
+
+#if defined(__aarch64__)
+/* The device tree's "virtio,mmio" windows, in order: add(base, size, irq)
+ * for each (irq: the GIC interrupt ID). */
+void fdt_virtio_windows(void (*add)(uint64_t base, uint64_t size, uint64_t irq));
+/* The device tree's RAM ranges (its memory nodes' reg), in order. */
+void fdt_memory_ranges(void (*add)(uint64_t base, uint64_t size));
+#endif
 
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
@@ -51,20 +64,28 @@ bool word_eq(const char *word, const char *val);   /* word up to ' '/','/NUL */
 /* parse_num(s, &end): number at s as above; *end = first unparsed char. */
 uint64_t parse_num(const char *s, const char **end);
 
-/* Time: TSC-based.  ticks_per_ms() comes from CPUID 0x15/0x16 when the CPU
- * reports it, else assumes a 3 GHz TSC. */
-static inline uint64_t rdtsc(void)
+/* Time: the x86 TSC, or the arm64 virtual counter.  ticks_per_ms() comes
+ * from CPUID 0x15/0x16 when the x86 CPU reports it (else a 3 GHz TSC is
+ * assumed), from CNTFRQ_EL0 on arm64. */
+static inline uint64_t ticks(void)
 {
+#if defined(__aarch64__)
+    uint64_t v;
+    /* isb: the counter is read in program order, not early. */
+    __asm__ volatile("isb; mrs %0, cntvct_el0" : "=r"(v) : : "memory");
+    return v;
+#else
     uint32_t lo, hi;
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((uint64_t)hi << 32) | lo;
+#endif
 }
 uint64_t ticks_per_ms(void);
-/* deadline_ms(ms): rdtsc() value ms from now; expired(d): past it. */
+/* deadline_ms(ms): ticks() value ms from now; expired(d): past it. */
 uint64_t deadline_ms(uint64_t ms);
 static inline bool expired(uint64_t deadline)
 {
-    return (int64_t)(rdtsc() - deadline) >= 0;
+    return (int64_t)(ticks() - deadline) >= 0;
 }
 
 /*
@@ -76,7 +97,18 @@ void *dma_alloc(size_t size, size_t align);
 
 __attribute__((noreturn)) void panic(const char *msg);
 
+/*
+ * barrier(): orders the guest's memory accesses, ring entries and device
+ * registers alike, as the virtio drivers need between filling a ring and
+ * publishing or notifying it.  x86 keeps stores in order (TSO), so the
+ * compiler's order is enough; arm64 does not: a full DSB, which also orders
+ * normal memory against the device (MMIO) accesses around it.
+ */
+#if defined(__aarch64__)
+#define barrier() __asm__ volatile("dsb sy" ::: "memory")
+#else
 #define barrier() __asm__ volatile("" ::: "memory")
+#endif
 #define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

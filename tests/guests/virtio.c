@@ -4,6 +4,37 @@
 struct vdev virtio_devs[VIRTIO_MAX_DEVS];
 int virtio_ndevs;
 
+/* Takes the window at base (size bytes, interrupt irq) as a device. */
+static void virtio_add(uint64_t base, uint64_t size, uint64_t irq)
+{
+    if (base + size > (1ULL << 32) || size < 0x100) {
+        print("virtio: ignoring window %lx size %lx\n", base, size);
+        return;
+    }
+    if (virtio_ndevs >= VIRTIO_MAX_DEVS)
+        return;
+    struct vdev d = {0};
+    d.base = base;
+    d.size = size;
+    d.irq = irq;
+    d.magic = vr32(&d, VIRTIO_MMIO_MAGIC);
+    if (d.magic == VIRTIO_MAGIC) {
+        d.version = vr32(&d, VIRTIO_MMIO_VERSION);
+        d.id = vr32(&d, VIRTIO_MMIO_DEVICE_ID);
+    }
+    virtio_devs[virtio_ndevs++] = d;
+}
+
+#if defined(__aarch64__)
+/* arm64: the device tree names the windows (aarch64/rt.c). */
+int virtio_discover(void)
+{
+    virtio_ndevs = 0;
+    fdt_virtio_windows(virtio_add);
+    return virtio_ndevs;
+}
+#else
+/* x86: the command line names the windows, as for Linux. */
 int virtio_discover(void)
 {
     static const char key[] = "virtio_mmio.device=";
@@ -14,23 +45,12 @@ int virtio_discover(void)
             p++;
         if (!memcmp(p, key, sizeof(key) - 1)) {
             const char *s = p + sizeof(key) - 1;
-            struct vdev d = {0};
-            d.size = parse_num(s, &s);
+            uint64_t size = parse_num(s, &s);
             if (*s == '@') {
-                d.base = parse_num(s + 1, &s);
+                uint64_t base = parse_num(s + 1, &s), irq = 0;
                 if (*s == ':')
-                    d.irq = parse_num(s + 1, &s);
-                if (d.base + d.size > (1ULL << 32) || d.size < 0x100) {
-                    print("virtio: ignoring window %lx size %lx\n",
-                          (uint64_t)d.base, d.size);
-                } else if (virtio_ndevs < VIRTIO_MAX_DEVS) {
-                    d.magic = vr32(&d, VIRTIO_MMIO_MAGIC);
-                    if (d.magic == VIRTIO_MAGIC) {
-                        d.version = vr32(&d, VIRTIO_MMIO_VERSION);
-                        d.id = vr32(&d, VIRTIO_MMIO_DEVICE_ID);
-                    }
-                    virtio_devs[virtio_ndevs++] = d;
-                }
+                    irq = parse_num(s + 1, &s);
+                virtio_add(base, size, irq);
             }
         }
         while (*p && *p != ' ')
@@ -38,6 +58,7 @@ int virtio_discover(void)
     }
     return virtio_ndevs;
 }
+#endif
 
 struct vdev *virtio_find(uint32_t id, int n)
 {

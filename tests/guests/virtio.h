@@ -50,6 +50,7 @@
 #define VIRTIO_ID_NET       1
 #define VIRTIO_ID_BLOCK     2
 #define VIRTIO_ID_CONSOLE   3
+#define VIRTIO_ID_RNG       4
 
 /* Split virtqueue layout. */
 #define VRING_DESC_F_NEXT     1
@@ -80,7 +81,7 @@ struct vring_used {
 /* One transport found on the command line. */
 struct vdev {
     uintptr_t base;         /* MMIO window */
-    uint64_t size;          /* window size from the command line */
+    uint64_t size;          /* window size */
     uint32_t irq;
     uint32_t magic, version, id;
     uint64_t offered;       /* device features */
@@ -92,9 +93,11 @@ extern struct vdev virtio_devs[VIRTIO_MAX_DEVS];
 extern int virtio_ndevs;
 
 /*
- * virtio_discover(): parse every "virtio_mmio.device=<size>@<base>:<irq>"
- * word of the command line, in order, and read each window's magic,
- * version and device ID.  Returns the number of entries.
+ * virtio_discover(): take every virtio-mmio window the VMM announces, in
+ * order (x86: the "virtio_mmio.device=<size>@<base>:<irq>" words of the
+ * command line; arm64: the device tree's "virtio,mmio" nodes), and read
+ * each window's magic, version and device ID.  Returns the number of
+ * entries.
  */
 int virtio_discover(void);
 /* n-th (from 0) transport with a valid magic and this device ID, or NULL. */

@@ -132,21 +132,31 @@ pub fn strato_cmd(
         let _ = err.read_to_string(&mut s);
         s
     });
+    let mut stalled = String::new();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break Some(s);
         }
         if start.elapsed() > deadline {
+            stalled = vmm_report(child.id());
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let mut stderr = err_t.join().unwrap_or_default();
+    if status.is_none() {
+        // What the process was doing when the deadline killed it, after
+        // what it wrote itself.
+        stderr.push_str(&format!(
+            "\n[killed at the {deadline:?} deadline; its threads then:]\n{stalled}"
+        ));
+    }
     Run {
         status,
         stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+        stderr,
         elapsed: start.elapsed(),
     }
 }
@@ -241,6 +251,129 @@ pub fn require_hardware_kvm() {
         "this test needs hardware KVM, and /dev/kvm here is software virtualization \
          (kvm_pvm); run it in the x86 lane: python3 tests/lane/lane.py test"
     );
+}
+
+/// What a VMM whose guest stalled is doing: [`threads`] and [`kvm_exits`].
+pub fn vmm_report(pid: u32) -> String {
+    threads(pid) + &kvm_exits(pid)
+}
+
+/// What each thread of process `pid` is doing: name, scheduler state,
+/// where it sleeps and its kernel stack (root only). A test that times out
+/// waiting for a guest prints this, so the report says whether the vCPU
+/// threads were running the guest (inside KVM_RUN), halted in it, or
+/// blocked in the VMM, which tells a stuck VMM from a stuck guest.
+pub fn threads(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone\n");
+    };
+    let mut tids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    for tid in tids {
+        let read = |f: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}")).unwrap_or_default()
+        };
+        // stat: "tid (comm) S ..."; the name may hold spaces, the state
+        // follows the last ')'.
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        out.push_str(&format!(
+            "thread {tid} {:?} state {state} wchan {}\n",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+        for frame in read("stack").lines().take(12) {
+            out.push_str(&format!("    {frame}\n"));
+        }
+    }
+    out
+}
+
+/// Where the guest of VMM process `pid` runs: one second of its vCPU
+/// threads' KVM exits from the kernel's trace buffer (root only; tracefs
+/// is mounted if it is not), counted by reason and guest RIP. A guest
+/// stuck in a loop shows one RIP; a halted one shows few exits. Meant for
+/// the report of a test that timed out; says why where tracing is missing.
+pub fn kvm_exits(pid: u32) -> String {
+    const T: &str = "/sys/kernel/tracing";
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                    comm.starts_with("vcpu")
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if tids.is_empty() {
+        return "no vCPU threads to trace\n".into();
+    }
+    if !std::path::Path::new(T).join("events/kvm").exists() {
+        // SAFETY: mounting tracefs at its usual place; the strings are
+        // NUL-terminated literals.
+        unsafe {
+            libc::mount(
+                c"tracefs".as_ptr(),
+                c"/sys/kernel/tracing".as_ptr(),
+                c"tracefs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+    }
+    let write = |f: &str, v: &str| std::fs::write(format!("{T}/{f}"), v);
+    let setup = write("events/kvm/kvm_exit/enable", "0")
+        .and_then(|_| write("set_event_pid", &tids.join(" ")))
+        .and_then(|_| write("trace", ""))
+        .and_then(|_| write("events/kvm/kvm_exit/enable", "1"));
+    if let Err(e) = setup {
+        return format!("no KVM exit trace ({T}: {e})\n");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = write("events/kvm/kvm_exit/enable", "0");
+    let trace = std::fs::read_to_string(format!("{T}/trace")).unwrap_or_default();
+    let _ = write("set_event_pid", "");
+    let _ = write("trace", "");
+    // Lines hold "kvm_exit: vcpu 0 reason npf rip 0xffffffff81001234 ...".
+    let mut seen: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+    for l in trace.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, ev)) = l.split_once("kvm_exit: ") else {
+            continue;
+        };
+        let w: Vec<&str> = ev.split_whitespace().collect();
+        let field = |k: &str| {
+            w.iter()
+                .position(|x| *x == k)
+                .and_then(|i| w.get(i + 1))
+                .map_or("?", |v| v)
+                .to_string()
+        };
+        *seen
+            .entry((field("vcpu"), field("reason"), field("rip")))
+            .or_default() += 1;
+    }
+    let mut rows: Vec<_> = seen.into_iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let mut out = format!(
+        "KVM exits of vCPU threads {} in 1 s, by vCPU, reason and guest RIP:\n",
+        tids.join(",")
+    );
+    if rows.is_empty() {
+        out.push_str("    none\n");
+    }
+    for ((vcpu, reason, rip), n) in rows.into_iter().take(15) {
+        out.push_str(&format!("    vcpu {vcpu} {reason} at {rip}: {n}\n"));
+    }
+    out
 }
 
 /// Starts `strato` with `args` and reads its stdout until a line contains
@@ -370,36 +503,67 @@ pub fn linux_image(key: &str) -> String {
 }
 
 /// A network namespace holding tap devices, deleted on drop.
+///
+/// Made with iproute2 (`ip netns`) where it is installed; otherwise (the
+/// aarch64 lane, whose root is a busybox) with busybox's `unshare`,
+/// `nsenter` and `tunctl`, at the same path, `/run/netns/NAME`.
 pub struct Netns {
     /// Its name (under /run/netns).
     pub name: String,
 }
 
-/// Runs `ip` with `args`, asserting success; returns its output.
-fn ip(args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
+/// Runs `program args`, asserting success; returns its output.
+fn sh(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
         .args(args)
         .output()
-        .expect("run ip");
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
     assert!(
         out.status.success(),
-        "ip {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `ip` with `args`, asserting success; returns its output.
+fn ip(args: &[&str]) -> String {
+    sh("ip", args)
+}
+
+/// Whether `ip` is iproute2's (busybox's has no `netns`).
+fn iproute2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 impl Netns {
     /// A fresh namespace with `taps` up in it (IPv6 off on them).
     pub fn new(tag: &str, taps: &[&str]) -> Netns {
         let name = format!("strato-{tag}-{}", std::process::id());
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &name])
-            .output();
-        ip(&["netns", "add", &name]);
         let ns = Netns { name };
+        if iproute2() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &ns.name])
+                .output();
+            ip(&["netns", "add", &ns.name]);
+        } else {
+            ns.remove();
+            std::fs::create_dir_all("/run/netns").expect("create /run/netns");
+            std::fs::write(ns.path(), b"").expect("create the namespace's file");
+            sh("unshare", &[&format!("--net={}", ns.path()), "true"]);
+        }
         for tap in taps {
-            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+            if iproute2() {
+                ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+            } else {
+                ns.exec(&["tunctl", "-t", tap]);
+            }
             // No IPv6 chatter: the guest should see only the test's frames.
             ns.exec(&[
                 "sysctl",
@@ -411,17 +575,85 @@ impl Netns {
         ns
     }
 
-    /// Runs a command inside the namespace, asserting success.
-    pub fn exec(&self, cmd: &[&str]) {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(cmd);
-        ip(&args);
+    /// The namespace's file, as `ip netns` keeps it.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// The program and leading arguments that run a command inside the
+    /// namespace: `ip netns exec NAME` or `nsenter --net=FILE`.
+    pub fn prefix(&self) -> (std::path::PathBuf, Vec<String>) {
+        if iproute2() {
+            (
+                "ip".into(),
+                ["netns", "exec", &self.name].map(String::from).to_vec(),
+            )
+        } else {
+            ("nsenter".into(), vec![format!("--net={}", self.path())])
+        }
+    }
+
+    /// Runs `strato ARGS` inside the namespace (see [`strato`]).
+    pub fn strato<S: AsRef<str>>(&self, args: &[S], deadline: Duration) -> Run {
+        let (program, mut all) = self.prefix();
+        all.push(strato_bin().to_string_lossy().into_owned());
+        all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        strato_cmd(&program, &all, None, deadline)
+    }
+
+    /// Adds a persistent TUN (layer 3) device `name` to the namespace,
+    /// through /dev/net/tun itself: busybox's `tunctl` makes taps only.
+    pub fn add_tun(&self, name: &str) {
+        const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+        const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+        let name = name.to_string();
+        self.run(move || {
+            let tun = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("open /dev/net/tun");
+            // struct ifreq: the name, then the flags.
+            let mut ifr = [0u8; 40];
+            ifr[..name.len()].copy_from_slice(name.as_bytes());
+            let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as i16;
+            ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&tun);
+            // SAFETY: TUNSETIFF reads and writes the 40-byte ifreq it is
+            // given; TUNSETPERSIST takes an integer.
+            unsafe {
+                assert_eq!(
+                    libc::ioctl(fd, TUNSETIFF as _, ifr.as_mut_ptr()),
+                    0,
+                    "TUNSETIFF {name}: {}",
+                    std::io::Error::last_os_error()
+                );
+                assert_eq!(
+                    libc::ioctl(fd, TUNSETPERSIST as _, 1 as libc::c_ulong),
+                    0,
+                    "TUNSETPERSIST {name}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        })
+        .join()
+        .expect("add a tun device");
+    }
+
+    /// Runs a command inside the namespace, asserting success; returns its
+    /// output.
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let (program, mut args) = self.prefix();
+        args.extend(cmd.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh(program.to_str().unwrap(), &args)
     }
 
     /// Names of the network interfaces in the namespace (`lo` included).
     pub fn links(&self) -> Vec<String> {
         // "1: lo: <LOOPBACK,UP,...> ..."
-        ip(&["netns", "exec", &self.name, "ip", "-o", "link", "show"])
+        self.exec(&["ip", "-o", "link", "show"])
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
@@ -433,7 +665,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open netns");
             // SAFETY: setns on this thread only, with a valid namespace fd.
@@ -443,13 +675,25 @@ impl Netns {
             f()
         })
     }
+
+    /// Unmounts and removes the busybox-made namespace file, if any.
+    fn remove(&self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.path())
+            .output();
+        let _ = std::fs::remove_file(self.path());
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        if iproute2() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
+        } else {
+            self.remove();
+        }
     }
 }
 

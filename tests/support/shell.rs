@@ -166,6 +166,7 @@ impl Shell {
     }
 
     fn failure(&mut self, what: &str) -> String {
+        let threads = crate::vmm_report(self.child.id());
         let _ = self.child.kill();
         let status = self.child.wait();
         // The child is gone, so its stderr reader ends.
@@ -173,7 +174,7 @@ impl Shell {
             .join()
             .unwrap_or_default();
         format!(
-            "{what}; strato: {status:?}, stderr:\n{stderr}\nconsole:\n{}",
+            "{what}; strato: {status:?}, its threads before the end:\n{threads}stderr:\n{stderr}\nconsole:\n{}",
             self.out
         )
     }

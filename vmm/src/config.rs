@@ -11,6 +11,8 @@ use crate::error::ConfigError;
 
 /// Most vCPUs a VM can have on this architecture.
 pub const MAX_VCPUS: u32 = arch::layout::MAX_VCPUS;
+/// Whether this platform can make vCPUs two threads to a core (`smt`).
+pub const SMT_SUPPORTED: bool = arch::SMT;
 /// Longest kernel command line, including its NUL.
 pub const CMDLINE_MAX_SIZE: usize = arch::layout::CMDLINE_MAX_SIZE;
 
@@ -18,6 +20,10 @@ pub const CMDLINE_MAX_SIZE: usize = arch::layout::CMDLINE_MAX_SIZE;
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// Command line used when the user gives none (the architecture's).
 pub const DEFAULT_CMDLINE: &str = arch::DEFAULT_CMDLINE;
+/// Whether vCPUs can be plugged into a running guest here.
+pub const VCPU_HOTPLUG: bool = arch::PLATFORM.cpu_hotplug.is_some();
+/// The platform's name, for messages.
+pub const ARCH_NAME: &str = arch::ARCH_NAME;
 
 /// Where the guest's serial output goes.
 pub enum SerialOutput {
@@ -55,8 +61,16 @@ pub enum ConsoleKind {
 
 /// Everything needed to boot a microVM.
 pub struct VmConfig {
-    /// Number of vCPUs, at least 1.
+    /// Number of vCPUs at boot, at least 1.
     pub vcpus: u32,
+    /// Two threads to a core (Firecracker's `smt`; x86 only): vCPUs 2n
+    /// and 2n+1 are siblings.
+    pub smt: bool,
+    /// How many vCPUs the VM can grow to while it runs (see
+    /// [`crate::VmController::resize_vcpus`]); `None` means `vcpus`. The
+    /// guest is told of all of them at boot, those beyond `vcpus` as
+    /// absent.
+    pub max_vcpus: Option<u32>,
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// Kernel image: ELF vmlinux (with or without a PVH note) or bzImage.
@@ -75,6 +89,10 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Which device the console input goes to.
     pub console: ConsoleKind,
+    /// A memory balloon (virtio-balloon), added after the other devices.
+    pub balloon: Option<devices::virtio::balloon::BalloonConfig>,
+    /// An entropy device (virtio-rng) with its rate limits, added last.
+    pub entropy: Option<devices::rate_limiter::RateLimiterConfig>,
     /// Whether the vCPU and event-loop threads run under their seccomp
     /// filters (see [`crate::seccomp`]); on by default. With filters on, a
     /// [`SerialOutput::Writer`] runs on those threads and may only write
@@ -87,6 +105,8 @@ impl VmConfig {
     pub fn new(kernel: impl Into<PathBuf>, vcpus: u32, memory_mib: u64) -> Self {
         VmConfig {
             vcpus,
+            smt: false,
+            max_vcpus: None,
             memory_mib,
             kernel: kernel.into(),
             initrd: None,
@@ -96,8 +116,16 @@ impl VmConfig {
             drives: Vec::new(),
             nets: Vec::new(),
             console: ConsoleKind::Serial,
+            balloon: None,
+            entropy: None,
             seccomp: true,
         }
+    }
+
+    /// How many vCPUs the VM can have: [`VmConfig::max_vcpus`], or the
+    /// boot count.
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_vcpus.unwrap_or(self.vcpus)
     }
 
     /// Checks everything that can be checked without KVM. `max_vcpus` is the
@@ -108,6 +136,26 @@ impl VmConfig {
         }
         if self.vcpus > max_vcpus {
             return Err(ConfigError::TooManyVcpus(self.vcpus, max_vcpus));
+        }
+        let most = self.max_vcpus();
+        if most < self.vcpus {
+            return Err(ConfigError::MaxBelowVcpus(self.vcpus, most));
+        }
+        if most > max_vcpus {
+            return Err(ConfigError::TooManyVcpus(most, max_vcpus));
+        }
+        if most > self.vcpus && arch::PLATFORM.cpu_hotplug.is_none() {
+            return Err(ConfigError::NoVcpuHotplug(arch::ARCH_NAME));
+        }
+        if self.smt {
+            if !arch::SMT {
+                return Err(ConfigError::NoSmt(arch::ARCH_NAME));
+            }
+            for n in [self.vcpus, most] {
+                if n > 1 && n % 2 == 1 {
+                    return Err(ConfigError::OddSmt(n));
+                }
+            }
         }
         if self.memory_mib < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall(self.memory_mib));
@@ -125,8 +173,16 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_readable(initrd, "initrd")?;
         }
-        let virtio =
-            self.drives.len() + self.nets.len() + usize::from(self.console == ConsoleKind::Virtio);
+        let virtio = self.drives.len()
+            + self.nets.len()
+            + usize::from(self.console == ConsoleKind::Virtio)
+            + usize::from(self.balloon.is_some())
+            + usize::from(self.entropy.is_some());
+        if let Some(b) = &self.balloon {
+            if u64::from(b.amount_mib) > self.memory_mib {
+                return Err(ConfigError::BalloonTooLarge(b.amount_mib, self.memory_mib));
+            }
+        }
         if virtio > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(virtio, MAX_VIRTIO_DEVICES));
         }
@@ -150,8 +206,22 @@ impl VmConfig {
     }
 }
 
-/// Most virtio devices one VM can have: one IRQ each, 5 to 23.
-pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// Most virtio devices one VM can have: each takes an interrupt of the
+/// architecture's virtio range (less the ones it skips; 17 on x86) and an
+/// MMIO window.
+pub const MAX_VIRTIO_DEVICES: usize = {
+    use arch::layout::{
+        MMIO_DEVICES_END, MMIO_DEVICES_START, VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX, VIRTIO_IRQ_SKIP,
+    };
+    let irqs = (VIRTIO_IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize - VIRTIO_IRQ_SKIP.len();
+    let windows =
+        ((MMIO_DEVICES_END - MMIO_DEVICES_START) / devices::virtio::mmio::MMIO_WINDOW) as usize;
+    if irqs < windows {
+        irqs
+    } else {
+        windows
+    }
+};
 
 /// Parses a `--drive` value: `path=FILE[,readonly=on|off][,serial=ID]`.
 pub fn parse_drive(s: &str) -> Result<BlockConfig, ConfigError> {
@@ -159,6 +229,7 @@ pub fn parse_drive(s: &str) -> Result<BlockConfig, ConfigError> {
         path: PathBuf::new(),
         read_only: false,
         serial: None,
+        rate_limiter: Default::default(),
     };
     for (key, value) in key_values("--drive", s)? {
         match key {
@@ -230,7 +301,12 @@ pub fn net_config(
     }
     let idx = index.to_be_bytes();
     let mac = mac.unwrap_or([0x06, 0x00, 0xac, 0x10, idx[6], idx[7]]);
-    Ok(NetConfig { tap, mac })
+    Ok(NetConfig {
+        tap,
+        mac,
+        rx_rate_limiter: Default::default(),
+        tx_rate_limiter: Default::default(),
+    })
 }
 
 fn key_values<'a>(opt: &'static str, s: &'a str) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
@@ -330,6 +406,29 @@ mod tests {
             c.validate(4, 1024),
             Err(ConfigError::TooManyVcpus(5, 4))
         ));
+        c.vcpus = 2;
+        c.max_vcpus = Some(1);
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::MaxBelowVcpus(2, 1))
+        ));
+        c.max_vcpus = Some(5);
+        assert!(matches!(
+            c.validate(4, 1024),
+            Err(ConfigError::TooManyVcpus(5, 4))
+        ));
+        c.max_vcpus = Some(4);
+        if arch::PLATFORM.cpu_hotplug.is_some() {
+            assert!(c.validate(4, 1024).is_ok());
+        } else {
+            assert!(matches!(
+                c.validate(4, 1024),
+                Err(ConfigError::NoVcpuHotplug(_))
+            ));
+        }
+        c.max_vcpus = Some(2);
+        assert!(c.validate(4, 1024).is_ok());
+        c.max_vcpus = None;
         c.vcpus = 1;
         c.memory_mib = 0;
         assert!(matches!(

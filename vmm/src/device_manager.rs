@@ -6,7 +6,9 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use arch::layout::{MMIO_DEVICES_END, MMIO_DEVICES_START, VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX};
+use arch::layout::{
+    MMIO_DEVICES_END, MMIO_DEVICES_START, VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX, VIRTIO_IRQ_SKIP,
+};
 use devices::virtio::mmio::{MMIO_WINDOW, NOTIFY_OFFSET};
 use devices::virtio::{DeviceSignals, MmioTransport, VirtioDevice};
 use devices::Bus;
@@ -46,6 +48,14 @@ pub struct DeviceManager<'a> {
     pub subscribers: Vec<Subscriber>,
 }
 
+/// `irq`, or the first interrupt above it that virtio devices may use.
+fn next_free_irq(mut irq: u32) -> u32 {
+    while VIRTIO_IRQ_SKIP.contains(&irq) {
+        irq += 1;
+    }
+    irq
+}
+
 impl<'a> DeviceManager<'a> {
     /// A manager for the VM behind `vm_fd`.
     pub fn new(vm_fd: &'a VmFd, mem: GuestMemoryMmap) -> Self {
@@ -53,7 +63,7 @@ impl<'a> DeviceManager<'a> {
             vm_fd,
             mem,
             next_base: MMIO_DEVICES_START,
-            next_irq: VIRTIO_IRQ_BASE,
+            next_irq: next_free_irq(VIRTIO_IRQ_BASE),
             cmdline: String::new(),
             virtio: Vec::new(),
             subscribers: Vec::new(),
@@ -82,7 +92,7 @@ impl<'a> DeviceManager<'a> {
             queue_evts.push(evt);
         }
         self.next_base += MMIO_WINDOW;
-        self.next_irq += 1;
+        self.next_irq = next_free_irq(self.next_irq + 1);
         Ok(Slot {
             queue_evts,
             signals: Arc::new(DeviceSignals::new(irq_evt)),
@@ -92,7 +102,7 @@ impl<'a> DeviceManager<'a> {
     }
 
     /// Puts `device`, built for `slot`, on `bus` and the event loop.
-    pub fn add<D>(&mut self, bus: &mut Bus, slot: Slot, device: D) -> Result<()>
+    pub fn add<D>(&mut self, bus: &mut Bus, slot: Slot, device: D) -> Result<Arc<Mutex<D>>>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
@@ -101,7 +111,7 @@ impl<'a> DeviceManager<'a> {
             .map_err(Error::Device)?;
         bus.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW)
             .map_err(|e| Error::Device(e.to_string()))?;
-        self.subscribers.push(device);
+        self.subscribers.push(device.clone());
         // The firmware tables (the DSDT, or the FDT) name every device;
         // where the architecture says so (x86: kernels without ACPI, or
         // booted with `acpi=off`), the command line does too. A kernel that
@@ -120,7 +130,7 @@ impl<'a> DeviceManager<'a> {
                 slot.irq
             ));
         }
-        Ok(())
+        Ok(device)
     }
 }
 

@@ -11,6 +11,21 @@ pub enum ConfigError {
     /// More vCPUs than the host or the platform allows.
     #[error("{0} vCPUs requested, the maximum here is {1}")]
     TooManyVcpus(u32, u32),
+    /// A maximum vCPU count below the boot count.
+    #[error("max_vcpus {1} is below the {0} vCPUs to boot with")]
+    MaxBelowVcpus(u32, u32),
+    /// A balloon larger than the guest.
+    #[error("balloon amount_mib {0} is more than the guest's {1} MiB of memory")]
+    BalloonTooLarge(u32, u64),
+    /// Room for more vCPUs where vCPUs cannot be plugged.
+    #[error("vCPUs cannot be plugged while the guest runs on {0}: max_vcpus must equal vcpus")]
+    NoVcpuHotplug(&'static str),
+    /// Two threads to a core where the platform has no such topology.
+    #[error("smt (two threads to a core) is not supported on {0}")]
+    NoSmt(&'static str),
+    /// An odd vCPU count with two threads to a core.
+    #[error("with smt, the vCPU count ({0}) must be 1 or even: each core has two threads")]
+    OddSmt(u32),
     /// Less memory than a guest needs.
     #[error("{0} MiB of memory is too small, the minimum is {min} MiB", min = crate::config::MIN_MEMORY_MIB)]
     MemoryTooSmall(u64),

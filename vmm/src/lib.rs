@@ -10,6 +10,7 @@ mod device_manager;
 pub mod error;
 mod events;
 pub mod exit;
+mod ram;
 pub mod seccomp;
 mod vcpu;
 mod vm;
@@ -19,8 +20,14 @@ pub use config::{
 };
 /// Guest files handed over as inherited descriptors (`/proc/self/fd/N`).
 pub use devices::fd_path;
+pub use devices::metrics::Counters;
+pub use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
+/// The memory balloon's configuration, controls and guest statistics.
+pub use devices::virtio::balloon::{
+    BalloonConfig, BalloonShared, BalloonStats, Error as BalloonError,
+};
 /// Taps, which the daemon attaches and hands over to a jailed VMM.
 pub use devices::virtio::net::Tap;
 pub use error::{Error, Result};
 pub use exit::ExitReason;
-pub use vm::{ControlError, ShutdownSignal, Vm, VmController};
+pub use vm::{ControlError, ShutdownSignal, VcpuCounts, Vm, VmController, VmMetrics};

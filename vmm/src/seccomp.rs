@@ -265,6 +265,12 @@ fn rule(conditions: &[(u8, SeccompCmpOp, u64)]) -> SeccompRule {
 /// `openat` flags of an appended, created log (the console log and its
 /// rotation): std sets O_CLOEXEC on every open.
 const LOG_FLAGS: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC;
+/// `openat` flags of a log file or FIFO that Firecracker's `PUT /logger`
+/// names, opened on an API thread: read-write (a FIFO so opened never waits
+/// for its reader), appended, created if missing, non-blocking (a FIFO
+/// nobody reads loses lines instead of stalling a thread that logs).
+pub const LOGGER_FLAGS: i32 =
+    libc::O_RDWR | libc::O_APPEND | libc::O_CREAT | libc::O_NONBLOCK | libc::O_CLOEXEC;
 /// `openat` flags of `File::create` (the exit record).
 const CREATE_FLAGS: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
 /// `clone` flags the C library's `pthread_create` passes; `clone` without
@@ -324,37 +330,58 @@ fn common() -> Allow {
         .call_if(libc::SYS_tgkill, vec![rule(&[(0, SeccompCmpOp::Eq, pid)])])
 }
 
-/// What device emulation needs, on the event loop and on a vCPU (a
-/// driver's DRIVER_OK write makes the device serve the requests already
-/// in its rings, on that vCPU): tap frames, disk sectors and flushes, and
-/// console output, which rotates the console log (a new file, a rename).
-fn devices() -> Allow {
+/// Console output, on a vCPU (the serial port) and on the event loop
+/// (virtio-console): writes to stdout or to the console log, which rotates
+/// (a new file, a rename).
+fn console() -> Allow {
     common()
         .calls(arch::seccomp::SYS_RENAME)
-        .calls(&[
-            libc::SYS_readv,
-            libc::SYS_writev,
-            libc::SYS_pread64,
-            libc::SYS_pwrite64,
-            libc::SYS_fdatasync,
-            libc::SYS_renameat,
-        ])
+        .calls(&[libc::SYS_writev, libc::SYS_renameat])
         .open_flags(&[LOG_FLAGS])
+}
+
+/// What queue passes need, on the event loop only (a vCPU's DRIVER_OK write
+/// kicks the queues rather than serving them): tap frames, disk sectors
+/// and flushes.
+fn queue_passes(allow: Allow) -> Allow {
+    allow.calls(&[
+        libc::SYS_readv,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        // A block request's buffers in one call.
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_fdatasync,
+    ])
 }
 
 /// The rules of `kind`.
 fn rules(kind: ThreadKind) -> Rules {
     let allow = match kind {
-        ThreadKind::Vcpu => devices()
+        ThreadKind::Vcpu => console()
             .ioctls(arch::seccomp::VCPU_IOCTLS)
             // A virtio-net driver's offloads are set as it activates the
             // device.
             .ioctls(&devices::virtio::net::Tap::runtime_ioctls()),
-        ThreadKind::EventLoop => devices()
+        ThreadKind::EventLoop => queue_passes(console())
             .calls(arch::seccomp::SYS_EPOLL_WAIT)
-            .calls(&[libc::SYS_epoll_pwait, libc::SYS_epoll_ctl]),
-        ThreadKind::Api => common()
+            // The balloon's statistics timer is armed here.
             .calls(&[
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_timerfd_settime,
+            ]),
+        ThreadKind::Api => common()
+            // A log or metrics file named by PUT /logger or /metrics, and
+            // a drive's new image named by PATCH /drives (read-only or
+            // read-write; a block device's size is found by seeking).
+            .open_flags(&[
+                LOGGER_FLAGS,
+                libc::O_RDONLY | libc::O_CLOEXEC,
+                libc::O_RDWR | libc::O_CLOEXEC,
+            ])
+            .calls(&[
+                libc::SYS_lseek,
                 libc::SYS_accept4,
                 // std's UnixStream reads and writes with recv and send.
                 libc::SYS_recvfrom,

@@ -1,5 +1,6 @@
 //! vCPU threads: configuration, the KVM_RUN loop and exit handling.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
@@ -19,30 +20,63 @@ use crate::error::Result;
 use crate::exit::{ExitReason, ExitState};
 use crate::seccomp::ThreadFilter;
 
-/// Pausing: vCPU threads park between KVM_RUN calls while paused.
-#[derive(Default)]
+/// Pausing and presence: a vCPU thread parks between KVM_RUN calls while
+/// the VM is paused or while its vCPU is absent (not plugged yet, or
+/// ejected by the guest).
 pub struct VcpuControl {
     state: Mutex<PauseState>,
     cv: Condvar,
+    /// Each vCPU thread's kernel thread id, once it runs (0 before): what
+    /// a kick aims at from any thread, without the thread's handle.
+    tids: Vec<AtomicI32>,
 }
 
-#[derive(Default)]
 struct PauseState {
     paused: bool,
     parked: u32,
+    /// Per vCPU: plugged (runs unless paused).
+    present: Vec<bool>,
+    /// Per vCPU: parked right now.
+    parked_now: Vec<bool>,
 }
 
+/// How long an eject waits for the ejected vCPU's thread to park.
+const EJECT_TIMEOUT: Duration = Duration::from_millis(200);
+
 impl VcpuControl {
-    /// Called by a vCPU thread between runs: parks while paused.
-    fn park_if_paused(&self, exit: &ExitState) {
+    /// Control for `max` vCPUs of which the first `boot` are present.
+    pub fn new(boot: u32, max: u32) -> Self {
+        VcpuControl {
+            state: Mutex::new(PauseState {
+                paused: false,
+                parked: 0,
+                present: (0..max).map(|i| i < boot).collect(),
+                parked_now: vec![false; max as usize],
+            }),
+            cv: Condvar::new(),
+            tids: (0..max).map(|_| AtomicI32::new(0)).collect(),
+        }
+    }
+
+    /// Called by vCPU `id`'s thread between runs: parks while paused or
+    /// absent.
+    fn park_if_paused(&self, id: u32, exit: &ExitState) {
+        let idx = id as usize;
         let mut s = devices::bus::lock(&self.state);
-        if !s.paused {
+        let hold = |s: &PauseState| s.paused || !s.present.get(idx).copied().unwrap_or(false);
+        if !hold(&s) {
             return;
         }
         s.parked += 1;
+        if let Some(p) = s.parked_now.get_mut(idx) {
+            *p = true;
+        }
         self.cv.notify_all();
-        while s.paused && !exit.stopping() {
+        while hold(&s) && !exit.stopping() {
             s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(p) = s.parked_now.get_mut(idx) {
+            *p = false;
         }
         s.parked -= 1;
     }
@@ -73,7 +107,7 @@ impl VcpuControl {
         }
     }
 
-    /// Lets parked vCPUs run again.
+    /// Lets parked vCPUs run again (absent ones stay parked).
     pub fn resume(&self) {
         devices::bus::lock(&self.state).paused = false;
         self.cv.notify_all();
@@ -83,7 +117,86 @@ impl VcpuControl {
     pub fn paused(&self) -> bool {
         devices::bus::lock(&self.state).paused
     }
+
+    /// Plugs vCPU `id`: its thread runs it (unless paused).
+    pub fn plug(&self, id: u32) {
+        if let Some(p) = devices::bus::lock(&self.state).present.get_mut(id as usize) {
+            *p = true;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Unplugs vCPU `id`: marks it absent and kicks its thread out of
+    /// KVM_RUN until it has parked, for at most [`EJECT_TIMEOUT`] (a
+    /// guest that ejected the vCPU has taken it offline, so it leaves
+    /// KVM_RUN at the first kick). Returns whether it parked.
+    pub fn unplug(&self, id: u32) -> bool {
+        let idx = id as usize;
+        let deadline = Instant::now() + EJECT_TIMEOUT;
+        let mut s = devices::bus::lock(&self.state);
+        let Some(p) = s.present.get_mut(idx) else {
+            return false;
+        };
+        *p = false;
+        loop {
+            if s.parked_now.get(idx).copied().unwrap_or(true) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.kick_vcpu(id);
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(1))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Knocks vCPU `id`'s thread out of KVM_RUN, if it runs.
+    fn kick_vcpu(&self, id: u32) {
+        let Some(tid) = self.tids.get(id as usize).map(|t| t.load(Ordering::SeqCst)) else {
+            return;
+        };
+        if tid == 0 {
+            return;
+        }
+        // SAFETY: tgkill with this process's id and one of its own
+        // threads' ids; vCPU threads live until the VM ends, so the id
+        // names no other thread. The signal's handler does nothing.
+        let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
+        if r != 0 {
+            debug!("cannot kick vCPU {id}: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    /// Records the calling thread as vCPU `id`'s.
+    fn register_thread(&self, id: u32) {
+        if let Some(t) = self.tids.get(id as usize) {
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+            t.store(tid, Ordering::SeqCst);
+        }
+    }
 }
+
+devices::counters!(
+    /// What the vCPUs exited for, under Firecracker's metric names (all
+    /// vCPUs together).
+    VcpuMetrics {
+        /// Port reads.
+        exit_io_in,
+        /// Port writes.
+        exit_io_out,
+        /// MMIO reads.
+        exit_mmio_read,
+        /// MMIO writes.
+        exit_mmio_write,
+        /// Exits that ended the VM other than by a guest reset or power-off.
+        failures,
+    }
+);
 
 /// One vCPU, owned by its thread once started.
 pub struct Vcpu {
@@ -96,6 +209,7 @@ pub struct Vcpu {
     control: Arc<VcpuControl>,
     /// Told once KVM_RUN has returned for the first time.
     first_exit: Option<Sender<()>>,
+    stats: Arc<VcpuMetrics>,
 }
 
 /// What the run loop does after an exit whose data borrows the vCPU.
@@ -126,7 +240,13 @@ impl Vcpu {
             exit,
             control,
             first_exit: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts this vCPU's exits in `stats` (shared by the VM's vCPUs).
+    pub fn count_exits_in(&mut self, stats: Arc<VcpuMetrics>) {
+        self.stats = stats;
     }
 
     /// Sends on `tx` once this vCPU's first KVM_RUN has returned, that is
@@ -157,8 +277,9 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        self.control.register_thread(self.id);
         while !self.exit.stopping() {
-            self.control.park_if_paused(&self.exit);
+            self.control.park_if_paused(self.id, &self.exit);
             if self.exit.stopping() {
                 break;
             }
@@ -167,8 +288,16 @@ impl Vcpu {
                 let _ = tx.send(());
             }
             let next = match result {
-                Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => Next::PortIo,
+                Ok(VcpuExit::IoIn(..)) => {
+                    self.stats.exit_io_in.inc();
+                    Next::PortIo
+                }
+                Ok(VcpuExit::IoOut(..)) => {
+                    self.stats.exit_io_out.inc();
+                    Next::PortIo
+                }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.stats.exit_mmio_read.inc();
                     if !self.mmio.read(addr, data) {
                         debug!("vCPU {}: unclaimed MMIO read at {addr:#x}", self.id);
                         data.fill(0xff);
@@ -176,6 +305,7 @@ impl Vcpu {
                     Next::Continue
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.stats.exit_mmio_write.inc();
                     if !self.mmio.write(addr, data) {
                         debug!("vCPU {}: unclaimed MMIO write at {addr:#x}", self.id);
                     }
@@ -220,10 +350,16 @@ impl Vcpu {
                 Next::Continue => {}
                 Next::PortIo => self.port_io(),
                 Next::InternalError(suberror) => {
+                    self.stats.failures.inc();
                     let reason = self.internal_error(suberror);
                     self.exit.request(reason);
                 }
-                Next::Exit(reason) => self.exit.request(reason),
+                Next::Exit(reason) => {
+                    if !matches!(reason, ExitReason::Reset | ExitReason::PowerOff) {
+                        self.stats.failures.inc();
+                    }
+                    self.exit.request(reason)
+                }
             }
         }
     }

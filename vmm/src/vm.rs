@@ -11,14 +11,19 @@ use std::time::{Duration, Instant};
 
 use arch::layout::BOOT_TIMER_ADDR;
 use arch::{Placement, Window, PLATFORM};
-use devices::legacy::{AcpiPm, BootTimer, Ged, GedEvent, Rtc, Serial, SerialInputEvents, I8042};
+use devices::legacy::{
+    AcpiPm, BootTimer, Cmos, CpuEject, CpuHotplug, Ged, GedEvent, Pl061, Rtc, Serial,
+    SerialInputEvents, I8042,
+};
+use devices::virtio::balloon::{Balloon, BalloonShared};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::net::Net;
+use devices::virtio::rng::Rng;
 use devices::{Bus, BusDevice, EventFdTrigger};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
-use log::info;
+use log::{debug, info};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -29,6 +34,7 @@ use crate::device_manager::{DeviceManager, SharedWriter};
 use crate::error::{ConfigError, Error, Result};
 use crate::events::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitReason, ExitState, PowerOffTrigger, ResetTrigger};
+use crate::ram::GuestRam;
 use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vcpu::{kick, Vcpu, VcpuControl};
 
@@ -42,6 +48,86 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Keyboard = I8042<ResetTrigger, EventFdTrigger>;
 type EventDevice = Ged<EventFdTrigger>;
+type KeyDevice = Pl061<EventFdTrigger>;
+type HotplugDevice = CpuHotplug<VcpuEjector>;
+
+/// Stops running a vCPU the guest has ejected.
+struct VcpuEjector(Arc<VcpuControl>);
+
+impl CpuEject for VcpuEjector {
+    fn eject(&self, cpu: u32) {
+        if self.0.unplug(cpu) {
+            info!("vCPU {cpu} unplugged");
+        } else {
+            log::warn!("vCPU {cpu} unplugged, but its thread has not stopped yet");
+        }
+    }
+}
+
+/// vCPU hotplug: the controller the guest's ACPI reads and the GED that
+/// tells it to look.
+struct VcpuHotplug {
+    device: Arc<Mutex<HotplugDevice>>,
+    ged: Arc<Mutex<EventDevice>>,
+    /// The last count asked for (the boot count until a resize).
+    requested: Mutex<u32>,
+}
+
+/// A VM's vCPU counts: what was asked for and what the guest has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuCounts {
+    /// The count last asked for (at boot or by a resize).
+    pub requested: u32,
+    /// vCPUs plugged: at boot, or since, and not ejected by the guest. A
+    /// vCPU asked back counts until the guest ejects it.
+    pub present: u32,
+    /// Plugged vCPUs whose event the guest's ACPI has not taken yet.
+    pub inserting: u32,
+    /// vCPUs asked back that the guest has not ejected yet.
+    pub removing: u32,
+    /// The most the VM can have.
+    pub max: u32,
+}
+
+/// The guest's power button: the ACPI Generic Event Device (x86), or a
+/// power key on a GPIO pin (aarch64, which has no ACPI here).
+#[derive(Clone)]
+enum PowerButton {
+    Ged(Arc<Mutex<EventDevice>>),
+    Key(Arc<Mutex<KeyDevice>>, u32),
+}
+
+impl PowerButton {
+    fn press(&self) -> std::result::Result<(), String> {
+        match self {
+            PowerButton::Ged(g) => devices::bus::lock(g)
+                .notify(GedEvent::PowerButton)
+                .map_err(|e| e.to_string()),
+            PowerButton::Key(k, pin) => {
+                devices::bus::lock(k).press(*pin).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// How many button events the guest has taken so far.
+    fn taken(&self) -> u64 {
+        match self {
+            PowerButton::Ged(g) => devices::bus::lock(g).taken(),
+            PowerButton::Key(k, pin) => devices::bus::lock(k).acked(*pin),
+        }
+    }
+
+    /// True if a guest driver listens to the button: the GED's interrupt
+    /// pin is unmasked, or the key's GPIO interrupt is enabled.
+    fn listened(&self, vm_fd: &std::sync::Weak<VmFd>) -> bool {
+        match self {
+            PowerButton::Ged(_) => vm_fd
+                .upgrade()
+                .is_some_and(|fd| arch::guest_listens_to_power_button(&fd)),
+            PowerButton::Key(k, pin) => devices::bus::lock(k).listening(*pin),
+        }
+    }
+}
 
 /// How often `request_shutdown` looks whether the guest took the power
 /// button event.
@@ -50,7 +136,8 @@ const ACK_POLL: Duration = Duration::from_millis(5);
 /// What `VmController::request_shutdown` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShutdownSignal {
-    /// The guest's ACPI took the power button event.
+    /// The guest's ACPI took the power button event (or, on a platform
+    /// without a keyboard, the button was pressed).
     PowerButton,
     /// The guest did not take the power button event in time, so it got
     /// Ctrl-Alt-Del (kernels without ACPI, or `acpi=off`).
@@ -63,10 +150,30 @@ struct Shared {
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Option<Arc<Mutex<Keyboard>>>,
-    ged: Option<Arc<Mutex<EventDevice>>>,
+    power_button: Option<PowerButton>,
+    hotplug: Option<VcpuHotplug>,
+    balloon: Option<Arc<BalloonShared>>,
+    metrics: VmMetrics,
+    drives: Vec<Arc<Mutex<Block>>>,
+    nets: Vec<Arc<Mutex<Net>>>,
+    max_vcpus: u32,
     vcpus: Mutex<Vec<JoinHandle<()>>>,
     boot_time_us: Arc<AtomicU64>,
     started: Instant,
+}
+
+/// The counters of a running VM, for its metrics: its vCPUs' exits, and
+/// each drive's and network interface's in configuration order.
+#[derive(Clone, Default)]
+pub struct VmMetrics {
+    /// All vCPUs' exits.
+    pub vcpu: Arc<crate::vcpu::VcpuMetrics>,
+    /// One per drive of the configuration.
+    pub blocks: Vec<Arc<devices::virtio::block::BlockMetrics>>,
+    /// One per network interface of the configuration.
+    pub nets: Vec<Arc<devices::virtio::net::NetMetrics>>,
+    /// The entropy device's, if there is one.
+    pub entropy: Option<Arc<devices::virtio::rng::EntropyMetrics>>,
 }
 
 /// Controls a running VM from any thread: stop, pause, resume, Ctrl-Alt-Del.
@@ -91,6 +198,21 @@ pub enum ControlError {
     /// The power button's interrupt could not be raised.
     #[error("cannot press the power button: {0}")]
     PowerButton(String),
+    /// A vCPU count outside 1 to the VM's maximum.
+    #[error("vcpu_count {0} is outside 1 to {1}, the most this VM was started with room for (max_vcpus)")]
+    VcpuCount(u32, u32),
+    /// vCPUs cannot be plugged on this platform.
+    #[error("vCPUs cannot be plugged or unplugged while the guest runs on {0}")]
+    NoVcpuHotplug(&'static str),
+    /// The guest could not be told of a vCPU change.
+    #[error("cannot notify the guest of the vCPU change: {0}")]
+    Hotplug(String),
+    /// No drive or network interface has that index.
+    #[error("the VM has no {0} number {1}")]
+    NoDevice(&'static str, usize),
+    /// A drive's new image cannot be used.
+    #[error("{0}")]
+    Drive(String),
 }
 
 impl VmController {
@@ -149,39 +271,42 @@ impl VmController {
             .map_err(ControlError::Keyboard)
     }
 
-    /// Presses the ACPI power button: a guest with ACPI and something
-    /// that acts on the button (systemd-logind, acpid) shuts down and
-    /// powers off; the VM then ends with [`ExitReason::PowerOff`].
+    /// Presses the power button (x86: ACPI's; aarch64: a power key on a
+    /// GPIO pin): a guest with something that acts on the button
+    /// (systemd-logind, acpid) shuts down and powers off; the VM then ends
+    /// with [`ExitReason::PowerOff`].
     pub fn press_power_button(&self) -> std::result::Result<(), ControlError> {
         if self.shared.exit.stopping() {
             return Err(ControlError::NotRunning);
         }
-        let Some(ged) = &self.shared.ged else {
+        let Some(button) = &self.shared.power_button else {
             return Err(ControlError::PowerButton(format!(
-                "{} has no ACPI power button",
+                "{} has no power button",
                 arch::ARCH_NAME
             )));
         };
-        devices::bus::lock(ged)
-            .notify(GedEvent::PowerButton)
-            .map_err(|e| ControlError::PowerButton(e.to_string()))
+        button.press().map_err(ControlError::PowerButton)
     }
 
-    /// True if the guest has bound a driver to the power button's
-    /// device (on x86, the GED's IOAPIC pin is unmasked).
+    /// True if the guest has bound a driver to the power button (on x86,
+    /// the GED's IOAPIC pin is unmasked; on aarch64, the key's GPIO
+    /// interrupt is enabled).
     pub fn guest_listens_to_power_button(&self) -> bool {
-        match (&self.shared.ged, self.shared.vm_fd.upgrade()) {
-            (Some(_), Some(vm_fd)) => arch::guest_listens_to_power_button(&vm_fd),
-            _ => false,
-        }
+        self.shared
+            .power_button
+            .as_ref()
+            .is_some_and(|b| b.listened(&self.shared.vm_fd))
     }
 
-    /// Asks the guest to shut down the way it understands. A guest whose
-    /// ACPI listens to the power button (see
+    /// Asks the guest to shut down the way it understands. A guest that
+    /// listens to the power button (see
     /// [`Self::guest_listens_to_power_button`]) gets the button, and
     /// Ctrl-Alt-Del as well if it has not taken the event within `ack` (a
     /// guest too busy to answer); any other guest (no ACPI, `acpi=off`)
-    /// gets Ctrl-Alt-Del at once. Returns which it came to.
+    /// gets Ctrl-Alt-Del at once. A platform without a keyboard
+    /// controller (aarch64) has only the button: it is pressed whether or
+    /// not the guest listens, and the caller's deadline decides what
+    /// follows. Returns which it came to.
     pub fn request_shutdown(
         &self,
         ack: Duration,
@@ -189,18 +314,22 @@ impl VmController {
         if self.shared.exit.stopping() {
             return Err(ControlError::NotRunning);
         }
-        if !self.guest_listens_to_power_button() {
+        let keyboard = self.shared.i8042.is_some();
+        if keyboard && !self.guest_listens_to_power_button() {
             self.send_ctrl_alt_del()?;
             return Ok(ShutdownSignal::CtrlAltDel);
         }
         let taken = || {
             self.shared
-                .ged
+                .power_button
                 .as_ref()
-                .map_or(0, |g| devices::bus::lock(g).taken())
+                .map_or(0, PowerButton::taken)
         };
         let before = taken();
         self.press_power_button()?;
+        if !keyboard {
+            return Ok(ShutdownSignal::PowerButton);
+        }
         let deadline = Instant::now() + ack;
         while Instant::now() < deadline && !self.shared.exit.stopping() {
             if taken() > before {
@@ -213,6 +342,120 @@ impl VmController {
         }
         self.send_ctrl_alt_del()?;
         Ok(ShutdownSignal::CtrlAltDel)
+    }
+
+    /// Asks for `count` vCPUs while the guest runs (or is paused: the
+    /// guest sees the change on resume). vCPUs up to `count` are plugged
+    /// at once and the guest told through ACPI; Linux adds them as offline
+    /// CPUs, which user space (a udev rule, or a write of 1 to
+    /// `/sys/devices/system/cpu/cpuN/online`) brings online. vCPUs above
+    /// `count` are asked back; the guest takes each offline and ejects it,
+    /// and only then does it stop running. [`Self::vcpu_counts`] says how
+    /// far the guest has come.
+    pub fn resize_vcpus(&self, count: u32) -> std::result::Result<VcpuCounts, ControlError> {
+        if self.shared.exit.stopping() {
+            return Err(ControlError::NotRunning);
+        }
+        let Some(hp) = &self.shared.hotplug else {
+            return Err(ControlError::NoVcpuHotplug(arch::ARCH_NAME));
+        };
+        let max = self.shared.max_vcpus;
+        if count == 0 || count > max {
+            return Err(ControlError::VcpuCount(count, max));
+        }
+        let changed = {
+            let mut device = devices::bus::lock(&hp.device);
+            // Threads first, so a vCPU runs by the time the guest starts it.
+            for id in 0..count {
+                if !device.present(id) {
+                    self.shared.control.plug(id);
+                }
+            }
+            *devices::bus::lock(&hp.requested) = count;
+            device.resize(count)
+        };
+        if changed {
+            devices::bus::lock(&hp.ged)
+                .notify(GedEvent::CpuHotplug)
+                .map_err(|e| ControlError::Hotplug(e.to_string()))?;
+        }
+        info!("vCPUs: {count} requested");
+        Ok(self.vcpu_counts())
+    }
+
+    /// The memory balloon's controls, if the VM has one: its target (which
+    /// the guest is told of at once), what the guest has given, and the
+    /// guest's memory statistics.
+    pub fn balloon(&self) -> Option<Arc<BalloonShared>> {
+        self.shared.balloon.clone()
+    }
+
+    /// The VM's counters.
+    pub fn metrics(&self) -> VmMetrics {
+        self.shared.metrics.clone()
+    }
+
+    /// Changes drive `index` (configuration order): a new image, whose
+    /// capacity the guest is told, and new rate limits. Returns the
+    /// capacity in 512-byte sectors.
+    pub fn update_drive(
+        &self,
+        index: usize,
+        path: Option<&std::path::Path>,
+        limits: Option<&crate::RateLimiterConfig>,
+    ) -> std::result::Result<u64, ControlError> {
+        let drive = self
+            .shared
+            .drives
+            .get(index)
+            .ok_or(ControlError::NoDevice("drive", index))?;
+        let mut drive = drive.lock().unwrap_or_else(|e| e.into_inner());
+        drive
+            .update(path, limits)
+            .map_err(|e| ControlError::Drive(e.to_string()))
+    }
+
+    /// Changes the rate limits of network interface `index`.
+    pub fn update_net(
+        &self,
+        index: usize,
+        rx: Option<&crate::RateLimiterConfig>,
+        tx: Option<&crate::RateLimiterConfig>,
+    ) -> std::result::Result<(), ControlError> {
+        let net = self
+            .shared
+            .nets
+            .get(index)
+            .ok_or(ControlError::NoDevice("network interface", index))?;
+        net.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update_rate_limits(rx, tx);
+        Ok(())
+    }
+
+    /// The VM's vCPU counts: requested, and what the guest has.
+    pub fn vcpu_counts(&self) -> VcpuCounts {
+        let max = self.shared.max_vcpus;
+        match &self.shared.hotplug {
+            Some(hp) => {
+                let requested = *devices::bus::lock(&hp.requested);
+                let c = devices::bus::lock(&hp.device).counts();
+                VcpuCounts {
+                    requested,
+                    present: c.present,
+                    inserting: c.inserting,
+                    removing: c.removing,
+                    max,
+                }
+            }
+            None => VcpuCounts {
+                requested: max,
+                present: max,
+                inserting: 0,
+                removing: 0,
+                max,
+            },
+        }
     }
 
     /// Time from VM creation to the guest's boot-timer write, if it wrote.
@@ -249,6 +492,9 @@ pub struct Vm {
     _vm_fd: Arc<VmFd>,
     shared: Arc<Shared>,
     events: EventLoop,
+    // Last: guest RAM is unmapped only after everything above (the event
+    // loop's devices, the VM fd) is gone.
+    _ram: GuestRam,
 }
 
 impl Vm {
@@ -274,9 +520,16 @@ impl Vm {
         // one to end first: 2-8 ms here (`perf record -a -e
         // workqueue:workqueue_queue_work -e timer:timer_start -g`).
         let memory_mib = config.memory_mib;
-        let mem = map_memory(memory_mib)?;
+        // `ram` is declared first so that it is dropped last: every clone of
+        // `mem` (devices, vCPUs) is gone before the memory is unmapped.
+        let (ram, mem) = map_memory(memory_mib)?;
         register_memory(&vm_fd, &mem, memory_mib)?;
+        debug!("start-up: VM and memory at {:?}", started.elapsed());
         let mut built = Self::build(&kvm, &vm_fd, &mem, config, started)?;
+        debug!(
+            "start-up: devices, kernel, vCPUs configured at {:?}",
+            started.elapsed()
+        );
 
         let events = EventLoop::start(built.subscribers, events_filter)?;
         let (entered_tx, entered) = std::sync::mpsc::channel();
@@ -298,7 +551,8 @@ impl Vm {
         chipset.vcpu0_entered(&vm_fd, entered);
         let vm_fd = Arc::new(vm_fd);
         info!(
-            "started {} vCPU(s), {memory_mib} MiB, {:?} in {:?}",
+            "started {} vCPU(s) of {}, {memory_mib} MiB, {:?} in {:?}",
+            built.boot_vcpus,
             threads.len(),
             built.entry,
             started.elapsed()
@@ -310,13 +564,20 @@ impl Vm {
                 exit: built.exit,
                 control: built.control,
                 i8042: built.i8042,
-                ged: built.ged,
+                power_button: built.power_button,
+                hotplug: built.hotplug,
+                balloon: built.balloon,
+                metrics: built.metrics,
+                drives: built.drives,
+                nets: built.nets,
+                max_vcpus: built.max_vcpus,
                 vcpus: Mutex::new(threads),
                 boot_time_us: built.boot_time_us,
                 started,
             }),
             _vm_fd: vm_fd,
             events,
+            _ram: ram,
         })
     }
 
@@ -330,8 +591,15 @@ impl Vm {
         config: VmConfig,
         started: Instant,
     ) -> Result<Built> {
+        // Every vCPU the VM can have exists from the start; those beyond
+        // the boot count park until plugged. KVM cannot destroy a vCPU, so
+        // one made at plug time would stay anyway; made here, a plug cannot
+        // fail for want of memory or a KVM limit, and the API thread needs
+        // no vCPU-creating system calls.
+        let (boot_vcpus, max_vcpus) = (config.vcpus, config.max_vcpus());
         // Devices come after: their irqfds need the interrupt controller.
-        let mut chipset = arch::create_chipset(kvm, vm_fd, config.vcpus)?;
+        let mut chipset = arch::create_chipset(kvm, vm_fd, max_vcpus)?;
+        let control = Arc::new(VcpuControl::new(boot_vcpus, max_vcpus));
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
         let exit_evt = EventFd::new(0).map_err(|e| Error::Io("cannot create an eventfd", e))?;
@@ -392,8 +660,37 @@ impl Vm {
             }
             None => None,
         };
+        let mut power_button = ged.clone().map(PowerButton::Ged);
+        // vCPU hotplug: the controller, announced through the GED.
+        let hotplug = match (PLATFORM.cpu_hotplug, ged) {
+            (Some(at), Some(ged)) => {
+                let device = Arc::new(Mutex::new(CpuHotplug::new(
+                    boot_vcpus,
+                    max_vcpus,
+                    VcpuEjector(control.clone()),
+                )));
+                buses.insert(device.clone(), at)?;
+                Some(VcpuHotplug {
+                    device,
+                    ged,
+                    requested: Mutex::new(boot_vcpus),
+                })
+            }
+            _ => None,
+        };
+        // Without ACPI: a GPIO controller with the power key.
+        if let Some(at) = PLATFORM.gpio {
+            let gpio = Arc::new(Mutex::new(Pl061::new(EventFdTrigger::new(irq_eventfd(
+                vm_fd, at,
+            )?))));
+            buses.insert(gpio.clone(), at)?;
+            power_button.get_or_insert(PowerButton::Key(gpio, PLATFORM.power_key_pin));
+        }
         if let Some(at) = PLATFORM.rtc {
             buses.insert(Arc::new(Mutex::new(Rtc::new())), at)?;
+        }
+        if let Some(at) = PLATFORM.cmos {
+            buses.insert(Arc::new(Mutex::new(Cmos::new())), at)?;
         }
         buses
             .mmio
@@ -407,17 +704,21 @@ impl Vm {
 
         // virtio devices, in the order the guest enumerates them.
         let mut dm = DeviceManager::new(vm_fd, mem.clone());
+        let mut metrics = VmMetrics::default();
+        let (mut drives, mut nets) = (Vec::new(), Vec::new());
         for drive in &config.drives {
             let mut slot = dm.slot(1)?;
             let evt = slot.queue_evts.remove(0);
             let block = Block::new(drive, evt, slot.signals.clone())?;
-            dm.add(&mut mmio, slot, block)?;
+            metrics.blocks.push(block.metrics());
+            drives.push(dm.add(&mut mmio, slot, block)?);
         }
         for nic in &config.nets {
             let mut slot = dm.slot(2)?;
             let evts = two(std::mem::take(&mut slot.queue_evts))?;
             let net = Net::new(nic, evts, slot.signals.clone())?;
-            dm.add(&mut mmio, slot, net)?;
+            metrics.nets.push(net.metrics());
+            nets.push(dm.add(&mut mmio, slot, net)?);
         }
         if config.console == ConsoleKind::Virtio {
             let mut slot = dm.slot(2)?;
@@ -429,6 +730,26 @@ impl Vm {
                 slot.signals.clone(),
             );
             dm.add(&mut mmio, slot, console)?;
+        }
+        let balloon = match &config.balloon {
+            Some(cfg) => {
+                let mut slot = dm.slot(Balloon::MAX_QUEUES)?;
+                let evts = std::mem::take(&mut slot.queue_evts);
+                let balloon = Balloon::new(cfg, config.memory_mib, evts, slot.signals.clone())
+                    .map_err(|e| Error::Device(format!("balloon: {e}")))?;
+                let shared = balloon.shared();
+                dm.add(&mut mmio, slot, balloon)?;
+                Some(shared)
+            }
+            None => None,
+        };
+        if let Some(limits) = &config.entropy {
+            let mut slot = dm.slot(1)?;
+            let evt = slot.queue_evts.remove(0);
+            let rng = Rng::new(evt, slot.signals.clone(), limits)
+                .map_err(|e| Error::Device(format!("entropy device: {e}")))?;
+            metrics.entropy = Some(rng.metrics());
+            dm.add(&mut mmio, slot, rng)?;
         }
         let cmdline = format!("{}{}", config.cmdline, dm.cmdline);
         let virtio = std::mem::take(&mut dm.virtio);
@@ -442,10 +763,15 @@ impl Vm {
         }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
+        debug!("start-up: devices at {:?}", started.elapsed());
         let loaded = crate::boot::load(mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+        debug!(
+            "start-up: kernel and initrd loaded at {:?}",
+            started.elapsed()
+        );
         // The vCPUs as late as the platform allows (x86: here; aarch64:
         // with the GIC), right before they are configured.
-        let vcpu_fds = arch::create_vcpus(vm_fd, &mut chipset, config.vcpus)?;
+        let vcpu_fds = arch::create_vcpus(vm_fd, &mut chipset, max_vcpus)?;
         let ram = crate::boot::mem_regions(mem);
         let entry = arch::configure_boot(
             mem,
@@ -455,6 +781,7 @@ impl Vm {
                 initrd: loaded.initrd,
                 ram: &ram,
                 vcpus: &vcpu_fds,
+                boot_vcpus,
                 virtio: &virtio,
                 chipset: &chipset,
             },
@@ -462,11 +789,11 @@ impl Vm {
         .map_err(crate::error::BootError::from)?;
 
         // vCPUs: all configured before any runs.
-        let setup = arch::VcpuSetup::new(kvm)?;
-        let control = Arc::new(VcpuControl::default());
+        let mut setup = arch::VcpuSetup::new(kvm)?;
+        setup.set_smt(config.smt);
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
         for (id, fd) in (0..).zip(vcpu_fds) {
-            let vcpu = Vcpu::new(
+            let mut vcpu = Vcpu::new(
                 id,
                 fd,
                 pio.clone(),
@@ -475,7 +802,8 @@ impl Vm {
                 exit.clone(),
                 control.clone(),
             );
-            vcpu.configure(&setup, config.vcpus, (id == 0).then_some(&entry))?;
+            vcpu.count_exits_in(metrics.vcpu.clone());
+            vcpu.configure(&setup, max_vcpus, (id == 0).then_some(&entry))?;
             vcpus.push(vcpu);
         }
         Ok(Built {
@@ -483,7 +811,14 @@ impl Vm {
             exit,
             control,
             i8042,
-            ged,
+            power_button,
+            hotplug,
+            balloon,
+            metrics,
+            drives,
+            nets,
+            boot_vcpus,
+            max_vcpus,
             boot_time_us,
             vcpus,
             subscribers,
@@ -521,6 +856,7 @@ impl Vm {
             // reason is recorded.
             let _ = exit.event().read();
         }
+        let t = Instant::now();
         // Parked vCPUs wake up, see the stop and leave.
         self.shared.control.resume();
         let mut threads = devices::bus::lock(&self.shared.vcpus);
@@ -529,11 +865,13 @@ impl Vm {
             let _ = t.join();
         }
         drop(threads);
+        debug!("stop: vCPUs joined after {:?}", t.elapsed());
         // The event loop's thread and the chipset's helper end on their own
         // once asked: wait for both at once, not one after the other.
         self.events.request_stop();
         self.chipset.settle();
         self.events.stop();
+        debug!("stop: devices stopped after {:?}", t.elapsed());
         exit.reason()
             .unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into()))
     }
@@ -630,20 +968,28 @@ struct Built {
     exit: Arc<ExitState>,
     control: Arc<VcpuControl>,
     i8042: Option<Arc<Mutex<Keyboard>>>,
-    ged: Option<Arc<Mutex<EventDevice>>>,
+    power_button: Option<PowerButton>,
+    hotplug: Option<VcpuHotplug>,
+    balloon: Option<Arc<BalloonShared>>,
+    metrics: VmMetrics,
+    drives: Vec<Arc<Mutex<Block>>>,
+    nets: Vec<Arc<Mutex<Net>>>,
+    boot_vcpus: u32,
+    max_vcpus: u32,
     boot_time_us: Arc<AtomicU64>,
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Subscriber>,
     entry: arch::KernelEntry,
 }
 
-/// Maps guest RAM (not yet known to KVM).
-fn map_memory(memory_mib: u64) -> Result<GuestMemoryMmap> {
+/// Maps guest RAM (not yet known to KVM), 2 MiB-aligned on the host (see
+/// [`GuestRam`]).
+fn map_memory(memory_mib: u64) -> Result<(GuestRam, GuestMemoryMmap)> {
     let ranges: Vec<(GuestAddress, usize)> = arch::ram_regions(memory_mib << 20)
         .into_iter()
         .map(|(start, len)| (start, len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(memory_mib, e.to_string()))
+    GuestRam::map(&ranges).map_err(|e| Error::Memory(memory_mib, e.to_string()))
 }
 
 /// Registers guest RAM with KVM, one slot per region.

@@ -148,6 +148,8 @@ const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Timeout of one configuration call to a VMM.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds between the balloon statistics of the daemon's guests.
+const BALLOON_STATS_S: u16 = 10;
 /// Timeout of InstanceStart (the VM is built during the call).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest `timeout_ms` a stop or delete accepts (one hour).
@@ -200,6 +202,77 @@ impl Instance {
 
     fn view(&self) -> Value {
         lock(&self.rec).view()
+    }
+}
+
+/// A `what` change of a live instance through its VMM's `PATCH path`.
+fn patch_vmm(inst: &Instance, path: &str, body: Value, what: &str) -> Result<(), ApiError> {
+    match process::call_vmm(&inst.sock(), "PATCH", path, Some(&body), CALL_TIMEOUT) {
+        Ok(r) if (200..300).contains(&r.status) => Ok(()),
+        Ok(r) => Err(ApiError::bad_request(format!(
+            "the VMM refused the {what} change: {}",
+            r.message()
+        ))),
+        Err(e) => Err(internal(format!("cannot reach the VMM: {e}"))),
+    }
+}
+
+/// Whether a live instance's memory can become `memory` MiB: through its
+/// balloon, from the size it booted with down, and back up to it.
+fn live_memory_allowed(id: &str, rec: &Record, memory: u64) -> Result<(), ApiError> {
+    let Some(base) = rec.balloon_base_mib else {
+        return Err(conflict(format!(
+            "instance {id} is {} without a balloon (all its virtio devices are drives and network interfaces): its memory cannot change while it runs; stop it first",
+            rec.state.name()
+        )));
+    };
+    if memory > base {
+        return Err(conflict(format!(
+            "instance {id} started with {base} MiB: while it runs, its memory can shrink and grow back up to {base} MiB; stop it to give it {memory} MiB"
+        )));
+    }
+    Ok(())
+}
+
+/// What a live instance's guest has now, as its VMM reports it: the vCPUs
+/// present and the plug and unplug events the guest has not finished, and
+/// the memory the balloon leaves it; null if the VMM does not answer.
+fn actual_size(inst: &Instance) -> Value {
+    let answer = process::call_vmm(
+        &inst.sock(),
+        "GET",
+        "/machine-config",
+        None,
+        Duration::from_secs(1),
+    );
+    match answer {
+        Ok(r) if r.status == 200 => {
+            let m = r.json();
+            let mut memory = m["mem_size_mib"].as_u64().unwrap_or(0);
+            if lock(&inst.rec).balloon_base_mib.is_some() {
+                let answer = process::call_vmm(
+                    &inst.sock(),
+                    "GET",
+                    "/balloon/statistics",
+                    None,
+                    Duration::from_secs(1),
+                );
+                match answer {
+                    Ok(b) if b.status == 200 => {
+                        let taken = b.json()["actual_mib"].as_u64().unwrap_or(0);
+                        memory = memory.saturating_sub(taken);
+                    }
+                    _ => return Value::Null,
+                }
+            }
+            json!({
+                "vcpus": m["vcpus_present"],
+                "vcpus_inserting": m["vcpus_inserting"],
+                "vcpus_removing": m["vcpus_removing"],
+                "memory_mib": memory,
+            })
+        }
+        _ => Value::Null,
     }
 }
 
@@ -537,7 +610,12 @@ impl Daemon {
                 }
             }
         }
-        Ok(Reply::Json(200, inst.view()))
+        let live = lock(&inst.rec).state.is_live();
+        let mut view = inst.view();
+        if live {
+            view["actual"] = actual_size(&inst);
+        }
+        Ok(Reply::Json(200, view))
     }
 
     fn resize(&self, id: &str, req: &Request) -> Result<Reply, ApiError> {
@@ -548,22 +626,64 @@ impl Daemon {
         }
         let _op = self.begin(&inst)?;
         let mut rec = lock(&inst.rec);
-        if rec.state.is_live() {
-            return Err(conflict(format!(
-                "instance {id} is {}: stop it before resizing",
-                rec.state.name()
-            )));
-        }
         let vcpus = body.vcpus.unwrap_or(rec.config.vcpus);
         let memory = body.memory_mib.unwrap_or(rec.config.memory_mib);
         model::check_size(vcpus, memory, &self.limits)?;
+        let live = rec.state.is_live();
+        if live {
+            if memory != rec.config.memory_mib {
+                // Checked first: a refused memory change leaves the vCPUs.
+                live_memory_allowed(id, &rec, memory)?;
+            }
+            let max = rec.config.max_vcpus.unwrap_or(rec.config.vcpus);
+            if vcpus > max {
+                return Err(ApiError::bad_request(format!(
+                    "instance {id} was started with room for {max} vCPUs (max_vcpus); stop it and raise max_vcpus to give it {vcpus}"
+                )));
+            }
+        } else if let Some(max) = rec.config.max_vcpus {
+            model::check_max_vcpus(vcpus, max, &self.limits)?;
+        }
         let mut new = rec.clone();
         new.config.vcpus = vcpus;
         new.config.memory_mib = memory;
+        // Changed in the running VM first: a refusal leaves the record as
+        // it was. Memory goes first (checked above, it is rarely refused);
+        // if the vCPUs are refused after it, the record keeps the memory.
+        if live && memory != rec.config.memory_mib {
+            let base = rec.balloon_base_mib.unwrap_or(memory);
+            let amount = base.saturating_sub(memory);
+            patch_vmm(&inst, "/balloon", json!({ "amount_mib": amount }), "memory")?;
+            log::info!("instance {id}: {memory} MiB requested (balloon {amount} MiB)");
+        }
+        if live && vcpus != rec.config.vcpus {
+            let plugged = patch_vmm(
+                &inst,
+                "/machine-config",
+                json!({ "vcpu_count": vcpus }),
+                "vCPU",
+            );
+            if let Err(e) = plugged {
+                if memory != rec.config.memory_mib {
+                    let mut kept = rec.clone();
+                    kept.config.memory_mib = memory;
+                    if inst.persist(&kept).is_ok() {
+                        *rec = kept;
+                    }
+                }
+                return Err(e);
+            }
+            log::info!("instance {id}: {vcpus} vCPUs requested");
+        }
         inst.persist(&new)
             .map_err(|e| internal(format!("cannot write the instance record: {e}")))?;
         *rec = new;
-        Ok(Reply::Json(200, rec.view()))
+        let mut view = rec.view();
+        drop(rec);
+        if live {
+            view["actual"] = actual_size(&inst);
+        }
+        Ok(Reply::Json(200, view))
     }
 
     fn delete(&self, id: &str, query: &str) -> Result<Reply, ApiError> {
@@ -657,7 +777,9 @@ impl Daemon {
             uid: j.uid,
             gid: j.gid,
             memory_max_mib: config.memory_mib.saturating_add(j.overhead_mib),
-            cpus: config.vcpus,
+            // The quota is a backstop for the most vCPUs the instance can
+            // be given; the VMM runs only the plugged ones.
+            cpus: config.max_vcpus.unwrap_or(config.vcpus).max(config.vcpus),
         });
         self.run_dir(inst, jail.as_ref())?;
         let (proc, gate) = Spawn {
@@ -701,6 +823,7 @@ impl Daemon {
             Ok(()) => {
                 let mut rec = lock(&inst.rec);
                 rec.state = State::Running;
+                rec.balloon_base_mib = model::gets_balloon(&config).then_some(config.memory_mib);
                 rec.started_at_ms = Some(model::now_ms());
                 rec.boot_time_us = None;
                 rec.exit_status = None;
@@ -803,7 +926,13 @@ impl Daemon {
         put(
             "the VMM refused the machine configuration",
             "/machine-config",
-            json!({"vcpu_count": cfg.vcpus, "mem_size_mib": cfg.memory_mib}),
+            {
+                let mut m = json!({"vcpu_count": cfg.vcpus, "mem_size_mib": cfg.memory_mib});
+                if let Some(max) = cfg.max_vcpus {
+                    m["max_vcpus"] = json!(max);
+                }
+                m
+            },
             CALL_TIMEOUT,
         )?;
         let mut boot = json!({ "kernel_image_path": files.vmm_path(&cfg.kernel) });
@@ -837,6 +966,18 @@ impl Daemon {
                 &format!("the VMM refused network interface {}", n.id),
                 &format!("/network-interfaces/{}", n.id),
                 json!({"iface_id": n.id, "host_dev_name": n.tap, "guest_mac": n.mac}),
+                CALL_TIMEOUT,
+            )?;
+        }
+        if model::gets_balloon(cfg) {
+            // Empty until a resize shrinks the instance. The guest may not
+            // take the memory back when it runs short: the size is the size.
+            // Statistics are how the daemon reads what the guest gave.
+            put(
+                "the VMM refused the balloon",
+                "/balloon",
+                json!({"amount_mib": 0, "deflate_on_oom": false,
+                       "stats_polling_interval_s": BALLOON_STATS_S}),
                 CALL_TIMEOUT,
             )?;
         }
@@ -1215,8 +1356,24 @@ pub fn main(args: ServeArgs) -> i32 {
     };
     {
         use std::os::fd::AsRawFd;
-        // SAFETY: flock on an fd we own; no memory is touched.
-        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A POSIX record lock, not flock: a flock belongs to the open file
+        // description, which a VMM child shares between fork and exec, so
+        // a daemon killed at that moment would leave its lock held by the
+        // child for a while and the restarted daemon would be refused.
+        // Record locks belong to the process and are not inherited by
+        // fork. The daemon is a whole process of its own (it owns the
+        // signal mask), so a per-process lock is the right scope. Closing
+        // any other descriptor of this file would release the lock; the
+        // path policy never opens a file in the state directory beyond
+        // an O_PATH look, whose close leaves locks alone.
+        // SAFETY: zeroed is a valid `flock` (all-integer fields).
+        let mut range: libc::flock = unsafe { std::mem::zeroed() };
+        range.l_type = libc::F_WRLCK as libc::c_short;
+        range.l_whence = libc::SEEK_SET as libc::c_short;
+        // l_start = 0, l_len = 0: the whole file.
+        // SAFETY: F_SETLK on an fd we own with a valid `flock` that the
+        // kernel only reads.
+        if unsafe { libc::fcntl(lock_file.as_raw_fd(), libc::F_SETLK, &range) } != 0 {
             eprintln!(
                 "strato: another daemon is using the state directory {}",
                 state_dir.display()

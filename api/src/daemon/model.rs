@@ -20,6 +20,8 @@ pub struct CreateRequest {
     id: String,
     #[serde(default = "default_vcpus")]
     vcpus: u32,
+    #[serde(default)]
+    max_vcpus: Option<u32>,
     #[serde(default = "default_memory")]
     memory_mib: u64,
     kernel: PathBuf,
@@ -119,6 +121,9 @@ pub struct Net {
 pub struct InstanceConfig {
     /// vCPUs.
     pub vcpus: u32,
+    /// The most vCPUs a running instance can be given (`vcpus` if None).
+    #[serde(default)]
+    pub max_vcpus: Option<u32>,
     /// Guest memory.
     pub memory_mib: u64,
     /// Kernel image.
@@ -215,6 +220,11 @@ pub struct Record {
     /// A stop or kill in progress.
     #[serde(default)]
     pub intent: Option<Intent>,
+    /// Guest memory at the last start, if that start gave the guest a
+    /// balloon: while it runs, its memory can shrink below this and grow
+    /// back to it.
+    #[serde(default)]
+    pub balloon_base_mib: Option<u64>,
 }
 
 /// Milliseconds since the epoch.
@@ -240,6 +250,7 @@ impl Record {
             exit_status: None,
             exit_reason: None,
             intent: None,
+            balloon_base_mib: None,
         }
     }
 
@@ -265,6 +276,13 @@ impl Record {
     }
 }
 
+/// Whether an instance started with `cfg` gets a balloon, through which
+/// its memory can shrink while it runs: when a virtio device is left for it
+/// after the drives and network interfaces.
+pub fn gets_balloon(cfg: &InstanceConfig) -> bool {
+    cfg.drives.len() + cfg.nets.len() < vmm::config::MAX_VIRTIO_DEVICES
+}
+
 /// Checks an id: 1 to 64 of `[A-Za-z0-9_-]`.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -282,6 +300,24 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
             "invalid {what} {id:?}: use 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 _ -"
         )))
     }
+}
+
+/// Checks a maximum vCPU count against the boot count, the host and the
+/// platform.
+pub fn check_max_vcpus(vcpus: u32, max: u32, limits: &Limits) -> Result<(), ApiError> {
+    if max < vcpus || max > limits.max_vcpus {
+        return Err(ApiError::bad_request(format!(
+            "max_vcpus must be vcpus ({vcpus}) to {} on this host, got {max}",
+            limits.max_vcpus
+        )));
+    }
+    if max > vcpus && !vmm::config::VCPU_HOTPLUG {
+        return Err(ApiError::bad_request(format!(
+            "vCPUs cannot be plugged into a running guest on {}: leave max_vcpus out or equal to vcpus",
+            vmm::config::ARCH_NAME
+        )));
+    }
+    Ok(())
 }
 
 /// Checks vCPUs and memory against the host.
@@ -364,6 +400,9 @@ impl CreateRequest {
     pub fn validate(self, limits: &Limits) -> Result<(String, InstanceConfig, bool), ApiError> {
         check_id("instance id", &self.id)?;
         check_size(self.vcpus, self.memory_mib, limits)?;
+        if let Some(max) = self.max_vcpus {
+            check_max_vcpus(self.vcpus, max, limits)?;
+        }
         // Files are checked when the daemon opens them (see `policy`).
         if let Some(c) = &self.cmdline {
             if c.len() >= vmm::config::CMDLINE_MAX_SIZE {
@@ -439,6 +478,7 @@ impl CreateRequest {
         }
         let config = InstanceConfig {
             vcpus: self.vcpus,
+            max_vcpus: self.max_vcpus,
             memory_mib: self.memory_mib,
             kernel: self.kernel,
             initrd: self.initrd,

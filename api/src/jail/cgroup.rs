@@ -139,9 +139,18 @@ fn delegate(h: &Hierarchy, dir: &Path, controller: &str) -> Result<(), Error> {
     let steps: Vec<_> = rel.components().collect();
     for (i, step) in steps.iter().enumerate() {
         let control = at.join("cgroup.subtree_control");
-        let on = std::fs::read_to_string(&control).unwrap_or_default();
-        if !on.split_whitespace().any(|c| c == controller) {
-            write(&control, &format!("+{controller}"))?;
+        // Written even when it already lists the controller: another VMM
+        // starting at the same time may have just turned it on, and the
+        // file says so before the kernel has given the existing groups
+        // (ours among them) their files, cpu.max say. A write waits for
+        // that (the kernel serializes them), and turning on what is on
+        // is a no-op. Only where this process may not write it (a
+        // delegated hierarchy) does "already on" have to do.
+        if let Err(e) = write(&control, &format!("+{controller}")) {
+            let on = std::fs::read_to_string(&control).unwrap_or_default();
+            if !on.split_whitespace().any(|c| c == controller) {
+                return Err(e);
+            }
         }
         at.push(step);
         if i + 1 < steps.len() {

@@ -16,7 +16,9 @@
 //! host's /dev/kvm is usually root:kvm 0660), the `--jail-file` files
 //! bind-mounted at `/NAME` and the directory of its API socket, console
 //! log and exit file at `/run`, pivots into it, detaches the old root and
-//! makes the new root read-only. The caller then binds its API socket and
+//! makes the new root read-only (on a host running from its initramfs,
+//! which cannot be pivoted away, it moves the tmpfs over / and chroots
+//! into it instead, as switch_root does). The caller then binds its API socket and
 //! drops to the unprivileged uid/gid ([`Jailed::drop_privileges`]) before
 //! it reads a single request.
 //!
@@ -479,13 +481,33 @@ fn build(
     // pivot_root(".", "."): the old root ends up stacked on the new one
     // and is detached right away, so no path leads out of the jail.
     // SAFETY: both arguments are the static NUL-terminated ".".
-    sys("pivot_root", unsafe {
-        libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
-    })?;
-    // SAFETY: the argument is the static NUL-terminated ".".
-    sys("unmount the old root", unsafe {
-        libc::umount2(c".".as_ptr(), libc::MNT_DETACH)
-    })?;
+    let pivoted =
+        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int };
+    if pivoted == 0 {
+        // SAFETY: the argument is the static NUL-terminated ".".
+        sys("unmount the old root", unsafe {
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH)
+        })?;
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The host runs from its initramfs (rootfs), which cannot be
+        // pivoted away. Do what switch_root does instead: move the jail's
+        // tmpfs over / in this private mount namespace and chroot into
+        // it. The old root stays underneath, unreachable by path; the
+        // VMM runs without the capability to chroot out (it drops to the
+        // jail's user, and seccomp refuses chroot).
+        mount(
+            "move to /",
+            Some(Path::new(".")),
+            Path::new("/"),
+            None,
+            libc::MS_MOVE,
+            None,
+        )?;
+        // SAFETY: the argument is the static NUL-terminated ".".
+        sys("chroot", unsafe { libc::chroot(c".".as_ptr()) })?;
+    } else {
+        sys("pivot_root", pivoted)?;
+    }
     std::env::set_current_dir("/").map_err(path_err("chdir", Path::new("/")))?;
     // The jail's own tree cannot change; /run and the bound files keep
     // their own mounts' rights.

@@ -1,6 +1,7 @@
 //! The flattened device tree an arm64 kernel reads at entry: memory,
-//! CPUs (PSCI), the GIC, the architected timer, the UART, the RTC, every
-//! virtio-mmio device, and `/chosen` with the command line and initrd.
+//! CPUs (PSCI), the GIC, the architected timer, the UART, the RTC, the
+//! GPIO controller with its power key, every virtio-mmio device, and
+//! `/chosen` with the command line and initrd.
 //! Plain data in, bytes out: unit-tested on any host.
 
 use vm_fdt::{Error, FdtWriter};
@@ -35,6 +36,9 @@ pub struct FdtConfig<'a> {
 
 const PHANDLE_GIC: u32 = 1;
 const PHANDLE_CLOCK: u32 = 2;
+const PHANDLE_GPIO: u32 = 3;
+/// Linux's input event code of the power key (KEY_POWER).
+const KEY_POWER: u32 = 116;
 
 /// Interrupt specifier cells (Linux's arm,gic binding).
 const GIC_SPI: u32 = 0;
@@ -159,6 +163,32 @@ pub fn build_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, Error> {
     fdt.property_string("clock-names", "apb_pclk")?;
     fdt.end_node(rtc)?;
 
+    let gpio = fdt.begin_node(&format!("pl061@{GPIO_ADDR:x}"))?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,pl061".into(), "arm,primecell".into()],
+    )?;
+    fdt.property_array_u64("reg", &[GPIO_ADDR, DEVICE_WINDOW])?;
+    // Edge: the interrupt is injected as a pulse (an irqfd), once per
+    // event that becomes pending.
+    fdt.property_array_u32("interrupts", &[GIC_SPI, GPIO_IRQ, IRQ_TYPE_EDGE_RISING])?;
+    fdt.property_u32("#gpio-cells", 2)?;
+    fdt.property_null("gpio-controller")?;
+    fdt.property_u32("clocks", PHANDLE_CLOCK)?;
+    fdt.property_string("clock-names", "apb_pclk")?;
+    fdt.property_u32("phandle", PHANDLE_GPIO)?;
+    fdt.end_node(gpio)?;
+
+    let keys = fdt.begin_node("gpio-keys")?;
+    fdt.property_string("compatible", "gpio-keys")?;
+    let key = fdt.begin_node("poweroff")?;
+    fdt.property_string("label", "power key")?;
+    fdt.property_u32("linux,code", KEY_POWER)?;
+    // <phandle pin flags>: active high.
+    fdt.property_array_u32("gpios", &[PHANDLE_GPIO, POWER_KEY_PIN, 0])?;
+    fdt.end_node(key)?;
+    fdt.end_node(keys)?;
+
     for dev in cfg.virtio {
         let node = fdt.begin_node(&format!("virtio_mmio@{:x}", dev.base))?;
         fdt.property_string("compatible", "virtio,mmio")?;
@@ -230,6 +260,9 @@ mod tests {
             "intc@3fff0000",
             "uart@40002000",
             "rtc@40001000",
+            "pl061@6ffff000",
+            "gpio-keys",
+            "linux,code",
             "virtio_mmio@40003000",
             "virtio_mmio@40004000",
             "arm,gic-v3",

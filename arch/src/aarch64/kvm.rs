@@ -210,6 +210,10 @@ impl VcpuSetup {
     pub fn new(_kvm: &Kvm) -> Result<VcpuSetup, KvmError> {
         Ok(VcpuSetup)
     }
+
+    /// No SMT topology here ([`crate::SMT`] is false; the configuration
+    /// refuses it first).
+    pub fn set_smt(&mut self, _smt: bool) {}
 }
 
 /// Id of a core register: its offset in `struct kvm_regs`, in 32-bit

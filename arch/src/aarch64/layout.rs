@@ -8,6 +8,7 @@
 //! 0x4000_1000                PL031 RTC
 //! 0x4000_2000                8250 UART (ns16550a)
 //! 0x4000_3000                virtio-mmio devices, 4 KiB each
+//! 0x6fff_f000                PL061 GPIO: the power key
 //! 0x7000_0000                end of the device range
 //! 0x8000_0000                RAM: the kernel at its text offset, the
 //!                            initrd below the FDT, the FDT at the top
@@ -36,8 +37,13 @@ pub const RTC_ADDR: u64 = MMIO_START + DEVICE_WINDOW;
 pub const SERIAL_ADDR: u64 = RTC_ADDR + DEVICE_WINDOW;
 /// Start of the range handed to the device manager for MMIO devices.
 pub const MMIO_DEVICES_START: u64 = SERIAL_ADDR + DEVICE_WINDOW;
-/// End (exclusive) of the device MMIO range.
-pub const MMIO_DEVICES_END: u64 = 0x7000_0000;
+/// The PL061 GPIO controller, at the top of the device range so that the
+/// devices below keep Firecracker's addresses.
+pub const GPIO_ADDR: u64 = 0x7000_0000 - DEVICE_WINDOW;
+/// End (exclusive) of the range handed to the device manager.
+pub const MMIO_DEVICES_END: u64 = GPIO_ADDR;
+/// The GPIO pin wired to the power key (QEMU's virt board uses pin 3 too).
+pub const POWER_KEY_PIN: u32 = 3;
 
 /// GIC distributor (64 KiB on GICv3, 4 KiB used on GICv2).
 pub const GIC_DIST_SIZE: u64 = 0x1_0000;
@@ -70,10 +76,14 @@ pub const GIC_NR_IRQS: u32 = 128;
 pub const SERIAL_IRQ: u32 = 0;
 /// The RTC's SPI.
 pub const RTC_IRQ: u32 = 1;
+/// The GPIO controller's SPI.
+pub const GPIO_IRQ: u32 = 2;
 /// First SPI for virtio devices.
-pub const VIRTIO_IRQ_BASE: u32 = 2;
+pub const VIRTIO_IRQ_BASE: u32 = 3;
 /// Last SPI for virtio devices.
 pub const VIRTIO_IRQ_MAX: u32 = GIC_NR_IRQS - 32 - 1;
+/// Interrupts in the virtio range that virtio devices skip: none.
+pub const VIRTIO_IRQ_SKIP: &[u32] = &[];
 
 /// The architected timer's PPIs (Linux's arch_timer binding: secure and
 /// non-secure physical, virtual, hypervisor), counted from PPI 0.
@@ -91,4 +101,6 @@ const _: () = assert!(gic_redist_addr(MAX_VCPUS) >= GIC_DIST_ADDR - GIC_REDIST_A
 const _: () = assert!(GIC_DIST_ADDR + GIC_DIST_SIZE <= MMIO_START);
 const _: () = assert!(GICV2_CPU_ADDR >= GIC_DIST_ADDR - GIC_REDIST_AREA);
 const _: () = assert!(MMIO_DEVICES_END <= DRAM_START);
-const _: () = assert!(VIRTIO_IRQ_BASE > RTC_IRQ && VIRTIO_IRQ_BASE > SERIAL_IRQ);
+const _: () = assert!(
+    VIRTIO_IRQ_BASE > RTC_IRQ && VIRTIO_IRQ_BASE > SERIAL_IRQ && VIRTIO_IRQ_BASE > GPIO_IRQ
+);

@@ -47,6 +47,10 @@ pub const ELF_MACHINE: u16 = crate::kernel::EM_AARCH64;
 /// The platform's name in messages.
 #[cfg(target_arch = "aarch64")]
 pub const ARCH_NAME: &str = "aarch64";
+
+/// Whether vCPUs can be two threads to a core: not here (the FDT's cpu
+/// map would have to say it; Firecracker has no SMT on arm64 either).
+pub const SMT: bool = false;
 /// What this platform boots, for messages.
 #[cfg(target_arch = "aarch64")]
 pub const KERNEL_FORMATS: &str = "an arm64 Image";
@@ -61,8 +65,8 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon=uart,mmio,0x40002000 r
 #[cfg(target_arch = "aarch64")]
 pub const VIRTIO_MMIO_ON_CMDLINE: bool = false;
 
-/// The UART and the RTC on MMIO; no keyboard controller or ACPI
-/// registers (PSCI powers off and resets).
+/// The UART, the RTC and a GPIO controller with the power key on MMIO; no
+/// keyboard controller or ACPI registers (PSCI powers off and resets).
 #[cfg(target_arch = "aarch64")]
 pub const PLATFORM: Platform = Platform {
     serial: Placement {
@@ -73,11 +77,21 @@ pub const PLATFORM: Platform = Platform {
     i8042: None,
     acpi_pm: None,
     ged: None,
+    // Linux 6.1 cannot add vCPUs to a device-tree guest on arm64 (ACPI
+    // vCPU hotplug arrived in Linux 6.11).
+    cpu_hotplug: None,
     rtc: Some(Placement {
         window: Window::Mmio(layout::RTC_ADDR),
         len: layout::DEVICE_WINDOW,
         irq: Some(layout::RTC_IRQ),
     }),
+    cmos: None,
+    gpio: Some(Placement {
+        window: Window::Mmio(layout::GPIO_ADDR),
+        len: layout::DEVICE_WINDOW,
+        irq: Some(layout::GPIO_IRQ),
+    }),
+    power_key_pin: layout::POWER_KEY_PIN,
 };
 
 #[cfg(test)]

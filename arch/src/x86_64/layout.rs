@@ -77,6 +77,11 @@ pub const ACPI_PM_LEN: u64 = 3;
 pub const GED_PORT: u64 = 0x604;
 /// Length of the GED register window.
 pub const GED_LEN: u64 = 1;
+/// The CPU hotplug controller's selector and status registers (see
+/// [`crate::acpi_regs`]), on port I/O after the GED.
+pub const CPU_HOTPLUG_PORT: u64 = 0x608;
+/// Length of the CPU hotplug controller's window.
+pub const CPU_HOTPLUG_LEN: u64 = 5;
 /// The GED's interrupt: the last IOAPIC pin, kept out of the virtio range.
 pub const GED_IRQ: u32 = 23;
 /// First IOAPIC pin for virtio devices (0-4 are the timer, keyboard,
@@ -84,5 +89,17 @@ pub const GED_IRQ: u32 = 23;
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last IOAPIC pin for virtio devices.
 pub const VIRTIO_IRQ_MAX: u32 = GED_IRQ - 1;
+/// The CMOS clock's ports (index, data).
+pub const CMOS_PORT: u64 = 0x70;
+/// Length of the CMOS clock's window.
+pub const CMOS_LEN: u64 = 2;
+/// The CMOS register with the century (the FADT names it).
+pub const CMOS_CENTURY: u8 = 0x32;
+/// The CMOS clock's ISA interrupt. strato never raises it, but a guest
+/// without ACPI (or booted with `acpi=off`) assumes the clock has it, and
+/// Linux's driver then takes it for itself: no virtio device may share it.
+pub const CMOS_IRQ: u32 = 8;
+/// Pins in the virtio range that virtio devices skip.
+pub const VIRTIO_IRQ_SKIP: &[u32] = &[CMOS_IRQ];
 /// Highest vCPU count the MP table (8-bit xAPIC ids, 0xff broadcast) describes.
 pub const MAX_VCPUS: u32 = 254;

@@ -157,10 +157,12 @@ pub fn configure_boot(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<KernelE
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
     loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    let vcpus = cfg.vcpus.len() as u32;
+    let max_vcpus = cfg.vcpus.len() as u32;
     write_boot_tables(mem)?;
-    setup_mptable(mem, vcpus)?;
-    let rsdp = setup_acpi(mem, vcpus, cfg.virtio)?;
+    // The MP table has no way to say "plugged later": kernels without
+    // ACPI see the boot vCPUs only.
+    setup_mptable(mem, cfg.boot_vcpus)?;
+    let rsdp = setup_acpi(mem, cfg.boot_vcpus, max_vcpus, cfg.virtio)?;
     let memory_map = memory_map(cfg.ram);
     let info = BootInfo {
         memory_map: &memory_map,

@@ -30,7 +30,11 @@ pub const DEFAULT_CMDLINE: &str =
 /// `acpi=off`, find them nowhere else.
 pub const VIRTIO_MMIO_ON_CMDLINE: bool = true;
 
-/// COM1, the i8042, and the ACPI registers, all on port I/O.
+/// Whether vCPUs can be two threads to a core (CPUID topology).
+pub const SMT: bool = true;
+
+/// COM1, the i8042, the CMOS clock and the ACPI registers, all on port
+/// I/O.
 pub const PLATFORM: Platform = Platform {
     serial: Placement {
         window: Window::Pio(0x3f8),
@@ -53,7 +57,20 @@ pub const PLATFORM: Platform = Platform {
         len: layout::GED_LEN,
         irq: Some(layout::GED_IRQ),
     }),
+    cpu_hotplug: Some(Placement {
+        window: Window::Pio(layout::CPU_HOTPLUG_PORT),
+        len: layout::CPU_HOTPLUG_LEN,
+        irq: None,
+    }),
     rtc: None,
+    cmos: Some(Placement {
+        window: Window::Pio(layout::CMOS_PORT),
+        len: layout::CMOS_LEN,
+        // Never raised (see `layout::CMOS_IRQ`).
+        irq: None,
+    }),
+    gpio: None,
+    power_key_pin: 0,
 };
 
 pub use acpi::setup_acpi;

@@ -21,6 +21,7 @@ const MAX_INSN_LEN: usize = 15;
 pub struct VcpuSetup {
     supported: CpuId,
     tsc_deadline: bool,
+    threads_per_core: u8,
 }
 
 impl VcpuSetup {
@@ -31,7 +32,13 @@ impl VcpuSetup {
                 .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
                 .map_err(|e| KvmError::Call("KVM_GET_SUPPORTED_CPUID", e))?,
             tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            threads_per_core: 1,
         })
+    }
+
+    /// Two threads to a core (Firecracker's `smt`), or one.
+    pub fn set_smt(&mut self, smt: bool) {
+        self.threads_per_core = if smt { 2 } else { 1 };
     }
 }
 
@@ -46,7 +53,13 @@ pub fn configure_vcpu(
     boot: Option<&KernelEntry>,
 ) -> Result<(), KvmError> {
     let mut cpuid = setup.supported.clone();
-    setup_cpuid(&mut cpuid, id as u8, vcpus as u8, setup.tsc_deadline);
+    setup_cpuid(
+        &mut cpuid,
+        id as u8,
+        vcpus as u8,
+        setup.threads_per_core,
+        setup.tsc_deadline,
+    );
     fd.set_cpuid2(&cpuid)
         .map_err(|e| KvmError::Call("KVM_SET_CPUID2", e))?;
 

@@ -1,15 +1,20 @@
 //! Platform devices: the 8250 UART, the i8042 controller (reset), the
-//! PL031 clock, the boot timer and the ACPI registers. Where each sits on which bus is the
+//! CMOS and PL031 clocks, the PL061 GPIO (a power key), the boot timer and the ACPI
+//! registers. Where each sits on which bus is the
 //! architecture's `PLATFORM`.
 
 mod acpi;
 mod boot_timer;
+mod cmos;
+mod gpio;
 mod i8042;
 mod rtc;
 mod serial;
 
-pub use acpi::{AcpiPm, Ged, GedEvent};
+pub use acpi::{AcpiPm, CpuCounts, CpuEject, CpuHotplug, Ged, GedEvent};
 pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC};
+pub use cmos::Cmos;
+pub use gpio::Pl061;
 pub use i8042::I8042;
 pub use rtc::Rtc;
 pub use serial::{Serial, SerialInputEvents};

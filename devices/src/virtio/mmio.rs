@@ -164,14 +164,16 @@ impl MmioTransport {
     fn activate(&mut self) {
         // The device gets its own copies; the transport keeps the
         // configuration for register reads until the next reset.
-        let ready: Vec<Queue> = self
-            .queues
+        let needed = lock(&self.device)
+            .queues_needed(self.driver_features)
+            .min(self.queues.len());
+        let ready: Vec<Queue> = self.queues[..needed]
             .iter()
             .filter(|q| q.ready())
             .filter_map(|q| Queue::try_from(q.state()).ok())
             .collect();
-        if ready.len() != self.queues.len() {
-            // Every queue of our devices is needed.
+        if ready.len() != needed {
+            // Every queue the features call for is needed.
             self.bad_access
                 .warn(format_args!("virtio-mmio: DRIVER_OK with queues not ready"));
             self.signals.set_needs_reset();
@@ -231,7 +233,10 @@ impl MmioTransport {
             0x044 => queue.map_or(0, |q| u32::from(q.ready())),
             0x060 => self.signals.interrupt_status(),
             0x070 => self.status(),
-            0x0fc => self.config_generation,
+            // The driver's writes and the device's own changes.
+            0x0fc => self
+                .config_generation
+                .wrapping_add(self.signals.config_changes()),
             _ => {
                 self.bad_access
                     .warn(format_args!("virtio-mmio: read of register {offset:#x}"));

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         path: disk().path(),
         read_only: flags & 0x08 != 0,
         serial: Some("fuzz-serial".into()),
+        rate_limiter: Default::default(),
     };
     let evt = eventfd();
     let notify = evt.try_clone().expect("eventfd");
@@ -47,12 +48,14 @@ fuzz_target!(|data: &[u8]| {
     } else {
         0
     };
-    // Activation serves what the image already made available.
+    // Activation kicks the queue: the event loop serves what the image
+    // already made available.
     block
         .lock()
         .unwrap()
         .activate(mem.clone(), features, vec![ring_queue(0, flags & 7)])
         .expect("activate");
+    run_ready(&mut em);
     for &more in kicks {
         post(&mem, 0, more);
         notify.write(1).expect("kick");

@@ -2,7 +2,7 @@
 //! reads and writes against the transport of a real device, with queue
 //! notifications delivered as KVM's ioeventfds deliver them.
 //!
-//! Input: `device` (0: block, 1: net, 2: console), then operations until
+//! Input: `device` (0: block, 1: net, 2: console, 3: rng), then operations until
 //! the input ends, each a byte `op` and its operands:
 //! - op & 3 == 0: read `u16` offset (within the 4 KiB window), size
 //!   1 << ((op >> 2) & 3);
@@ -22,6 +22,7 @@ use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::Console;
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, NOTIFY_OFFSET};
 use devices::virtio::net::{Net, Tap};
+use devices::virtio::rng::Rng;
 use devices::virtio::{DeviceSignals, VirtioDevice};
 use devices::BusDevice;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -70,12 +71,13 @@ fn disk() -> &'static MemFile {
 /// The device `which` on fresh eventfds.
 fn rig(which: u8, signals: Arc<DeviceSignals>) -> Rig {
     let (evts, kicks) = queue_eventfds();
-    match which % 3 {
+    match which % 4 {
         0 => {
             let cfg = BlockConfig {
                 path: disk().path(),
                 read_only: false,
                 serial: None,
+                rate_limiter: Default::default(),
             };
             let [evt, _] = evts;
             let block = Block::new(&cfg, evt, signals).expect("block device");
@@ -90,6 +92,11 @@ fn rig(which: u8, signals: Arc<DeviceSignals>) -> Rig {
                 signals,
             );
             Rig::new(net, kicks.into(), Some(Box::new(host)))
+        }
+        3 => {
+            let [evt, _] = evts;
+            let rng = Rng::new(evt, signals, &Default::default()).expect("rng device");
+            Rig::new(rng, kicks.into_iter().take(1).collect(), None)
         }
         _ => {
             let (reader, mut writer) = std::io::pipe().expect("pipe");

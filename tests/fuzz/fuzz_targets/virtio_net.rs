@@ -50,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
         features |= VIRTIO_RING_F_EVENT_IDX;
     }
     let queues = vec![ring_queue(0, flags & 7), ring_queue(1, (flags >> 3) & 7)];
-    // Activation sends what the image already made available.
+    // Activation kicks the transmit queue: the event loop below sends what
+    // the image already made available.
     net.lock()
         .unwrap()
         .activate(mem.clone(), features, queues)

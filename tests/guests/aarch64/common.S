@@ -9,15 +9,16 @@
 #define PSCI_SYSTEM_OFF  0x84000008
 #define PSCI_SYSTEM_RESET 0x84000009
 
-// The 64-byte Image header; execution starts at its first word.
-.macro image_header
+// The 64-byte Image header; execution starts at its first word. SIZE is
+// what the image occupies once loaded (.bss included).
+.macro image_header size=image_end - _start
     .section .text.head, "ax"
     .globl _start
 _start:
     b       entry                   // code0
     .long   0                       // code1
     .quad   0                       // text_offset
-    .quad   image_end - _start      // image_size
+    .quad   \size                   // image_size
     .quad   0x2                     // flags: little endian, 4 KiB pages
     .quad   0, 0, 0                 // res2-res4
     .ascii  "ARM\x64"               // magic

@@ -12,7 +12,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::BlockMetrics;
 
 /// Bytes per sector.
 pub const SECTOR_SIZE: u64 = 512;
@@ -41,7 +43,7 @@ pub enum Outcome {
 }
 
 /// Executes the request made of `descs` (the whole chain, in order)
-/// against `file` of `capacity` sectors.
+/// against `file` of `capacity` sectors, counting it in `stats`.
 pub fn execute(
     mem: &GuestMemoryMmap,
     file: &File,
@@ -49,20 +51,30 @@ pub fn execute(
     capacity: u64,
     id: &[u8],
     descs: &[Descriptor],
+    stats: &BlockMetrics,
 ) -> Outcome {
     let Some((status_desc, body)) = descs.split_last() else {
+        stats.invalid_reqs_count.inc();
         return Outcome::Malformed("empty descriptor chain");
     };
     if status_desc.has_next() {
         // The chain was cut short: it loops or is longer than the queue.
+        stats.invalid_reqs_count.inc();
         return Outcome::Malformed("descriptor chain loops or exceeds the queue size");
     }
     if !status_desc.is_write_only() || status_desc.len() < 1 {
+        stats.invalid_reqs_count.inc();
         return Outcome::Malformed("no writable status byte at the end of the chain");
     }
-    let (status, data_len) = match run(mem, file, read_only, capacity, id, body) {
+    let host_failures = stats.execute_fails.get();
+    let (status, data_len) = match run(mem, file, read_only, capacity, id, body, stats) {
         Ok(written) => (VIRTIO_BLK_S_OK, written),
-        Err(status) => (status, 0),
+        Err(status) => {
+            if stats.execute_fails.get() == host_failures {
+                stats.invalid_reqs_count.inc();
+            }
+            (status, 0)
+        }
     };
     if mem.write_obj(status as u8, status_desc.addr()).is_err() {
         return Outcome::Malformed("status byte outside guest memory");
@@ -72,7 +84,8 @@ pub fn execute(
     }
 }
 
-/// Runs the request; Ok(bytes written to the guest) or Err(status).
+/// Runs the request; Ok(bytes written to the guest) or Err(status). Data
+/// moved, flushes and host I/O failures are counted in `stats`.
 fn run(
     mem: &GuestMemoryMmap,
     file: &File,
@@ -80,6 +93,7 @@ fn run(
     capacity: u64,
     id: &[u8],
     body: &[Descriptor],
+    stats: &BlockMetrics,
 ) -> Result<u32, u32> {
     let (hdr_desc, data) = body.split_first().ok_or(VIRTIO_BLK_S_IOERR)?;
     if hdr_desc.is_write_only() || (hdr_desc.len() as usize) < std::mem::size_of::<RequestHeader>()
@@ -112,18 +126,28 @@ fn run(
             if end > capacity * SECTOR_SIZE {
                 return Err(VIRTIO_BLK_S_IOERR);
             }
-            let mut offset = start;
-            for d in data {
-                transfer(mem, file, d.addr(), d.len() as usize, offset, write)
-                    .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-                offset += u64::from(d.len());
+            transfer(mem, file, data, start, write).map_err(|_| {
+                stats.execute_fails.inc();
+                VIRTIO_BLK_S_IOERR
+            })?;
+            if write {
+                stats.write_count.inc();
+                stats.write_bytes.add(total);
+                Ok(0)
+            } else {
+                stats.read_count.inc();
+                stats.read_bytes.add(total);
+                Ok(total_u32)
             }
-            Ok(if write { 0 } else { total_u32 })
         }
         VIRTIO_BLK_T_FLUSH => {
             if !read_only {
-                file.sync_data().map_err(|_| VIRTIO_BLK_S_IOERR)?;
+                file.sync_data().map_err(|_| {
+                    stats.execute_fails.inc();
+                    VIRTIO_BLK_S_IOERR
+                })?;
             }
+            stats.flush_count.inc();
             Ok(0)
         }
         VIRTIO_BLK_T_GET_ID => {
@@ -140,49 +164,91 @@ fn run(
     }
 }
 
-/// Moves `len` bytes between the file at `offset` and guest memory at
-/// `addr`, without an intermediate buffer.
+/// Drops `moved` bytes off the front of `iovs`: whole buffers, then part
+/// of the next.
+fn advance(iovs: &mut &mut [libc::iovec], mut moved: usize) {
+    while moved > 0 {
+        let Some(first) = iovs.first_mut() else {
+            return;
+        };
+        if first.iov_len <= moved {
+            moved -= first.iov_len;
+            *iovs = &mut std::mem::take(iovs)[1..];
+        } else {
+            // SAFETY: `moved` < iov_len, so the pointer stays inside the
+            // same buffer.
+            first.iov_base = unsafe { first.iov_base.cast::<u8>().add(moved).cast() };
+            first.iov_len -= moved;
+            return;
+        }
+    }
+}
+
+/// Buffers handed to one vectored system call. A request has at most
+/// the queue size of them (256: Linux sends one per page of a scattered
+/// user buffer), so one call moves a whole request; the arrays live on the
+/// stack, so serving a request allocates nothing.
+const IOV_CHUNK: usize = 256;
+
+/// Moves the request's data between the file at `offset` and the guest
+/// buffers of `data`, in order, without an intermediate buffer: one
+/// `preadv`/`pwritev` per [`IOV_CHUNK`] buffers, more only if the kernel
+/// moves less.
 fn transfer(
     mem: &GuestMemoryMmap,
     file: &File,
-    addr: GuestAddress,
-    len: usize,
+    data: &[Descriptor],
     offset: u64,
     to_file: bool,
 ) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    // Fails unless [addr, addr + len) lies inside one guest RAM region.
-    let slice = mem
-        .get_slice(addr, len)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let guard = slice.ptr_guard_mut();
-    let base = guard.as_ptr();
-    let mut done = 0usize;
-    while done < len {
-        let off = libc::off64_t::try_from(offset + done as u64)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `base..base + len` is a live mapping of guest memory
-        // (checked by get_slice and kept mapped by `guard`); the kernel
-        // reads or writes at most `len - done` bytes from `base + done`.
-        let n = unsafe {
-            let p = base.add(done) as *mut libc::c_void;
-            if to_file {
-                libc::pwrite64(file.as_raw_fd(), p, len - done, off)
-            } else {
-                libc::pread64(file.as_raw_fd(), p, len - done, off)
-            }
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
+    let mut offset = offset;
+    for chunk in data.chunks(IOV_CHUNK) {
+        let mut iovs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOV_CHUNK];
+        let mut count = 0;
+        for d in chunk.iter().filter(|d| d.len() > 0) {
+            // Fails unless the buffer lies inside one guest RAM region.
+            let slice = mem
+                .get_slice(d.addr(), d.len() as usize)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            iovs[count] = libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: d.len() as usize,
+            };
+            count += 1;
+        }
+        let mut left = &mut iovs[..count];
+        while !left.is_empty() {
+            let off = libc::off64_t::try_from(offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // At most IOV_CHUNK buffers: within Linux's UIO_MAXIOV (1024).
+            let n_iovs = left.len() as libc::c_int;
+            // SAFETY: each iovec points into guest RAM for at least its
+            // length (checked by get_slice); the mapping belongs to `mem`,
+            // borrowed for this whole call, so it stays mapped. The kernel
+            // reads or writes only within the iovecs.
+            let n = unsafe {
+                if to_file {
+                    libc::pwritev64(file.as_raw_fd(), left.as_ptr(), n_iovs, off)
+                } else {
+                    libc::preadv64(file.as_raw_fd(), left.as_ptr(), n_iovs, off)
+                }
+            };
+            let moved = match n {
+                n if n > 0 => n as usize,
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
                     return Err(e);
                 }
-            }
+            };
+            offset += moved as u64;
+            advance(&mut left, moved);
         }
     }
     Ok(())
@@ -194,6 +260,7 @@ mod tests {
     use crate::virtio::test_utils::mem;
     use std::io::{Read, Seek, Write};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vm_memory::GuestAddress;
 
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -253,7 +320,130 @@ mod tests {
 
     fn exec(m: &GuestMemoryMmap, f: &File, ro: bool, descs: &[Descriptor]) -> Outcome {
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-        execute(m, f, ro, 8, b"serial-1", descs)
+        execute(m, f, ro, 8, b"serial-1", descs, &BlockMetrics::default())
+    }
+
+    #[test]
+    fn a_short_transfer_resumes_where_it_stopped() {
+        let mut buf = [0u8; 30];
+        let base = buf.as_mut_ptr();
+        let at = |o: usize| {
+            // SAFETY: every offset used is within `buf`.
+            unsafe { base.add(o) }.cast::<libc::c_void>()
+        };
+        let mut v = [
+            libc::iovec {
+                iov_base: at(0),
+                iov_len: 10,
+            },
+            libc::iovec {
+                iov_base: at(10),
+                iov_len: 5,
+            },
+            libc::iovec {
+                iov_base: at(15),
+                iov_len: 15,
+            },
+        ];
+        let mut iovs = &mut v[..];
+        advance(&mut iovs, 12);
+        assert_eq!(iovs.len(), 2);
+        assert_eq!((iovs[0].iov_base, iovs[0].iov_len), (at(12), 3));
+        advance(&mut iovs, 3);
+        assert_eq!(
+            (iovs.len(), iovs[0].iov_base, iovs[0].iov_len),
+            (1, at(15), 15)
+        );
+        advance(&mut iovs, 15);
+        assert!(iovs.is_empty());
+        advance(&mut iovs, 1);
+    }
+
+    /// A request scattered over several buffers, out of address order and
+    /// of odd lengths (and an empty one), as a guest's page list makes
+    /// it: the bytes land in order, and a write puts them back in order.
+    #[test]
+    fn scattered_buffers_move_in_chain_order() {
+        let m = mem();
+        let mut f = image(8);
+        let bufs = [
+            (DATA + 0x800, 700u32),
+            (DATA, 0),
+            (DATA + 0x100, 900),
+            (DATA + 0x1800, 960),
+        ];
+        let mut descs = vec![Descriptor::new(HDR, 16, NEXT, 1)];
+        for (i, (addr, len)) in bufs.iter().enumerate() {
+            descs.push(Descriptor::new(*addr, *len, NEXT | WRITE, i as u16 + 2));
+        }
+        descs.push(Descriptor::new(STATUS, 1, WRITE, 0));
+        header(&m, VIRTIO_BLK_T_IN, 2);
+        assert_eq!(
+            exec(&m, &f, false, &descs),
+            Outcome::Done { used_len: 2561 }
+        );
+        assert_eq!(status(&m), VIRTIO_BLK_S_OK);
+        let mut pos = 2 * SECTOR_SIZE;
+        for (addr, len) in bufs {
+            let mut got = vec![0u8; len as usize];
+            m.read_slice(&mut got, GuestAddress(addr)).unwrap();
+            let want: Vec<u8> = (pos..pos + u64::from(len))
+                .map(|i| (i % 251) as u8)
+                .collect();
+            assert_eq!(got, want, "buffer at {addr:#x}");
+            pos += u64::from(len);
+        }
+
+        for (i, (addr, len)) in bufs.iter().enumerate() {
+            m.write_slice(&vec![i as u8 + 1; *len as usize], GuestAddress(*addr))
+                .unwrap();
+            descs[i + 1] = Descriptor::new(*addr, *len, NEXT, i as u16 + 2);
+        }
+        header(&m, VIRTIO_BLK_T_OUT, 1);
+        assert_eq!(exec(&m, &f, false, &descs), Outcome::Done { used_len: 1 });
+        let mut back = vec![0u8; 2560];
+        f.seek(std::io::SeekFrom::Start(SECTOR_SIZE)).unwrap();
+        f.read_exact(&mut back).unwrap();
+        let want: Vec<u8> = bufs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, len))| vec![i as u8 + 1; *len as usize])
+            .collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn requests_are_counted_for_the_metrics() {
+        let m = mem();
+        let f = image(8);
+        let stats = BlockMetrics::default();
+        let run = |kind, sector, desc| {
+            header(&m, kind, sector);
+            execute(&m, &f, false, 8, b"", &chain(desc), &stats)
+        };
+        run(
+            VIRTIO_BLK_T_IN,
+            1,
+            Descriptor::new(DATA, 512, NEXT | WRITE, 2),
+        );
+        run(VIRTIO_BLK_T_OUT, 2, Descriptor::new(DATA, 1024, NEXT, 2));
+        run(VIRTIO_BLK_T_FLUSH, 0, Descriptor::new(DATA, 0, NEXT, 2));
+        // Unknown type; a read past the end of the image.
+        run(99, 0, Descriptor::new(DATA, 512, NEXT | WRITE, 2));
+        run(
+            VIRTIO_BLK_T_IN,
+            8,
+            Descriptor::new(DATA, 512, NEXT | WRITE, 2),
+        );
+        use crate::metrics::Counters;
+        let got: std::collections::HashMap<_, _> = stats.counters().into_iter().collect();
+        assert_eq!(got["read_count"], 1);
+        assert_eq!(got["read_bytes"], 512);
+        assert_eq!(got["write_count"], 1);
+        assert_eq!(got["write_bytes"], 1024);
+        assert_eq!(got["flush_count"], 1);
+        assert_eq!(got["invalid_reqs_count"], 2);
+        assert_eq!(got["execute_fails"], 0);
     }
 
     #[test]
@@ -456,7 +646,15 @@ mod tests {
             ));
         }
         descs.push(Descriptor::new(STATUS, 1, WRITE, 0));
-        let out = execute(&m, &f, false, (6 << 30) / SECTOR_SIZE, b"", &descs);
+        let out = execute(
+            &m,
+            &f,
+            false,
+            (6 << 30) / SECTOR_SIZE,
+            b"",
+            &descs,
+            &BlockMetrics::default(),
+        );
         assert_eq!(out, Outcome::Done { used_len: 1 });
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
     }

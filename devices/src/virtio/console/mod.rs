@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice};
+use super::{read_config_bytes, should_notify, Budget, DeviceSignals, LogOnce, VirtioDevice};
 
 /// Queue size of both queues.
 pub const QUEUE_SIZE: u16 = 64;
@@ -66,7 +66,8 @@ impl Console {
         let mem = &active.mem;
         let queue = &mut active.queues[TX];
         let mut used = false;
-        while let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) {
+        let mut budget = Budget::for_queue(queue);
+        while let Some(chain) = budget.next(queue, mem, &self.signals, &self.bad_request) {
             let head = chain.head_index();
             for d in chain {
                 if d.is_write_only() {
@@ -103,6 +104,7 @@ impl Console {
         if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
         }
+        budget.resume(&self.queue_evts[TX]);
     }
 
     /// Moves host input into posted receive buffers; pauses the input when
@@ -114,8 +116,14 @@ impl Console {
         let mem = &active.mem;
         let queue = &mut active.queues[RX];
         let mut used = false;
+        let mut budget = Budget::for_queue(queue);
         loop {
-            let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) else {
+            let Some(chain) = budget.next(queue, mem, &self.signals, &self.bad_request) else {
+                if budget.spent() {
+                    // Only unusable buffers so far: the input stays
+                    // readable, so the loop comes back for the rest.
+                    break;
+                }
                 // No buffer: stop reading until the guest posts one.
                 if !self.input_paused {
                     let _ = ops.remove(Events::new(input, EventSet::IN));
@@ -202,7 +210,8 @@ impl VirtioDevice for Console {
             return Err("virtio-console needs two queues".into());
         }
         self.active = Some(Active { mem, queues });
-        self.process_tx();
+        // Output queued before DRIVER_OK: written from the event loop.
+        self.queue_evts[TX].write(1).map_err(|e| e.to_string())?;
         Ok(())
     }
 

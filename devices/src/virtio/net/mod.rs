@@ -23,11 +23,13 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+
 pub use tap::{Error as TapError, Tap};
 
 use super::{
-    next_chain, read_config_bytes, should_notify, DeviceSignals, LogOnce, VirtioDevice,
-    VIRTIO_RING_F_EVENT_IDX,
+    queue_wake, read_config_bytes, should_notify, watch_queue, Budget, DeviceSignals, LogOnce,
+    QueueWake, VirtioDevice, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Size of `struct virtio_net_hdr_v1` (virtio 1.x always has num_buffers).
@@ -55,6 +57,10 @@ pub struct NetConfig {
     pub tap: String,
     /// Guest MAC address.
     pub mac: [u8; 6],
+    /// Limits on the frames the guest receives (bytes, frames).
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Limits on the frames the guest sends.
+    pub tx_rate_limiter: RateLimiterConfig,
 }
 
 struct Active {
@@ -62,6 +68,31 @@ struct Active {
     queues: Vec<Queue>,
     mrg_rxbuf: bool,
 }
+
+crate::counters!(
+    /// What one network interface did, under Firecracker's metric names.
+    /// Bytes are the Ethernet frames' (the virtio-net header excluded).
+    NetMetrics {
+        /// Frames delivered to the guest.
+        rx_packets_count,
+        /// Bytes of them.
+        rx_bytes_count,
+        /// Frames from the tap that were dropped (no room, bad buffers).
+        rx_fails,
+        /// Frames the guest sent out through the tap.
+        tx_packets_count,
+        /// Bytes of them.
+        tx_bytes_count,
+        /// Frames the tap refused.
+        tx_fails,
+        /// Transmit chains that were not a frame.
+        tx_malformed_frames,
+        /// Notifications of the receive queue.
+        rx_queue_event_count,
+        /// Notifications of the transmit queue.
+        tx_queue_event_count,
+    }
+);
 
 /// A virtio-net device.
 pub struct Net {
@@ -80,9 +111,19 @@ pub struct Net {
     early_notify: LogOnce,
     bad_request: LogOnce,
     host_error: LogOnce,
+    stats: Arc<NetMetrics>,
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
+    /// The pending frame already passed the receive limiter.
+    rx_paid: bool,
 }
 
 impl Net {
+    /// The interface's counters, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.stats.clone()
+    }
+
     /// Opens the tap of `cfg`; `queue_evts` are the ioeventfds of the
     /// receive and transmit queues.
     pub fn new(
@@ -93,7 +134,10 @@ impl Net {
         let tap = Tap::open(&cfg.tap)?;
         // No offloads until the driver accepts them.
         tap.set_offload(0)?;
-        Ok(Self::with_tap(tap, cfg.mac, queue_evts, signals))
+        let mut net = Self::with_tap(tap, cfg.mac, queue_evts, signals);
+        net.set_rate_limits(&cfg.rx_rate_limiter, &cfg.tx_rate_limiter)
+            .map_err(TapError::Timer)?;
+        Ok(net)
     }
 
     /// A device on an already open tap (or a stand-in for one).
@@ -118,6 +162,37 @@ impl Net {
             early_notify: LogOnce::default(),
             bad_request: LogOnce::default(),
             host_error: LogOnce::default(),
+            stats: Arc::default(),
+            rx_limiter: None,
+            tx_limiter: None,
+            rx_paid: false,
+        }
+    }
+
+    /// Limits what the guest receives and sends (before the event loop
+    /// watches the device).
+    pub fn set_rate_limits(
+        &mut self,
+        rx: &RateLimiterConfig,
+        tx: &RateLimiterConfig,
+    ) -> std::io::Result<()> {
+        // Always there (limiting nothing by default), so that limits set
+        // while the VM runs have timers the event loop watches.
+        self.rx_limiter = Some(RateLimiter::new(rx)?);
+        self.tx_limiter = Some(RateLimiter::new(tx)?);
+        Ok(())
+    }
+
+    /// Changes the limits of a running interface.
+    pub fn update_rate_limits(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) {
+        for (cfg, l) in [(rx, &mut self.rx_limiter), (tx, &mut self.tx_limiter)] {
+            if let (Some(cfg), Some(l)) = (cfg, l.as_mut()) {
+                l.update(cfg);
+            }
         }
     }
 
@@ -128,11 +203,13 @@ impl Net {
         let mem = &active.mem;
         let queue = &mut active.queues[TX];
         let mut used = false;
+        let mut budget = Budget::for_queue(queue);
         // Drain with kicks suppressed, then re-arm them (with EVENT_IDX this
         // publishes avail_event) and drain again if more came meanwhile.
         loop {
             let _ = queue.disable_notification(mem);
-            while let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) {
+            budget.start_round();
+            while let Some(chain) = budget.next(queue, mem, &self.signals, &self.bad_request) {
                 let head = chain.head_index();
                 // Gather the frame straight from guest memory: no copy.
                 let mut iovs = [libc::iovec {
@@ -162,16 +239,31 @@ impl Net {
                     len += dlen;
                 }
                 if ok && len > VNET_HDR_LEN {
+                    if let Some(limiter) = self.tx_limiter.as_mut() {
+                        if !limiter.consume((len - VNET_HDR_LEN) as u64) {
+                            // Back in the ring until the limiter's timer.
+                            queue.go_to_previous_position();
+                            break;
+                        }
+                    }
                     // SAFETY: each iovec is a bounds-checked slice of guest
                     // RAM, which `mem` keeps mapped (plain mmap regions: the
                     // pointer guard is a no-op) until after this call.
-                    if let Err(e) = unsafe { self.tap.write_iovecs(&iovs[..n]) } {
-                        self.host_error.warn(format_args!(
-                            "virtio-net: frame to {} lost: {e}",
-                            self.tap.name()
-                        ));
+                    match unsafe { self.tap.write_iovecs(&iovs[..n]) } {
+                        Ok(_) => {
+                            self.stats.tx_packets_count.inc();
+                            self.stats.tx_bytes_count.add((len - VNET_HDR_LEN) as u64);
+                        }
+                        Err(e) => {
+                            self.stats.tx_fails.inc();
+                            self.host_error.warn(format_args!(
+                                "virtio-net: frame to {} lost: {e}",
+                                self.tap.name()
+                            ));
+                        }
                     }
                 } else {
+                    self.stats.tx_malformed_frames.inc();
                     self.bad_request
                         .warn(format_args!("virtio-net: malformed transmit chain dropped"));
                 }
@@ -181,13 +273,19 @@ impl Net {
                 }
                 used = true;
             }
-            if self.signals.needs_reset() || !queue.enable_notification(mem).unwrap_or(false) {
+            if self.signals.needs_reset()
+                || budget.spent()
+                || self.tx_limiter.as_ref().is_some_and(RateLimiter::waiting)
+                || !queue.enable_notification(mem).unwrap_or(false)
+                || !budget.more_came()
+            {
                 break;
             }
         }
         if used && should_notify(queue, mem) {
             self.signals.signal_used_queue();
         }
+        budget.resume(&self.queue_evts[TX]);
     }
 
     /// Writes the pending frame into receive buffers. Returns false when
@@ -195,6 +293,7 @@ impl Net {
     fn deliver(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             // Link down until the driver is running: drop.
+            self.stats.rx_fails.inc();
             self.rx_len = 0;
             return true;
         };
@@ -206,6 +305,7 @@ impl Net {
         self.rx_heads.clear();
         self.rx_bufs.clear();
         let mut room = 0usize;
+        let mut budget = Budget::for_queue(queue);
         while room < frame.len() {
             if self.rx_heads.len() == 1 && !active.mrg_rxbuf {
                 // One buffer must hold the whole frame: drop it instead.
@@ -213,17 +313,31 @@ impl Net {
                     "virtio-net: receive buffer too small, frame dropped"
                 ));
                 let _ = queue.add_used(mem, self.rx_heads[0].0, 0);
+                self.stats.rx_fails.inc();
                 self.rx_used = true;
                 self.rx_len = 0;
                 return true;
             }
-            let Some(chain) = next_chain(queue, mem, &self.signals, &self.bad_request) else {
+            let Some(chain) = budget.next(queue, mem, &self.signals, &self.bad_request) else {
                 // Ask for a kick when buffers arrive, unless some already did.
-                if !self.signals.needs_reset() && queue.enable_notification(mem).unwrap_or(false) {
+                if !budget.spent()
+                    && !self.signals.needs_reset()
+                    && queue.enable_notification(mem).unwrap_or(false)
+                {
                     continue;
                 }
                 for _ in 0..self.rx_heads.len() {
                     queue.go_to_previous_position();
+                }
+                if budget.spent() {
+                    // A whole queue of buffers cannot hold the frame, so no
+                    // more will come: drop the frame and leave the ring.
+                    self.bad_request.warn(format_args!(
+                        "virtio-net: receive buffers too small, frame dropped"
+                    ));
+                    self.stats.rx_fails.inc();
+                    self.rx_len = 0;
+                    return true;
                 }
                 return false;
             };
@@ -238,6 +352,7 @@ impl Net {
         frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&n_chains.to_le_bytes());
         let mut pos = 0usize;
         let mut first_buf = 0usize;
+        let mut lost = false;
         for &(head, end) in &self.rx_heads {
             let mut written = 0u32;
             for &(addr, len) in &self.rx_bufs[first_buf..end] {
@@ -250,6 +365,7 @@ impl Net {
                         "virtio-net: receive buffer outside guest memory"
                     ));
                     pos = frame.len();
+                    lost = true;
                     break;
                 }
                 pos += n;
@@ -259,6 +375,14 @@ impl Net {
             if queue.add_used(mem, head, written).is_err() {
                 self.signals.set_needs_reset();
             }
+        }
+        if lost {
+            self.stats.rx_fails.inc();
+        } else {
+            self.stats.rx_packets_count.inc();
+            self.stats
+                .rx_bytes_count
+                .add(frame.len().saturating_sub(VNET_HDR_LEN) as u64);
         }
         self.rx_used = true;
         self.rx_len = 0;
@@ -280,6 +404,7 @@ impl Net {
     fn receive(&mut self, ops: &mut EventOps) {
         loop {
             if self.rx_len == 0 {
+                self.rx_paid = false;
                 match self.tap.read_frame(&mut self.rx_frame) {
                     Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
                     Ok(_) => continue,
@@ -290,6 +415,20 @@ impl Net {
                         return;
                     }
                 }
+            }
+            if !self.rx_paid {
+                if let Some(limiter) = self.rx_limiter.as_mut() {
+                    if !limiter.consume((self.rx_len - VNET_HDR_LEN) as u64) {
+                        // The frame waits, and the tap with it, for the
+                        // limiter's timer.
+                        if !self.tap_paused {
+                            let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
+                            self.tap_paused = true;
+                        }
+                        return;
+                    }
+                }
+                self.rx_paid = true;
             }
             if !self.deliver() {
                 if !self.tap_paused {
@@ -385,7 +524,11 @@ impl VirtioDevice for Net {
             mrg_rxbuf: features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
         });
         self.rx_len = 0;
-        self.process_tx();
+        // Frames the driver queued before it was done: sent from the event
+        // loop, like every other queue pass, not from this vCPU.
+        if let Err(e) = self.queue_evts[TX].write(1) {
+            error!("virtio-net: cannot start transmitting: {e}");
+        }
         Ok(())
     }
 
@@ -397,11 +540,9 @@ impl VirtioDevice for Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_evts {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!("virtio-net: cannot watch a queue: {e:?}");
-            }
-        }
+        let [rx, tx] = &self.queue_evts;
+        watch_queue(ops, "virtio-net", rx, self.rx_limiter.as_ref());
+        watch_queue(ops, "virtio-net", tx, self.tx_limiter.as_ref());
         if let Err(e) = ops.add(Events::new(&self.tap, EventSet::IN)) {
             error!("virtio-net: cannot watch {}: {e:?}", self.tap.name());
         }
@@ -413,18 +554,28 @@ impl MutEventSubscriber for Net {
             self.process_rx(ops);
             return;
         }
-        let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) else {
-            return;
+        let tx = queue_wake(
+            fd,
+            &self.queue_evts[TX],
+            self.tx_limiter.as_mut(),
+            &self.stats.tx_queue_event_count,
+        );
+        let rx = match tx {
+            QueueWake::Other => queue_wake(
+                fd,
+                &self.queue_evts[RX],
+                self.rx_limiter.as_mut(),
+                &self.stats.rx_queue_event_count,
+            ),
+            _ => QueueWake::Other,
         };
-        let _ = self.queue_evts[q].read();
-        if self.active.is_none() {
+        if (tx == QueueWake::Serve || rx == QueueWake::Serve) && self.active.is_none() {
             self.early_notify
                 .warn(format_args!("virtio-net: queue notified while not running"));
-            return;
-        }
-        if q == TX {
+        } else if tx == QueueWake::Serve {
             self.process_tx();
-        } else {
+        } else if rx == QueueWake::Serve {
+            // New buffers, or the limiter lets the waiting frame go.
             self.resume_rx(ops);
         }
     }
@@ -433,6 +584,95 @@ impl MutEventSubscriber for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limiter::BucketConfig;
+    use crate::virtio::test_utils::{make_available, mem, ring_queue, used_idx, write_desc};
+    use std::os::unix::net::UnixDatagram;
+
+    /// A device on one end of a datagram pair (the "tap"), the other end
+    /// for the test, with the queues of both rings active.
+    fn device(
+        rx: RateLimiterConfig,
+        tx: RateLimiterConfig,
+    ) -> (Net, UnixDatagram, GuestMemoryMmap) {
+        let (ours, host) = UnixDatagram::pair().unwrap();
+        for s in [&ours, &host] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let signals = Arc::new(DeviceSignals::new(evt()));
+        let mut net = Net::with_tap(
+            Tap::from_fd(ours.into(), "test0"),
+            [6, 0, 0, 0, 0, 1],
+            [evt(), evt()],
+            signals,
+        );
+        net.set_rate_limits(&rx, &tx).unwrap();
+        let m = mem();
+        net.activate(m.clone(), 0, vec![ring_queue(0, 16), ring_queue(1, 16)])
+            .unwrap();
+        (net, host, m)
+    }
+
+    fn one_per_second() -> RateLimiterConfig {
+        RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time_ms: 1000,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_transmit_limiter_holds_frames_in_the_ring() {
+        let (mut net, host, m) = device(RateLimiterConfig::default(), one_per_second());
+        // Three 60-byte frames after their headers.
+        for i in 0..3u16 {
+            write_desc(&m, 1, i, (0x4000 + 0x100 * u64::from(i), 72, 0, 0));
+        }
+        make_available(&m, 1, &[0, 1, 2]);
+        net.process_tx();
+        let mut buf = [0u8; 128];
+        assert_eq!(host.recv(&mut buf).unwrap(), 72);
+        assert!(host.recv(&mut buf).is_err(), "a second frame went out");
+        assert_eq!(used_idx(&m, 1), 1);
+        assert!(net.tx_limiter.as_ref().unwrap().waiting());
+    }
+
+    #[test]
+    fn the_receive_limiter_holds_frames_in_the_tap() {
+        use event_manager::{EventManager, SubscriberOps};
+        let (net, host, m) = device(one_per_second(), RateLimiterConfig::default());
+        for i in 0..4u16 {
+            write_desc(&m, 0, i, (0x8000 + 0x1000 * u64::from(i), 2048, 2, 0));
+        }
+        make_available(&m, 0, &[0, 1, 2, 3]);
+        for _ in 0..2 {
+            host.send(&[0x5a; 72]).unwrap();
+        }
+        // The event loop, as the VMM runs it: the tap is readable.
+        let net = Arc::new(std::sync::Mutex::new(net));
+        let mut em = EventManager::<Arc<std::sync::Mutex<Net>>>::new().unwrap();
+        em.add_subscriber(net.clone());
+        for _ in 0..4 {
+            em.run_with_timeout(0).unwrap();
+        }
+        assert_eq!(used_idx(&m, 0), 1, "one frame through");
+        {
+            let net = net.lock().unwrap();
+            assert!(net.rx_limiter.as_ref().unwrap().waiting());
+            assert_eq!(net.rx_len, 72, "the second frame waits, taken from the tap");
+            assert!(net.tap_paused);
+        }
+        // A second later the limiter's timer lets it through.
+        let start = std::time::Instant::now();
+        while used_idx(&m, 0) < 2 && start.elapsed() < std::time::Duration::from_secs(5) {
+            em.run_with_timeout(100).unwrap();
+        }
+        assert_eq!(used_idx(&m, 0), 2);
+        assert!(start.elapsed() >= std::time::Duration::from_millis(900));
+    }
 
     #[test]
     fn offloads_follow_features() {

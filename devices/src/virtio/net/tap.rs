@@ -47,6 +47,9 @@ pub enum Error {
     /// A descriptor handed over for a tap is not attached to it.
     #[error("the descriptor handed over for tap {0} is not attached to it as a tap")]
     NotHandedTap(String),
+    /// A rate limiter's timer cannot be made.
+    #[error("cannot make the interface's rate limiter timer: {0}")]
+    Timer(#[source] io::Error),
 }
 
 /// Taps attached by another process and handed over as inherited
