@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use api::{kill, wait_for, Api, Json, Netns};
 use strato_tests::{
-    guest, hardware_kvm, linux_image, require_hardware_kvm, strato_bin, vmm_report, Scratch,
+    guest, hardware_kvm, kill_and_reap, linux_image, require_hardware_kvm, strato_bin, vmm_report,
+    Scratch,
 };
 
 // Upper bounds, not expectations: a Linux boot in the emulated lane takes
@@ -26,6 +27,7 @@ struct Vm {
     sock: PathBuf,
     console: PathBuf,
     exit_file: PathBuf,
+    stderr: PathBuf,
 }
 
 impl Vm {
@@ -46,6 +48,10 @@ impl Vm {
         let sock = dir.join("vm.sock");
         let console = dir.join("console.log");
         let exit_file = dir.join("exit.json");
+        // Files, not pipes: a pipe nobody reads while the VMM runs would
+        // block its logging once full.
+        let stderr = dir.join("stderr");
+        let file = |p: &Path| std::fs::File::create(p).expect("output file in the scratch dir");
         let mut cmd = match netns {
             Some(ns) => {
                 let (program, prefix) = ns.prefix();
@@ -66,14 +72,15 @@ impl Vm {
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(file(&dir.join("stdout")))
+            .stderr(file(&stderr));
         let child = cmd.spawn().expect("spawn strato vm");
         let mut vm = Vm {
             child,
             sock,
             console,
             exit_file,
+            stderr,
         };
         if !extra.contains(&"--no-api") {
             let sock = vm.sock.clone();
@@ -137,11 +144,7 @@ impl Vm {
             assert!(start.elapsed() < LONG, "strato vm did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         (status.code().unwrap_or(-1), err)
     }
 
@@ -160,8 +163,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -1573,8 +1575,7 @@ fn firecracker_s_command_line_is_taken() {
         Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
         204,
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_and_reap(&mut child);
 }
 
 /// Configures the idle tiny guest: 1 vCPU, 32 MiB.

@@ -602,8 +602,7 @@ impl Daemon {
 
     /// Kills the daemon alone (SIGKILL), leaving its VMM processes.
     pub fn crash(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        strato_tests::kill_and_reap(&mut self.child);
     }
 
     /// The daemon's process id.
@@ -704,8 +703,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        strato_tests::kill_and_reap(&mut self.child);
         for pid in self.vmm_pids() {
             kill(pid, libc::SIGKILL);
         }

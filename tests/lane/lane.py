@@ -127,6 +127,12 @@ RESET_VECTOR_FAULT = re.compile(r"triple fault on vCPU \d+ at RIP 0xfff0\b")
 # The lane's init writes a heartbeat every 5 s; this long without one, the
 # lane VM has frozen (seen: every CPU idle, nothing running, no message).
 HEARTBEAT_SILENCE = 120
+# A test that runs this long in the lane has hung: the longest pass in
+# about 300 s (the daemon's three Linux instances), and every wait in the
+# tests has a deadline of 180 s or less.
+TEST_HANG = int(os.environ.get("STRATO_LANE_TEST_HANG", "900"))
+# libtest's line for a test it starts (one test at a time).
+TEST_START = re.compile(r"^test (\S+) \.\.\. ")
 # How often `test` runs a binary again whose lane VM broke without getting
 # further. Six: the daemon's three Linux instances at once panicked the lane
 # kernel ("TASK stack guard page was hit" in a vCPU thread) three times in
@@ -136,6 +142,29 @@ LANE_RETRIES = 6
 MAX_ATTEMPTS = 10
 # At most this many failed tests of one binary get their one rerun.
 RERUN_AT_MOST = 3
+
+# Both inits' heartbeat ($R: the result directory, $P: the lane's /proc).
+# The runner takes its silence as a frozen lane VM (no console message
+# tells of that). When the runner finds a test hung, it asks for a report
+# (the file $R/dump): every user process's and every blocked task's state,
+# wait channel and kernel stack, so the report says what waits on what.
+HEARTBEAT = r"""report() {
+    for t in $P/[0-9]*/task/[0-9]*; do
+        st=$(sed 's/.*) \([A-Z]\).*/\1/' $t/stat 2>/dev/null)
+        # /proc's files say size 0: a kernel thread's command line is empty.
+        cmd=$(tr '\0' ' ' <${t%/task/*}/cmdline 2>/dev/null | cut -c1-200)
+        [ -n "$cmd" ] || [ "$st" = D ] || continue
+        pid=${t#$P/}
+        echo "pid ${pid%%/*} tid ${t##*/} $(cat $t/comm 2>/dev/null) state $st wchan $(cat $t/wchan 2>/dev/null)"
+        echo "    $cmd"
+        head -12 $t/stack 2>/dev/null | sed 's/^/    /'
+    done
+}
+(while :; do
+    echo . >>$R/heartbeat
+    if [ -e $R/dump ]; then rm -f $R/dump; report >$R/report.part 2>&1; mv $R/report.part $R/report; fi
+    sleep 5
+done) &"""
 
 INIT = r"""#!/bin/busybox sh
 # Lane init: load the modules, mount the host's root read-only over 9p with
@@ -167,9 +196,8 @@ for p in $(sed -n 's/.*lane_keep=\([^ ]*\).*/\1/p' /host/proc/cmdline | tr ',' '
 done
 mkdir -p /host$out
 mount -t 9p -o $opts laneout /host$out || { echo "lane: no result dir"; poweroff -f; }
-# A heartbeat in the result directory: the runner takes its silence as a
-# frozen lane VM (no console message tells of that).
-(while :; do echo . >>/host$out/heartbeat; sleep 5; done) &
+P=/host/proc R=/host$out
+@HEARTBEAT@
 ln -sf /proc/self/fd /host/dev/fd 2>/dev/null
 echo "lane: kvm $(ls /host/sys/module | grep -E '^kvm_(amd|intel)$'), $(nproc) cpus, \
 $(awk '/MemTotal/ {print int($2/1024)}' /host/proc/meminfo) MiB"
@@ -209,7 +237,8 @@ for p in $(sed -n 's/.*lane_keep=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' '); 
 done
 mkdir -p $out
 mount -t 9p -o $opts laneout $out || { echo "lane: no result dir"; poweroff -f; }
-(while :; do echo . >>$out/heartbeat; sleep 5; done) &
+P=/proc R=$out
+@HEARTBEAT@
 echo "lane: /dev/kvm $([ -c /dev/kvm ] && echo present || echo MISSING), $(nproc) cpus, \
 $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
 /bin/sh $out/cmd.sh </dev/console >/dev/console 2>&1
@@ -373,7 +402,7 @@ def modules(ver, root, names):
 def initramfs(arch, ver, root):
     """The lane's initramfs, built once per input set and cached."""
     arm = arch == "aarch64"
-    init = INIT_ARM if arm else INIT
+    init = (INIT_ARM if arm else INIT).replace("@HEARTBEAT@", HEARTBEAT)
     busybox = arm_busybox() if arm else Path("/bin/busybox")
     mods = modules(ver, root, ARM_MODULES if arm else MODULES)
     h = hashlib.sha256()
@@ -439,8 +468,31 @@ def hidden_paths(paths, outdir, everything=False):
     return out
 
 
+class TestWatch:
+    """What run_in_lane learns of a libtest binary's tests as they run:
+    each finished test's wall time in the lane and the test that hung, if
+    one did."""
+
+    def __init__(self):
+        self.timings = []
+        self.hung = None
+
+
+def lane_report(outdir, wait=20):
+    """Asks the lane VM's heartbeat for its process report (see HEARTBEAT)
+    and returns it, or why there is none."""
+    report = outdir / "report"
+    (outdir / "dump").touch()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if report.exists():
+            return report.read_text(errors="replace")
+        time.sleep(1)
+    return f"(no report within {wait} s)"
+
+
 def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tcg="multi",
-                arch="x86_64", results=None):
+                arch="x86_64", results=None, watch=None):
     """Runs argv in the lane; returns its exit status. Interactive: the
     lane's console is this terminal (QEMU makes it raw), so a person can
     type into the command; nothing is captured. If the lane's kernel
@@ -450,7 +502,10 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
     libtest binary: it is given a `--logfile` in the lane's result
     directory, and the lines it wrote there ("ok NAME", "failed NAME", one
     per finished test) are appended to the list, also when the lane VM
-    broke part way."""
+    broke part way. With a TestWatch as `watch` too, each finished test's
+    time is noted there, and a test that runs for TEST_HANG seconds is
+    taken as hung: the lane VM's processes are reported, the lane VM is
+    killed, the test is named in `watch.hung` and LANE_BROKE returned."""
     require(arch)
     arm = arch == "aarch64"
     ver, vmlinuz, modroot = lane_kernel(arch)
@@ -530,17 +585,35 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             start_new_session=True,
         )
 
+        # The test libtest runs now and since when: (name, start). Its
+        # "test NAME ... " comes without a newline until the test ends, so
+        # the console is read as it comes, not by lines.
+        running = [None, 0.0]
+
         def pump():
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace").replace("\r", "")
-                tail.append(line)
-                sys.stdout.write(line)
+            partial = ""
+            for raw in iter(lambda: proc.stdout.read1(65536), b""):
+                text = raw.decode("utf-8", "replace").replace("\r", "")
+                sys.stdout.write(text)
                 sys.stdout.flush()
-                if RESET_VECTOR_FAULT.search(line):
-                    reset_vector.set()
-                if LOCKUP.search(line) and not locked_up.is_set():
-                    locked_up.set()
-                    os.killpg(proc.pid, signal.SIGKILL)
+                *lines, partial = (partial + text).split("\n")
+                for line in lines:
+                    tail.append(line + "\n")
+                    if RESET_VECTOR_FAULT.search(line):
+                        reset_vector.set()
+                    if LOCKUP.search(line) and not locked_up.is_set():
+                        locked_up.set()
+                        os.killpg(proc.pid, signal.SIGKILL)
+                for line in [*lines, partial]:
+                    m = TEST_START.match(line)
+                    ended = m is not None and m.group(1) != running[0] or (
+                        m is None and line.startswith("test result: "))
+                    if ended and running[0] is not None and watch is not None:
+                        watch.timings.append((running[0], time.monotonic() - running[1]))
+                    if m and m.group(1) != running[0]:
+                        running[:] = [m.group(1), time.monotonic()]
+                    elif ended:
+                        running[0] = None
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -562,6 +635,36 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                     os.killpg(proc.pid, signal.SIGKILL)
 
         threading.Thread(target=watch_heartbeat, daemon=True).start()
+
+        def watch_test():
+            # A test that runs for TEST_HANG seconds is hung (every wait in
+            # the tests has a deadline well below it): the lane VM reports
+            # its processes, then is killed, and the test is named in
+            # `watch.hung` for the caller. Seen once in CI: a Linux test that
+            # printed nothing more for 27 minutes.
+            while proc.poll() is None:
+                time.sleep(5)
+                name, since = running
+                if (name is None or time.monotonic() - since < TEST_HANG
+                        or locked_up.is_set()
+                        or any(line.split(" ", 1)[-1] == name for line in finished())):
+                    continue
+                sys.stdout.write(f"\nlane: {name} has run for {TEST_HANG} s: it hung; "
+                                 "what the lane VM's processes do:\n")
+                sys.stdout.write(lane_report(outdir) + "\n")
+                watch.hung = name
+                locked_up.set()
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+
+        def finished():
+            try:
+                return logfile.read_text(errors="replace").splitlines()
+            except OSError:
+                return []
+
+        if watch is not None:
+            threading.Thread(target=watch_test, daemon=True).start()
 
         # QEMU runs in a session of its own (so the deadline can kill all of
         # it): take it down with us when we are told to stop.
@@ -588,10 +691,10 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             raise
         reader.join(5)
         if locked_up.is_set():
-            sys.stdout.write(
-                "\nlane: the lane VM locked up or froze; it was killed. "
-                "The last lines of its console:\n" + "".join(tail)
-            )
+            what = (f"{watch.hung} hung" if watch and watch.hung
+                    else "the lane VM locked up or froze")
+            sys.stdout.write(f"\nlane: {what}; the lane VM was killed. "
+                             "The last lines of its console:\n" + "".join(tail))
             return LANE_BROKE
         rc_file = outdir / "rc"
         if not rc_file.exists():
@@ -695,7 +798,7 @@ def lane_test(args):
     # A lane VM per binary: a lane VM that locks up or dies (an emulator
     # fault, docs/testing.md) costs that binary a rerun, not the whole
     # suite. A failed test runs once more, alone (below).
-    failed, retried, summary, flaky = [], [], [], []
+    failed, retried, summary, flaky, hung_twice, timings = [], [], [], [], [], []
     for t in tests:
         name = Path(t).name.rsplit("-", 1)[0]
         if arm and name not in ARM_TESTS:
@@ -713,7 +816,7 @@ def lane_test(args):
         # binary then gets through even when its lane VM breaks more than
         # once. Attempts that pass nothing new are limited to
         # LANE_RETRIES, all attempts to MAX_ATTEMPTS.
-        passed, attempt, fruitless = [], 0, 0
+        passed, attempt, fruitless, hung = [], 0, 0, []
         positional = [f for f in filters if not f.startswith("-")]
         resumable = not positional or "--exact" in filters
         while True:
@@ -724,13 +827,22 @@ def lane_test(args):
             print(f"\n== {name}" + (f" (again, attempt {attempt + 1}"
                                      + (f", without the {len(passed)} tests that passed" if skip else "")
                                      + ")" if attempt else ""), flush=True)
-            results = []
+            results, watch = [], TestWatch()
             rc = run_in_lane(
                 [t, "--include-ignored", *filters, *skip], env, args.timeout, args.cpus,
-                args.memory, ROOT, tcg=args.tcg, arch=args.arch, results=results,
+                args.memory, ROOT, tcg=args.tcg, arch=args.arch, results=results, watch=watch,
             )
             attempt += 1
+            timings.extend((f"{name}::{n}", secs) for n, secs in watch.timings)
+            if watch.hung:
+                hung.append(watch.hung)
             if rc != LANE_BROKE:
+                break
+            # A hung test is run again with the rest (it comes first then);
+            # one that hangs twice fails the binary.
+            if hung and hung.count(hung[-1]) > 1:
+                print(f"lane: {hung[-1]} hung twice", flush=True)
+                hung_twice.append(f"{name}::{hung[-1]}")
                 break
             retried.append(name)
             new = [line.split(" ", 1)[1] for line in results if line.startswith("ok ")]
@@ -748,15 +860,18 @@ def lane_test(args):
         failures = [line.split(" ", 1)[1] for line in results if line.startswith("failed ")]
         rerun_passed = []
         if rc not in (0, LANE_BROKE, LANE_TIMEOUT) and 0 < len(failures) <= RERUN_AT_MOST:
-            # The rerun's own lane VM may break too: then it gets another.
+            # The rerun's own lane VM may break too: then it gets another
+            # (not when the test hung in it: that is its second failure).
             for _ in range(1 + LANE_RETRIES):
                 print(f"\n== {name} (again, only {', '.join(failures)}, in a fresh lane VM)",
                       flush=True)
                 rc = run_in_lane(
                     [t, "--include-ignored", "--exact", *failures], env, args.timeout, args.cpus,
                     args.memory, ROOT, tcg=args.tcg, arch=args.arch, results=[],
+                    watch=(watch := TestWatch()),
                 )
-                if rc != LANE_BROKE:
+                timings.extend((f"{name}::{n}", secs) for n, secs in watch.timings)
+                if rc != LANE_BROKE or watch.hung:
                     break
                 retried.append(name)
             if rc == 0:
@@ -767,7 +882,9 @@ def lane_test(args):
                                             if rerun_passed else ""))
         else:
             failed.append(name)
-            summary.append(f"{name}: FAILED (status {rc})")
+            why = (f"{hung[-1]} hung twice" if hung and hung.count(hung[-1]) > 1
+                   else f"status {rc}")
+            summary.append(f"{name}: FAILED ({why})")
     print(f"\n{args.arch} lane summary:\n  " + "\n  ".join(summary), flush=True)
     if retried:
         print(f"lane: the lane VM broke (lockup or crash) under: {' '.join(retried)}; "
@@ -775,6 +892,13 @@ def lane_test(args):
     if flaky:
         print(f"lane: {len(flaky)} tests failed once and passed on a rerun: {' '.join(flaky)}",
               flush=True)
+    if hung_twice:
+        print(f"lane: tests that hung twice (ran for {TEST_HANG} s): "
+              f"{' '.join(hung_twice)}", flush=True)
+    slowest = sorted(timings, key=lambda t: -t[1])[:5]
+    if slowest:
+        print("lane: the slowest tests: "
+              + ", ".join(f"{n} {secs:.0f} s" for n, secs in slowest), flush=True)
     print(f"lane: {len(failed)} test binaries failed" + (f": {' '.join(failed)}" if failed else ""),
           flush=True)
     return 1 if failed else 0

@@ -139,8 +139,7 @@ pub fn strato_cmd(
         }
         if start.elapsed() > deadline {
             stalled = vmm_report(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
             break None;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -294,6 +293,27 @@ pub fn threads(pid: u32) -> String {
         }
     }
     out
+}
+
+/// Kills `child` (SIGKILL) and reaps it, waiting at most a minute: a
+/// process that SIGKILL cannot end (a thread stuck in the kernel) is left
+/// behind with its threads reported on stderr, so the test goes on to fail
+/// or pass instead of hanging the whole binary. None if it did not end.
+pub fn kill_and_reap(child: &mut std::process::Child) -> Option<ExitStatus> {
+    let _ = child.kill();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "process {} did not end within 60 s of SIGKILL; its threads:\n{}",
+        child.id(),
+        threads(child.id())
+    );
+    None
 }
 
 /// Where the guest of VMM process `pid` runs: one second of its vCPU

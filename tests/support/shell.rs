@@ -146,8 +146,7 @@ impl Shell {
                 break Some(s);
             }
             if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                crate::kill_and_reap(&mut self.child);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -167,8 +166,7 @@ impl Shell {
 
     fn failure(&mut self, what: &str) -> String {
         let threads = crate::vmm_report(self.child.id());
-        let _ = self.child.kill();
-        let status = self.child.wait();
+        let status = crate::kill_and_reap(&mut self.child);
         // The child is gone, so its stderr reader ends.
         let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
             .join()
@@ -182,7 +180,6 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::kill_and_reap(&mut self.child);
     }
 }
