@@ -2042,3 +2042,186 @@ fn a_forbidden_system_call_on_an_api_thread_kills_the_vmm_with_sigsys() {
         }
     }
 }
+
+/// What the `cpuid` guest printed: leaf 1 ECX and EDX, leaf 7 EBX and
+/// IA32_MISC_ENABLE.
+fn cpuid_report(console: &str) -> (u32, u32, u32, u64) {
+    let field = |prefix: &str, name: &str| -> u64 {
+        let line = console
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{console}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let i = words.iter().position(|w| *w == name).expect("field") + 1;
+        u64::from_str_radix(words[i], 16).expect("hex")
+    };
+    (
+        field("cpuid: 1 ", "ecx") as u32,
+        field("cpuid: 1 ", "edx") as u32,
+        field("cpuid: 7 ", "ebx") as u32,
+        field("cpuid: msr ", "1a0"),
+    )
+}
+
+/// Boots the `cpuid` guest from a config file in a directory of its own
+/// under `dir` and returns what it printed.
+fn cpuid_boot(dir: &Scratch, name: &str, extra: &str) -> (u32, u32, u32, u64) {
+    let cfg = dir.file(
+        &format!("{name}.json"),
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}{extra}}}"#,
+            guest("cpuid").display()
+        )
+        .as_bytes(),
+    );
+    let run = dir.0.join(name);
+    std::fs::create_dir_all(&run).unwrap();
+    let mut vm = Vm::start(&run, None, &["--config-file", &cfg, "--no-api"]);
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    cpuid_report(&vm.console_text())
+}
+
+/// The template of the CPU template tests: clears leaf 1 EDX bit 0 (FPU),
+/// sets leaf 7 EBX bit `free` and IA32_MISC_ENABLE bit 22 (limit CPUID
+/// maxval), which strato leaves clear.
+fn cpuid_template(free: u32) -> String {
+    let leaf7 = format!("0b1{}", "x".repeat(free as usize));
+    format!(
+        r#"{{"kvm_capabilities":["!56"],
+            "cpuid_modifiers":[
+              {{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{{"register":"edx","bitmap":"0b0"}}]}},
+              {{"leaf":"7","subleaf":"0","modifiers":[{{"register":"ebx","bitmap":"{leaf7}"}}]}}],
+            "msr_modifiers":[{{"addr":"0x1a0","bitmap":"0b1_xxxx_xxxx_xxxx_xxxx_xxxx_xx"}}]}}"#
+    )
+}
+
+/// A custom CPU template (Firecracker's `/cpu-config`, and its config
+/// file's `cpu-config` naming a file) changes the CPUID bits the guest
+/// reads, and nothing else of them. Hardware-style KVM only: software KVM
+/// here runs the guest's CPUID instruction on the host CPU, unseen.
+#[test]
+#[ignore = hardware_kvm!()]
+fn custom_cpu_template_changes_the_guest_s_cpuid() {
+    require_hardware_kvm();
+    let dir = Scratch::new("vm-api-cpuid");
+    let (ecx, edx, ebx7, misc) = cpuid_boot(&dir, "plain", "");
+    assert_ne!(edx & 1, 0, "the FPU bit is set without a template");
+    let free = (!ebx7).trailing_zeros();
+    assert!(free < 32, "leaf 7 EBX has every bit set");
+    let want = (ecx, edx & !1, ebx7 | (1 << free), misc | (1 << 22));
+    let file = dir.file("template.json", cpuid_template(free).as_bytes());
+    assert_eq!(
+        cpuid_boot(&dir, "from-file", &format!(r#","cpu-config":"{file}""#)),
+        want
+    );
+}
+
+/// A custom CPU template through the API and the config file: its MSR
+/// change reaches the guest, `GET /vm/config` shows it back, bad templates
+/// are refused with the field named, and one KVM cannot apply fails the
+/// start without losing the instance. (The CPUID part is checked where
+/// KVM runs the guest's CPUID: the test above.)
+#[test]
+fn custom_cpu_template_sets_msrs_and_bad_ones_are_refused() {
+    let dir = Scratch::new("vm-api-cpu-template");
+    let (ecx, edx, ebx7, misc) = cpuid_boot(&dir, "plain", "");
+    assert_eq!(misc & (1 << 22), 0);
+    let template = cpuid_template((!ebx7).trailing_zeros().min(31));
+    let file = dir.file("template.json", template.as_bytes());
+    let (.., got) = cpuid_boot(&dir, "from-file", &format!(r#","cpu-config":"{file}""#));
+    assert_eq!(got, misc | (1 << 22));
+    // A file that is not a regular file, or not a template, is refused
+    // before anything starts.
+    for (path, needle) in [
+        ("/dev/null", "not a regular file"),
+        (&dir.file("x.json", b"[]"), "not a JSON object"),
+    ] {
+        let cfg = dir.file(
+            "bad.json",
+            format!(
+                r#"{{"boot-source":{{"kernel_image_path":"{}"}},"cpu-config":"{path}"}}"#,
+                guest("cpuid").display()
+            )
+            .as_bytes(),
+        );
+        let run = dir.0.join("bad");
+        std::fs::create_dir_all(&run).unwrap();
+        let mut vm = Vm::start(&run, None, &["--config-file", &cfg, "--no-api"]);
+        let (code, err) = vm.wait_exit();
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains(needle) && err.contains("cpu-config"), "{err}");
+    }
+
+    // Through the API, shown back by GET /vm/config; bad ones first,
+    // which change nothing.
+    let run = dir.0.join("api");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut vm = Vm::start(&run, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    for (body, needle) in [
+        (
+            r#"{"msr_modifiers":[{"addr":"0x1a0","bitmap":"0b2"}]}"#,
+            "0, 1 or x",
+        ),
+        (
+            r#"{"cpuid_modifiers":[{"leaf":"1","subleaf":"0","modifiers":[{"register":"rax","bitmap":"0b1"}]}]}"#,
+            "\"rax\"",
+        ),
+        (
+            r#"{"reg_modifiers":[{"addr":"0x603000000013c020","bitmap":"0b1"}]}"#,
+            "reg_modifiers are not for x86_64",
+        ),
+        (r#"{"kvm_capabilities":["0x"]}"#, "KVM capability"),
+        (r#"{"cpuid":[]}"#, "unknown field"),
+    ] {
+        api.expect_fault("PUT", "/cpu-config", body, 400, needle);
+    }
+    let cfg = api.expect("GET", "/vm/config", None, 200).json();
+    assert!(cfg["cpu-config"].is_null(), "{cfg:?}");
+    api.expect("PUT", "/cpu-config", Some(&template), 204);
+    let cfg = api.expect("GET", "/vm/config", None, 200).json();
+    assert_eq!(cfg["cpu-config"]["msr_modifiers"][0]["addr"], "0x1a0");
+    let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, guest("cpuid").display());
+    api.expect("PUT", "/boot-source", Some(&boot), 204);
+    api.action("InstanceStart");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cpuid_report(&vm.console_text()).3, misc | (1 << 22));
+    api.check_schema(&dir.0);
+
+    // A leaf KVM does not give fails the start with 400; the instance
+    // stays configurable, and "None" as the static template replaces the
+    // custom one.
+    let run = dir.0.join("no-leaf");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut vm = Vm::start(&run, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/cpu-config",
+        Some(r#"{"cpuid_modifiers":[{"leaf":"0x4ffffff0","subleaf":"0","modifiers":[{"register":"eax","bitmap":"0b1"}]}]}"#),
+        204,
+    );
+    api.expect("PUT", "/boot-source", Some(&boot), 204);
+    api.expect_fault(
+        "PUT",
+        "/actions",
+        r#"{"action_type":"InstanceStart"}"#,
+        400,
+        "CPUID leaf 0x4ffffff0 subleaf 0x0 is not in the vCPU's CPUID",
+    );
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32,"cpu_template":"None"}"#),
+        204,
+    );
+    let cfg = api.expect("GET", "/vm/config", None, 200).json();
+    assert!(cfg["cpu-config"].is_null(), "{cfg:?}");
+    api.action("InstanceStart");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cpuid_report(&vm.console_text()), (ecx, edx, ebx7, misc));
+    api.check_schema(&dir.0);
+}

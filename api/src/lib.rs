@@ -4,6 +4,7 @@
 //! the command line and calls into it.
 
 pub mod client;
+pub mod cpu_config;
 pub mod daemon;
 pub mod firecracker;
 pub mod http;

@@ -20,6 +20,7 @@ use vmm::config::parse_mac;
 use vmm::seccomp::{ThreadFilter, ThreadKind};
 use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
 
+use crate::cpu_config::CpuConfig;
 use crate::http::{self, ApiError, Method, Reply, Request};
 
 /// API connections served at once. A microVM has one or two clients (its
@@ -543,6 +544,16 @@ struct FullConfig {
     metrics: Option<MetricsBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     entropy: Option<EntropyBody>,
+    /// The custom CPU template. Firecracker's config file names a file
+    /// holding it; [`load_config_file`] reads that in, so here (and in
+    /// `GET /vm/config`) it is the template itself.
+    #[serde(
+        rename = "cpu-config",
+        default,
+        deserialize_with = "object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    cpu_config: Option<CpuConfig>,
 }
 
 fn default_machine() -> MachineConfig {
@@ -577,6 +588,7 @@ impl Default for FullConfig {
             logger: None,
             metrics: None,
             entropy: None,
+            cpu_config: None,
         }
     }
 }
@@ -642,6 +654,22 @@ fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A custom CPU template that parses and is for this architecture.
+fn check_cpu_config(c: &CpuConfig) -> Result<(), ApiError> {
+    let t = c
+        .template()
+        .map_err(|e| ApiError::bad_request(format!("cpu-config: {e}")))?;
+    let foreign = t.foreign_parts(vmm::config::ARCH_NAME);
+    if !foreign.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "cpu-config: {} are not for {}",
+            foreign.join(" and "),
+            vmm::config::ARCH_NAME
+        )));
+    }
+    Ok(())
+}
+
 fn check_machine(m: &MachineConfig) -> Result<(), ApiError> {
     if m.vcpu_count == 0 || m.vcpu_count > vmm::config::MAX_VCPUS {
         return Err(ApiError::bad_request(format!(
@@ -677,7 +705,8 @@ fn check_machine(m: &MachineConfig) -> Result<(), ApiError> {
         Some(t @ ("C3" | "T2" | "T2S" | "T2CL" | "T2A")) => {
             return Err(ApiError::bad_request(format!(
                 "cpu_template {t} is not supported: the guest sees the host's CPU as KVM \
-                 offers it (cpu_template \"None\")"
+                 offers it (cpu_template \"None\"), or as a custom template from PUT \
+                 /cpu-config changes it"
             )))
         }
         Some(t) => {
@@ -915,6 +944,14 @@ impl Instance {
         let mut config = VmConfig::new(&boot.kernel_image_path, m.vcpu_count, m.mem_size_mib);
         config.max_vcpus = m.max_vcpus;
         config.smt = m.smt;
+        config.cpu_template = match &self.config.cpu_config {
+            // Checked when it was put; checked again, as it may not fail.
+            Some(c) => Some(
+                c.template()
+                    .map_err(|e| ApiError::bad_request(format!("cpu-config: {e}")))?,
+            ),
+            None => None,
+        };
         config.initrd = boot.initrd_path.clone();
         config.balloon = self.config.balloon.as_ref().map(BalloonBody::config);
         config.entropy = self
@@ -1185,7 +1222,22 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             let mut i = crate::lock(inst);
             i.before_start()?;
             check_machine(&m)?;
+            // As in Firecracker, the template set last applies: a static
+            // one ("None" is the only one here) replaces a custom one.
+            if m.cpu_template.is_some() {
+                i.config.cpu_config = None;
+            }
             i.config.machine_config = m;
+            ok
+        }
+        (Method::Put, ["cpu-config"]) => {
+            let c: CpuConfig = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            check_cpu_config(&c)?;
+            // The custom template replaces a static one.
+            i.config.machine_config.cpu_template = None;
+            i.config.cpu_config = Some(c);
             ok
         }
         (Method::Patch, ["machine-config"]) => {
@@ -1208,6 +1260,9 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             m.max_vcpus = p.max_vcpus.or(m.max_vcpus);
             m.cpu_template = p.cpu_template.clone().or(m.cpu_template);
             check_machine(&m)?;
+            if p.cpu_template.is_some() {
+                i.config.cpu_config = None;
+            }
             i.config.machine_config = m;
             ok
         }
@@ -1668,13 +1723,67 @@ fn flush_every_interval(inst: &Shared) {
     }
 }
 
+/// The most a CPU template file may hold (Firecracker's static templates
+/// are a few KiB).
+const CPU_CONFIG_FILE_MAX: u64 = 1 << 20;
+
 fn load_config_file(path: &Path) -> Result<FullConfig, String> {
-    let text = std::fs::read(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
-    parse_config(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    let in_file = |e: String| format!("config file {}: {e}", path.display());
+    let text = std::fs::read(path).map_err(|e| in_file(e.to_string()))?;
+    let mut value: Value = serde_json::from_slice(&text).map_err(|e| in_file(e.to_string()))?;
+    // Firecracker's "cpu-config" is the path of the template's file.
+    if let Some(Value::String(file)) = value.get("cpu-config") {
+        let template = read_cpu_config_file(Path::new(file)).map_err(in_file)?;
+        value["cpu-config"] = template;
+    }
+    config_from_value(value).map_err(in_file)
+}
+
+/// A CPU template file: a regular file of at most [`CPU_CONFIG_FILE_MAX`]
+/// bytes holding a template, as JSON again.
+fn read_cpu_config_file(path: &Path) -> Result<Value, String> {
+    use std::io::Read;
+    let name = || format!("cpu-config {}", path.display());
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", name()))?;
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", name()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", name()));
+    }
+    if meta.len() > CPU_CONFIG_FILE_MAX {
+        return Err(format!(
+            "{}: larger than {CPU_CONFIG_FILE_MAX} bytes",
+            name()
+        ));
+    }
+    let mut text = Vec::new();
+    file.take(CPU_CONFIG_FILE_MAX)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("{}: {e}", name()))?;
+    let value: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", name()))?;
+    // serde would also build the template from an array.
+    if !value.is_object() {
+        return Err(format!("{}: not a JSON object", name()));
+    }
+    let template: CpuConfig =
+        serde_json::from_value(value).map_err(|e| format!("{}: {e}", name()))?;
+    serde_json::to_value(template).map_err(|e| format!("{}: {e}", name()))
 }
 
 fn parse_config(text: &[u8]) -> Result<FullConfig, String> {
-    let config: FullConfig = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    config_from_value(serde_json::from_slice(text).map_err(|e| e.to_string())?)
+}
+
+fn config_from_value(value: Value) -> Result<FullConfig, String> {
+    let config: FullConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if let Some(c) = &config.cpu_config {
+        check_cpu_config(c).map_err(|e| e.message)?;
+    }
     check_machine(&config.machine_config).map_err(|e| e.message)?;
     if let Some(l) = &config.logger {
         l.level().map_err(|e| format!("logger: {e}"))?;

@@ -39,8 +39,10 @@ pub mod aarch64;
 pub use crate::aarch64::*;
 
 pub mod acpi_regs;
+pub mod cpu_template;
 pub mod kernel;
 
+pub use cpu_template::{CpuTemplate, TemplateError};
 pub use kernel::{KernelFormat, LoadError};
 
 /// A guest memory region that holds RAM: start address and length in bytes.
@@ -61,6 +63,9 @@ pub enum KvmError {
     /// A configuration the platform cannot describe.
     #[error("{0}")]
     Unsupported(String),
+    /// A CPU template that cannot be applied.
+    #[error("CPU template: {0}")]
+    Template(#[from] TemplateError),
 }
 
 /// Fails with the first of `caps` (a capability and its name for the

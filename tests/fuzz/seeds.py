@@ -228,6 +228,15 @@ def api_seeds():
         "network-interfaces": [{"iface_id": "n", "host_dev_name": "tap0"}],
     }
     write("api_bodies", "config-file", req(8, config) + b"\xff" + req(7, b""))
+    template = {
+        "kvm_capabilities": ["!56", "171"],
+        "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [
+            {"register": "edx", "bitmap": "0bxxxx_0000_0000_0011_xx00_0110_1111_0010"}]}],
+        "msr_modifiers": [{"addr": "0x1a0", "bitmap": "0b1" + "x" * 22}],
+    }
+    write("api_bodies", "cpu-config",
+          req(11, template, b"PUT /cpu-config") + b"\xff" + req(7, b"")
+          + b"\xff" + req(8, dict(config, **{"cpu-config": template})))
     create = {
         "id": "web-1", "vcpus": 2, "memory_mib": 512, "kernel": "/k", "cmdline": "console=ttyS0",
         "drives": [{"id": "root", "path": "/r", "root": True}],

@@ -93,6 +93,9 @@ pub struct VmConfig {
     pub balloon: Option<devices::virtio::balloon::BalloonConfig>,
     /// An entropy device (virtio-rng) with its rate limits, added last.
     pub entropy: Option<devices::rate_limiter::RateLimiterConfig>,
+    /// A custom CPU template (Firecracker's `/cpu-config`): CPUID and MSR
+    /// bits on x86_64, register bits and vCPU features on aarch64.
+    pub cpu_template: Option<arch::CpuTemplate>,
     /// Whether the vCPU and event-loop threads run under their seccomp
     /// filters (see [`crate::seccomp`]); on by default. With filters on, a
     /// [`SerialOutput::Writer`] runs on those threads and may only write
@@ -118,6 +121,7 @@ impl VmConfig {
             console: ConsoleKind::Serial,
             balloon: None,
             entropy: None,
+            cpu_template: None,
             seccomp: true,
         }
     }
@@ -155,6 +159,15 @@ impl VmConfig {
                 if n > 1 && n % 2 == 1 {
                     return Err(ConfigError::OddSmt(n));
                 }
+            }
+        }
+        if let Some(t) = &self.cpu_template {
+            let foreign = t.foreign_parts(arch::ARCH_NAME);
+            if !foreign.is_empty() {
+                return Err(ConfigError::ForeignTemplate(
+                    foreign.join(" and "),
+                    arch::ARCH_NAME,
+                ));
             }
         }
         if self.memory_mib < MIN_MEMORY_MIB {

@@ -14,6 +14,9 @@ pub enum ConfigError {
     /// A maximum vCPU count below the boot count.
     #[error("max_vcpus {1} is below the {0} vCPUs to boot with")]
     MaxBelowVcpus(u32, u32),
+    /// A CPU template with parts for another architecture.
+    #[error("CPU template: {0} are not for {1}")]
+    ForeignTemplate(String, &'static str),
     /// A balloon larger than the guest.
     #[error("balloon amount_mib {0} is more than the guest's {1} MiB of memory")]
     BalloonTooLarge(u32, u64),
@@ -124,6 +127,9 @@ pub enum Error {
     /// An OS resource (eventfd, thread, file) failed.
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),
+    /// The CPU template cannot be applied on this host.
+    #[error("CPU template: {0}")]
+    CpuTemplate(#[source] arch::TemplateError),
 }
 
 impl From<arch::KvmError> for Error {
@@ -132,6 +138,7 @@ impl From<arch::KvmError> for Error {
             arch::KvmError::Cap(name) => Error::KvmCap(name),
             arch::KvmError::Call(call, e) => Error::Kvm(call, e),
             arch::KvmError::Unsupported(what) => Error::Device(what),
+            arch::KvmError::Template(t) => Error::CpuTemplate(t),
         }
     }
 }

@@ -15,6 +15,8 @@ pub mod seccomp;
 mod vcpu;
 mod vm;
 
+/// Custom CPU templates (Firecracker's `/cpu-config`), parsed.
+pub use arch::cpu_template;
 pub use config::{
     BlockConfig, ConsoleKind, NetConfig, SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE,
 };

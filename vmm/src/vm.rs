@@ -597,8 +597,15 @@ impl Vm {
         // fail for want of memory or a KVM limit, and the API thread needs
         // no vCPU-creating system calls.
         let (boot_vcpus, max_vcpus) = (config.vcpus, config.max_vcpus());
+        // What the vCPUs are configured from (on aarch64 the chipset
+        // creates them, with the template's features).
+        let mut setup = arch::VcpuSetup::new(kvm)?;
+        setup.set_smt(config.smt);
+        if let Some(t) = &config.cpu_template {
+            setup.set_template(kvm, t)?;
+        }
         // Devices come after: their irqfds need the interrupt controller.
-        let mut chipset = arch::create_chipset(kvm, vm_fd, max_vcpus)?;
+        let mut chipset = arch::create_chipset(kvm, vm_fd, max_vcpus, &setup)?;
         let control = Arc::new(VcpuControl::new(boot_vcpus, max_vcpus));
 
         // Blocking: `wait` sleeps in read() until a reason is recorded.
@@ -789,8 +796,6 @@ impl Vm {
         .map_err(crate::error::BootError::from)?;
 
         // vCPUs: all configured before any runs.
-        let mut setup = arch::VcpuSetup::new(kvm)?;
-        setup.set_smt(config.smt);
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
         for (id, fd) in (0..).zip(vcpu_fds) {
             let mut vcpu = Vcpu::new(

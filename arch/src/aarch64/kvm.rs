@@ -12,9 +12,9 @@ use kvm_bindings::{
     kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_vcpu_init, PSR_MODE_EL1h, KVM_ARM_VCPU_POWER_OFF,
     KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR,
     KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG,
-    KVM_REG_ARM_CORE, KVM_REG_SIZE_U64, KVM_VGIC_V2_ADDR_TYPE_CPU, KVM_VGIC_V2_ADDR_TYPE_DIST,
-    KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST, PSR_A_BIT, PSR_D_BIT, PSR_F_BIT,
-    PSR_I_BIT,
+    KVM_REG_ARM_CORE, KVM_REG_SIZE_MASK, KVM_REG_SIZE_SHIFT, KVM_REG_SIZE_U64,
+    KVM_VGIC_V2_ADDR_TYPE_CPU, KVM_VGIC_V2_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_DIST,
+    KVM_VGIC_V3_ADDR_TYPE_REDIST, PSR_A_BIT, PSR_D_BIT, PSR_F_BIT, PSR_I_BIT,
 };
 use kvm_ioctls::{Cap, DeviceFd, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::pe::PE;
@@ -24,8 +24,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use super::fdt::{build_fdt, FdtConfig, GicVersion};
 use super::fdt_addr;
 use super::layout::*;
+use crate::cpu_template::{CpuTemplate, FeatureModifier, RegModifier};
 use crate::kernel::{KernelFormat, LoadError};
-use crate::{BootConfig, KvmError, RamRegion};
+use crate::{BootConfig, KvmError, RamRegion, TemplateError};
 
 /// Fails unless KVM has what this platform needs.
 pub fn check_kvm(kvm: &Kvm) -> Result<(), KvmError> {
@@ -84,7 +85,12 @@ pub fn create_vcpus(
 /// first powered off until the guest starts them with `CPU_ON`), then the
 /// GIC, which KVM sizes to the vCPUs that exist when it is initialised:
 /// here the vCPUs must come first, and the devices' irqfds after the GIC.
-pub fn create_chipset(_kvm: &Kvm, vm_fd: &VmFd, count: u32) -> Result<Chipset, KvmError> {
+pub fn create_chipset(
+    _kvm: &Kvm,
+    vm_fd: &VmFd,
+    count: u32,
+    setup: &VcpuSetup,
+) -> Result<Chipset, KvmError> {
     let mut preferred = kvm_vcpu_init::default();
     vm_fd
         .get_preferred_target(&mut preferred)
@@ -98,6 +104,11 @@ pub fn create_chipset(_kvm: &Kvm, vm_fd: &VmFd, count: u32) -> Result<Chipset, K
         init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
         if id > 0 {
             init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+        }
+        for f in &setup.features {
+            // set_template checked the index.
+            let word = &mut init.features[f.index as usize];
+            *word = f.bits.apply_u32(*word);
         }
         fd.vcpu_init(&init)
             .map_err(|e| KvmError::Call("KVM_ARM_VCPU_INIT", e))?;
@@ -202,13 +213,40 @@ pub fn guest_listens_to_power_button(_vm_fd: &VmFd) -> bool {
     false
 }
 
-/// Nothing is read from KVM before configuring vCPUs here.
-pub struct VcpuSetup;
+/// What the vCPUs are made with: the CPU template's `KVM_ARM_VCPU_INIT`
+/// features and register changes. Nothing is read from KVM here.
+#[derive(Default)]
+pub struct VcpuSetup {
+    features: Vec<FeatureModifier>,
+    regs: Vec<RegModifier>,
+}
 
 impl VcpuSetup {
-    /// Nothing to read.
+    /// No template yet.
     pub fn new(_kvm: &Kvm) -> Result<VcpuSetup, KvmError> {
-        Ok(VcpuSetup)
+        Ok(VcpuSetup::default())
+    }
+
+    /// Applies a CPU template: its features when the vCPUs are
+    /// initialised, its registers when each is configured. Fails, changing
+    /// nothing, on a part for another architecture, a capability KVM lacks
+    /// or a feature word past `KVM_ARM_VCPU_INIT`'s.
+    pub fn set_template(&mut self, kvm: &Kvm, template: &CpuTemplate) -> Result<(), KvmError> {
+        template.check(crate::ARCH_NAME, |c| kvm.check_extension_raw(c.into()) > 0)?;
+        let words = kvm_vcpu_init::default().features.len();
+        if let Some(f) = template
+            .vcpu_features
+            .iter()
+            .find(|f| f.index as usize >= words)
+        {
+            return Err(KvmError::Unsupported(format!(
+                "CPU template: vcpu_features index {} is past the {words} words of KVM_ARM_VCPU_INIT",
+                f.index
+            )));
+        }
+        self.features = template.vcpu_features.clone();
+        self.regs = template.regs.clone();
+        Ok(())
     }
 
     /// No SMT topology here ([`crate::SMT`] is false; the configuration
@@ -239,9 +277,12 @@ pub fn configure_vcpu(
     fd: &VcpuFd,
     _id: u32,
     _vcpus: u32,
-    _setup: &VcpuSetup,
+    setup: &VcpuSetup,
     boot: Option<&KernelEntry>,
 ) -> Result<(), KvmError> {
+    for m in &setup.regs {
+        apply_reg(fd, m)?;
+    }
     if let Some(boot) = boot {
         for (reg, value, what) in [
             (REG_PSTATE, BOOT_PSTATE, "KVM_SET_ONE_REG (pstate)"),
@@ -252,6 +293,29 @@ pub fn configure_vcpu(
                 .map_err(|e| KvmError::Call(what, e))?;
         }
     }
+    Ok(())
+}
+
+/// Changes one register as the template says: read, modify, write, in
+/// the size its id gives (KVM_REG_SIZE: 1 << n bytes, up to 128 bits
+/// here). KVM on Linux 6.1 refuses writes to the ID registers; that is
+/// an error, not a template half applied.
+fn apply_reg(fd: &VcpuFd, m: &RegModifier) -> Result<(), KvmError> {
+    let refused = |why: String| TemplateError::Refused {
+        what: "register",
+        addr: m.addr,
+        why,
+    };
+    let size = 1usize << ((m.addr & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT);
+    if size > 16 {
+        return Err(refused(format!("has {size}-byte values; templates change up to 16")).into());
+    }
+    let mut buf = [0u8; 16];
+    fd.get_one_reg(m.addr, &mut buf[..size])
+        .map_err(|e| refused(format!("does not read it: {e}")))?;
+    let value = m.bits.apply(u128::from_le_bytes(buf));
+    fd.set_one_reg(m.addr, &value.to_le_bytes()[..size])
+        .map_err(|e| refused(format!("does not take {value:#x}: {e}")))?;
     Ok(())
 }
 

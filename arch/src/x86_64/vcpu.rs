@@ -2,8 +2,8 @@
 //! entry registers for the boot vCPU, and what an exit report reads back.
 
 use kvm_bindings::{
-    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
-    KVM_MAX_CPUID_ENTRIES,
+    kvm_msr_entry, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use log::warn;
@@ -11,17 +11,20 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::loader::KernelEntry;
 use super::{boot_fpu, boot_msrs, boot_regs, setup_cpuid, setup_lint, setup_sregs};
-use crate::KvmError;
+use crate::cpu_template::{CpuTemplate, CpuidModifier, CpuidRegister, MsrModifier};
+use crate::{KvmError, TemplateError};
 
 /// Longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
 
-/// What every vCPU of a VM is configured from: KVM's supported CPUID and
-/// whether its LAPIC has the TSC-deadline timer.
+/// What every vCPU of a VM is configured from: KVM's supported CPUID,
+/// whether its LAPIC has the TSC-deadline timer, the topology and the CPU
+/// template.
 pub struct VcpuSetup {
     supported: CpuId,
     tsc_deadline: bool,
     threads_per_core: u8,
+    msrs: Vec<MsrModifier>,
 }
 
 impl VcpuSetup {
@@ -33,13 +36,87 @@ impl VcpuSetup {
                 .map_err(|e| KvmError::Call("KVM_GET_SUPPORTED_CPUID", e))?,
             tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
             threads_per_core: 1,
+            msrs: Vec::new(),
         })
+    }
+
+    /// Applies a CPU template: its CPUID changes go into what every vCPU
+    /// starts from (before the topology, which strato sets itself), its
+    /// MSR changes are made at each vCPU's configuration. Fails, changing
+    /// nothing, on a part for another architecture, a capability KVM
+    /// lacks or a CPUID leaf KVM does not give.
+    pub fn set_template(&mut self, kvm: &Kvm, template: &CpuTemplate) -> Result<(), KvmError> {
+        template.check(crate::ARCH_NAME, |c| kvm.check_extension_raw(c.into()) > 0)?;
+        let mut cpuid = self.supported.clone();
+        apply_cpuid(&mut cpuid, &template.cpuid)?;
+        self.supported = cpuid;
+        self.msrs = template.msrs.clone();
+        Ok(())
     }
 
     /// Two threads to a core (Firecracker's `smt`), or one.
     pub fn set_smt(&mut self, smt: bool) {
         self.threads_per_core = if smt { 2 } else { 1 };
     }
+}
+
+/// Changes the template's CPUID registers; a leaf and subleaf KVM does
+/// not give is an error (an entry made up for it would tell the guest of
+/// a leaf past the maximum the CPU reports).
+fn apply_cpuid(cpuid: &mut CpuId, modifiers: &[CpuidModifier]) -> Result<(), TemplateError> {
+    for m in modifiers {
+        let entry = cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == m.leaf && e.index == m.subleaf)
+            .ok_or(TemplateError::NoSuchLeaf {
+                leaf: m.leaf,
+                subleaf: m.subleaf,
+            })?;
+        let reg = match m.register {
+            CpuidRegister::Eax => &mut entry.eax,
+            CpuidRegister::Ebx => &mut entry.ebx,
+            CpuidRegister::Ecx => &mut entry.ecx,
+            CpuidRegister::Edx => &mut entry.edx,
+        };
+        *reg = m.bits.apply_u32(*reg);
+    }
+    Ok(())
+}
+
+/// Changes one MSR of a vCPU as the template says: read, modify, write.
+/// KVM may keep some bits as they were without saying so (Firecracker's
+/// documentation warns of the same); an MSR it neither reads nor takes is
+/// an error.
+fn apply_msr(fd: &VcpuFd, m: &MsrModifier) -> Result<(), KvmError> {
+    let refused = |why: &str| TemplateError::Refused {
+        what: "MSR",
+        addr: m.addr.into(),
+        why: why.to_string(),
+    };
+    let one = |data| {
+        Msrs::from_entries(&[kvm_msr_entry {
+            index: m.addr,
+            data,
+            ..Default::default()
+        }])
+        .map_err(|e| KvmError::Unsupported(format!("{e:?}")))
+    };
+    let mut msrs = one(0)?;
+    let read = fd
+        .get_msrs(&mut msrs)
+        .map_err(|e| KvmError::Call("KVM_GET_MSRS", e))?;
+    if read != 1 {
+        return Err(refused("does not read it").into());
+    }
+    let value = m.bits.apply_u64(msrs.as_slice()[0].data);
+    let written = fd
+        .set_msrs(&one(value)?)
+        .map_err(|e| KvmError::Call("KVM_SET_MSRS", e))?;
+    if written != 1 {
+        return Err(refused(&format!("does not take {value:#x}")).into());
+    }
+    Ok(())
 }
 
 /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets the entry
@@ -74,6 +151,9 @@ pub fn configure_vcpu(
             "vCPU {id}: KVM refused MSR {:#x}",
             msrs.as_slice()[set].index
         );
+    }
+    for m in &setup.msrs {
+        apply_msr(fd, m)?;
     }
     fd.set_fpu(&boot_fpu())
         .map_err(|e| KvmError::Call("KVM_SET_FPU", e))?;
@@ -136,5 +216,43 @@ pub fn faulting_instruction(fd: &mut VcpuFd, mem: &GuestMemoryMmap) -> Vec<u8> {
     match mem.read(&mut buf, GuestAddress(t.physical_address)) {
         Ok(n) => buf[..n].to_vec(),
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_template::BitModifier;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn cpuid_modifiers_change_their_leaf_and_nothing_else() {
+        let leaf = |function, index| kvm_cpuid_entry2 {
+            function,
+            index,
+            ecx: 0xffff_0000,
+            ..Default::default()
+        };
+        let mut cpuid = CpuId::from_entries(&[leaf(7, 0), leaf(7, 1), leaf(1, 0)]).unwrap();
+        let clear_low = CpuidModifier {
+            leaf: 7,
+            subleaf: 1,
+            register: CpuidRegister::Ecx,
+            bits: BitModifier::parse("0b1111_0000_0000_0001", 32).unwrap(),
+        };
+        apply_cpuid(&mut cpuid, &[clear_low]).unwrap();
+        let ecx: Vec<u32> = cpuid.as_slice().iter().map(|e| e.ecx).collect();
+        assert_eq!(ecx, [0xffff_0000, 0xffff_f001, 0xffff_0000]);
+        let missing = CpuidModifier {
+            subleaf: 2,
+            ..clear_low
+        };
+        assert_eq!(
+            apply_cpuid(&mut cpuid, &[missing]),
+            Err(TemplateError::NoSuchLeaf {
+                leaf: 7,
+                subleaf: 2
+            })
+        );
     }
 }

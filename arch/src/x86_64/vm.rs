@@ -108,7 +108,12 @@ impl Chipset {
 /// line in 3 of 7 lane runs (three booting at once), and none in 5 runs
 /// since. Why is not known; a vCPU's TSC starts when it is created, and
 /// the lane's host TSC is unstable.
-pub fn create_chipset(kvm: &Kvm, vm_fd: &VmFd, _vcpus: u32) -> Result<Chipset, KvmError> {
+pub fn create_chipset(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    _vcpus: u32,
+    _setup: &crate::VcpuSetup,
+) -> Result<Chipset, KvmError> {
     vm_fd
         .create_irq_chip()
         .map_err(|e| KvmError::Call("KVM_CREATE_IRQCHIP", e))?;

@@ -41,8 +41,8 @@ for s in "$src"/*.S; do
     image "$name"
 done
 
-# The C guests that have no x86 instructions in them (acpi, kbd, net-bench
-# and ticker talk to x86 ports or use x86 barriers). No FP/SIMD registers
+# The C guests that have no x86 instructions in them (acpi, cpuid, kbd,
+# net-bench and ticker talk to x86 ports or use x86 instructions). No FP/SIMD registers
 # (the guest never enables them); -fno-tree-loop-distribute-patterns keeps
 # lib.c's memset and memcpy loops from becoming calls to themselves.
 C_GUESTS=(console blk-check blk-copy net hostile rng many)
