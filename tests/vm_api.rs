@@ -2002,6 +2002,65 @@ fn a_drive_s_rate_limiter_holds_the_guest_to_its_rate() {
     }
 }
 
+/// A NIC's transmit rate limiter holds the guest to its rate, as the
+/// drive's above: the tiny guest sends 10000 frames of 1514 bytes (15.1 MB,
+/// as fast as it can), the limiter allows 10 MiB/s from a 1 MiB bucket
+/// (full at the start), so the last 14.1 MB wait 1.34 s; with 2000 frames a
+/// second from a bucket of 500, 4000 frames wait 1.75 s. Each run may take
+/// what the unlimited one took on top.
+#[test]
+fn a_nic_s_rate_limiter_holds_the_guest_to_its_rate() {
+    let dir = Scratch::new("vm-api-net-rate");
+    let ns = Netns::new("vmapi-rate", &["tap0"]);
+    let mut n = 0;
+    let mut run = |count: u32, limiter: &str| {
+        n += 1;
+        let run = dir.0.join(format!("run{n}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg = dir.file(
+            &format!("cfg{n}.json"),
+            format!(
+                r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"console=ttyS0 mode=tx size=1514 count={count}"}},
+                "machine-config":{{"vcpu_count":1,"mem_size_mib":32}},
+                "network-interfaces":[{{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:ac:10:00:02"{limiter}}}]}}"#,
+                guest("net-bench").display()
+            )
+            .as_bytes(),
+        );
+        let start = Instant::now();
+        let mut vm = Vm::start(&run, Some(&ns), &["--config-file", &cfg, "--no-api"]);
+        let (code, err) = vm.wait_exit();
+        let took = start.elapsed();
+        let console = vm.console_text();
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            console.contains(&format!("net-bench: tx {count} done")),
+            "{console}"
+        );
+        took
+    };
+    for (count, limiter, want) in [
+        (
+            10_000,
+            r#","tx_rate_limiter":{"bandwidth":{"size":1048576,"refill_time":100}}"#,
+            Duration::from_millis(1344),
+        ),
+        (
+            4_000,
+            r#","tx_rate_limiter":{"ops":{"size":500,"refill_time":250}}"#,
+            Duration::from_millis(1750),
+        ),
+    ] {
+        let free = run(count, "");
+        let took = run(count, limiter);
+        println!("{limiter}: {took:?}, unlimited {free:?}");
+        assert!(
+            took >= want * 9 / 10 && took <= want * 11 / 10 + free,
+            "{limiter}: {took:?}, expected {want:?} (+ up to {free:?} unlimited)"
+        );
+    }
+}
+
 #[test]
 fn a_forbidden_system_call_on_an_api_thread_kills_the_vmm_with_sigsys() {
     use std::os::unix::process::ExitStatusExt;
