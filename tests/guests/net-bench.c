@@ -6,9 +6,9 @@
  *       fast as the transmit ring allows: every descriptor points at the
  *       same frame and the whole ring is kept in flight.  Prints
  *       "net-bench: tx <n> done".
- *   mode=rx count=<n>  posts the whole receive ring (2 KiB buffers) and
- *       counts received frames of ethertype 0x88b5 until n.  Prints
- *       "net-bench: rx <got> done" (got >= n: the rest of the last batch
+ *   mode=rx count=<n>  posts the whole receive ring (2 KiB buffers),
+ *       prints "net-bench: rx ready", and counts received frames of
+ *       ethertype 0x88b5 until n.  Prints "net-bench: rx <got> done" (got >= n: the rest of the last batch
  *       counts too).
  *   batch=<k>     repost (and notify) once at least k descriptors have
  *       been used (default 1: as soon as any has).
@@ -149,6 +149,7 @@ static void rx(struct vdev *d, uint64_t count)
     }
     repost(&rxq, n);
     kick(&rxq);
+    print("net-bench: rx ready\n");
     uint64_t got = 0, seen = 0, timeout = io_timeout_ms();
     while (got < count) {
         int k = wait_used(&rxq, batch, (uint64_t)-1, timeout);

@@ -406,6 +406,12 @@ impl Net {
             if self.rx_len == 0 {
                 self.rx_paid = false;
                 match self.tap.read_frame(&mut self.rx_frame) {
+                    Ok(n) if n > VNET_HDR_LEN && self.active.is_none() => {
+                        // The link is down until the driver runs: the frame
+                        // is dropped, and costs the guest none of its rate.
+                        self.stats.rx_fails.inc();
+                        continue;
+                    }
                     Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
                     Ok(_) => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -672,6 +678,47 @@ mod tests {
         }
         assert_eq!(used_idx(&m, 0), 2);
         assert!(start.elapsed() >= std::time::Duration::from_millis(900));
+    }
+
+    #[test]
+    fn frames_before_the_driver_runs_are_dropped_free_of_the_limiter() {
+        let (ours, host) = UnixDatagram::pair().unwrap();
+        for s in [&ours, &host] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut net = Net::with_tap(
+            Tap::from_fd(ours.into(), "test0"),
+            [6, 0, 0, 0, 0, 1],
+            [evt(), evt()],
+            Arc::new(DeviceSignals::new(evt())),
+        );
+        net.set_rate_limits(&one_per_second(), &RateLimiterConfig::default())
+            .unwrap();
+        let mut em = event_manager::EventManager::<Arc<std::sync::Mutex<Net>>>::new().unwrap();
+        for _ in 0..3 {
+            host.send(&[0x5a; 72]).unwrap();
+        }
+        let net = Arc::new(std::sync::Mutex::new(net));
+        event_manager::SubscriberOps::add_subscriber(&mut em, net.clone());
+        em.run_with_timeout(0).unwrap();
+        {
+            let net = net.lock().unwrap();
+            assert_eq!(net.stats.rx_fails.get(), 3, "dropped: no driver yet");
+            assert!(!net.rx_limiter.as_ref().unwrap().waiting());
+        }
+        // The driver comes up: its first frame goes through at once, on
+        // the limiter's one token.
+        let m = mem();
+        net.lock()
+            .unwrap()
+            .activate(m.clone(), 0, vec![ring_queue(0, 16), ring_queue(1, 16)])
+            .unwrap();
+        write_desc(&m, 0, 0, (0x8000, 2048, 2, 0));
+        make_available(&m, 0, &[0]);
+        host.send(&[0x5a; 72]).unwrap();
+        em.run_with_timeout(0).unwrap();
+        assert_eq!(used_idx(&m, 0), 1);
     }
 
     #[test]
