@@ -5,7 +5,8 @@
  *       default 60; broadcast, ethertype 0x88b5, from the device's MAC) as
  *       fast as the transmit ring allows: every descriptor points at the
  *       same frame and the whole ring is kept in flight.  Prints
- *       "net-bench: tx <n> done".
+ *       "net-bench: tx start" before the first and "net-bench: tx <n>
+ *       done" after the last.
  *   mode=rx count=<n>  posts the whole receive ring (2 KiB buffers),
  *       prints "net-bench: rx ready", and counts received frames of
  *       ethertype 0x88b5 until n.  Prints "net-bench: rx <got> done" (got >= n: the rest of the last batch
@@ -117,6 +118,7 @@ static void tx(struct vdev *d, uint64_t count)
         txq.avail->ring[i] = i;
     }
     uint64_t posted = MIN(count, n), done = 0, timeout = io_timeout_ms();
+    print("net-bench: tx start\n");
     repost(&txq, posted);
     if (posted)
         kick(&txq);
