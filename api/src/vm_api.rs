@@ -1730,21 +1730,25 @@ const CPU_CONFIG_FILE_MAX: u64 = 1 << 20;
 fn load_config_file(path: &Path) -> Result<FullConfig, String> {
     let in_file = |e: String| format!("config file {}: {e}", path.display());
     let text = std::fs::read(path).map_err(|e| in_file(e.to_string()))?;
-    let mut value: Value = serde_json::from_slice(&text).map_err(|e| in_file(e.to_string()))?;
-    // Firecracker's "cpu-config" is the path of the template's file.
-    if let Some(Value::String(file)) = value.get("cpu-config") {
-        let template = read_cpu_config_file(Path::new(file)).map_err(in_file)?;
-        value["cpu-config"] = template;
+    // Firecracker's "cpu-config" is the path of the template's file: read
+    // in, the config goes on as a value (its errors without line numbers).
+    if let Ok(mut value) = serde_json::from_slice::<Value>(&text) {
+        if let Some(Value::String(file)) = value.get("cpu-config") {
+            let template = read_cpu_config_file(Path::new(file)).map_err(in_file)?;
+            value["cpu-config"] = template;
+            let config = serde_json::from_value(value).map_err(|e| in_file(e.to_string()))?;
+            return check_config(config).map_err(in_file);
+        }
     }
-    config_from_value(value).map_err(in_file)
+    parse_config(&text).map_err(in_file)
 }
 
 /// A CPU template file: a regular file of at most [`CPU_CONFIG_FILE_MAX`]
 /// bytes holding a template, as JSON again.
 fn read_cpu_config_file(path: &Path) -> Result<Value, String> {
     use std::io::Read;
-    let name = || format!("cpu-config {}", path.display());
     use std::os::unix::fs::OpenOptionsExt;
+    let name = || format!("cpu-config {}", path.display());
     // Non-blocking: opening a FIFO for reading would wait for a writer.
     let file = OpenOptions::new()
         .read(true)
@@ -1776,11 +1780,11 @@ fn read_cpu_config_file(path: &Path) -> Result<Value, String> {
 }
 
 fn parse_config(text: &[u8]) -> Result<FullConfig, String> {
-    config_from_value(serde_json::from_slice(text).map_err(|e| e.to_string())?)
+    check_config(serde_json::from_slice(text).map_err(|e| e.to_string())?)
 }
 
-fn config_from_value(value: Value) -> Result<FullConfig, String> {
-    let config: FullConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+/// What the API checks of each section, for a config file.
+fn check_config(config: FullConfig) -> Result<FullConfig, String> {
     if let Some(c) = &config.cpu_config {
         check_cpu_config(c).map_err(|e| e.message)?;
     }
