@@ -306,10 +306,6 @@ fn a_nic_s_receive_rate_limiter_holds_the_guest_to_its_rate() {
     ] {
         let free = run("");
         let took = run(limiter);
-        println!("{limiter}: {took:?}, unlimited {free:?}");
-        assert!(
-            took >= want * 9 / 10 && took <= want * 11 / 10 + free,
-            "{limiter}: {took:?}, expected {want:?} (+ up to {free:?} unlimited)"
-        );
+        strato_tests::assert_rate(limiter, took, want, free);
     }
 }

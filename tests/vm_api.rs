@@ -1994,11 +1994,7 @@ fn a_drive_s_rate_limiter_holds_the_guest_to_its_rate() {
         ),
     ] {
         let took = run(limiter);
-        println!("{limiter}: {took:?}, unlimited {free:?}");
-        assert!(
-            took >= want * 9 / 10 && took <= want * 11 / 10 + free,
-            "{limiter}: {took:?}, expected {want:?} (+ up to {free:?} unlimited)"
-        );
+        strato_tests::assert_rate(limiter, took, want, free);
     }
 }
 
@@ -2060,11 +2056,7 @@ fn a_nic_s_rate_limiter_holds_the_guest_to_its_rate() {
     ] {
         let free = run(count, "");
         let took = run(count, limiter);
-        println!("{limiter}: {took:?}, unlimited {free:?}");
-        assert!(
-            took >= want * 9 / 10 && took <= want * 11 / 10 + free,
-            "{limiter}: {took:?}, expected {want:?} (+ up to {free:?} unlimited)"
-        );
+        strato_tests::assert_rate(limiter, took, want, free);
     }
 }
 

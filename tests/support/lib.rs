@@ -295,6 +295,17 @@ pub fn threads(pid: u32) -> String {
     out
 }
 
+/// Asserts that a rate-limited run took what its limiter asks: at least
+/// 90 % of `want`, at most 110 % of it plus what the unlimited run took
+/// (`free`); prints the figures for the log.
+pub fn assert_rate(what: &str, took: Duration, want: Duration, free: Duration) {
+    println!("{what}: {took:?}, unlimited {free:?}");
+    assert!(
+        took >= want * 9 / 10 && took <= want * 11 / 10 + free,
+        "{what}: {took:?}, expected {want:?} (+ up to {free:?} unlimited)"
+    );
+}
+
 /// Kills `child` (SIGKILL) and reaps it, waiting at most a minute: a
 /// process that SIGKILL cannot end (a thread stuck in the kernel) is left
 /// behind with its threads reported on stderr, so the test goes on to fail
