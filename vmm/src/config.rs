@@ -91,6 +91,10 @@ pub struct VmConfig {
     pub console: ConsoleKind,
     /// A memory balloon (virtio-balloon), added after the other devices.
     pub balloon: Option<devices::virtio::balloon::BalloonConfig>,
+    /// Hotpluggable memory (virtio-mem): a region above RAM that the guest
+    /// plugs in blocks while it runs, up to what
+    /// [`crate::VmController::memory_hotplug`] requests; nothing at boot.
+    pub memory_hotplug: Option<devices::virtio::mem::MemConfig>,
     /// An entropy device (virtio-rng) with its rate limits, added last.
     pub entropy: Option<devices::rate_limiter::RateLimiterConfig>,
     /// A custom CPU template (Firecracker's `/cpu-config`): CPUID and MSR
@@ -120,6 +124,7 @@ impl VmConfig {
             nets: Vec::new(),
             console: ConsoleKind::Serial,
             balloon: None,
+            memory_hotplug: None,
             entropy: None,
             cpu_template: None,
             seccomp: true,
@@ -190,7 +195,16 @@ impl VmConfig {
             + self.nets.len()
             + usize::from(self.console == ConsoleKind::Virtio)
             + usize::from(self.balloon.is_some())
+            + usize::from(self.memory_hotplug.is_some())
             + usize::from(self.entropy.is_some());
+        if let Some(h) = &self.memory_hotplug {
+            h.validate().map_err(ConfigError::MemoryHotplug)?;
+            let (start, end) = arch::hotplug_window(self.memory_mib << 20);
+            let room = end.saturating_sub(start) >> 20;
+            if h.total_size_mib > room {
+                return Err(ConfigError::HotplugTooLarge(h.total_size_mib, room));
+            }
+        }
         if let Some(b) = &self.balloon {
             if u64::from(b.amount_mib) > self.memory_mib {
                 return Err(ConfigError::BalloonTooLarge(b.amount_mib, self.memory_mib));

@@ -20,6 +20,12 @@ pub enum ConfigError {
     /// A balloon larger than the guest.
     #[error("balloon amount_mib {0} is more than the guest's {1} MiB of memory")]
     BalloonTooLarge(u32, u64),
+    /// Hotpluggable memory sized wrong.
+    #[error("memory hotplug: {0}")]
+    MemoryHotplug(#[source] devices::virtio::mem::Error),
+    /// Hotpluggable memory beyond the guest-physical space left above RAM.
+    #[error("memory hotplug: total_size_mib {0} does not fit the {1} MiB of address space above the guest's RAM")]
+    HotplugTooLarge(u64, u64),
     /// Room for more vCPUs where vCPUs cannot be plugged.
     #[error("vCPUs cannot be plugged while the guest runs on {0}: max_vcpus must equal vcpus")]
     NoVcpuHotplug(&'static str),

@@ -28,6 +28,11 @@ pub use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 pub use devices::virtio::balloon::{
     BalloonConfig, BalloonShared, BalloonStats, Error as BalloonError,
 };
+/// Hotpluggable memory (virtio-mem): its sizes, controls and status.
+pub use devices::virtio::mem::{
+    Error as MemoryHotplugError, MemConfig as MemoryHotplugConfig, MemShared as MemoryHotplug,
+    MemStatus as MemoryHotplugStatus,
+};
 /// Taps, which the daemon attaches and hands over to a jailed VMM.
 pub use devices::virtio::net::Tap;
 pub use error::{Error, Result};

@@ -19,9 +19,10 @@
 //! keeps it as its last field).
 
 use std::io;
+use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestRegionMmap};
 
 /// The alignment of every region's host address: a huge page.
 const ALIGN: usize = 2 << 20;
@@ -53,8 +54,11 @@ pub(crate) struct GuestRam {
 
 impl GuestRam {
     /// Maps `ranges` (guest address, length in bytes; page multiples) of
-    /// private anonymous memory, each at a 2 MiB-aligned host address.
-    pub(crate) fn map(ranges: &[(GuestAddress, usize)]) -> io::Result<(GuestRam, GuestMemoryMmap)> {
+    /// private anonymous memory, each at a 2 MiB-aligned host address,
+    /// and returns a region for each, in order.
+    pub(crate) fn map(
+        ranges: &[(GuestAddress, usize)],
+    ) -> io::Result<(GuestRam, Vec<Arc<GuestRegionMmap>>)> {
         let mut maps = Vec::with_capacity(ranges.len());
         let mut regions = Vec::with_capacity(ranges.len());
         for &(start, len) in ranges {
@@ -72,11 +76,9 @@ impl GuestRam {
             maps.push(map);
             let region = GuestRegionMmap::new(mmap, start)
                 .ok_or_else(|| io::Error::other(format!("region at {:#x} overflows", start.0)))?;
-            regions.push(region);
+            regions.push(Arc::new(region));
         }
-        let mem =
-            GuestMemoryMmap::from_regions(regions).map_err(|e| io::Error::other(e.to_string()))?;
-        Ok((GuestRam { _maps: maps }, mem))
+        Ok((GuestRam { _maps: maps }, regions))
     }
 }
 
@@ -145,7 +147,8 @@ mod tests {
             (GuestAddress(0), 3 << 20),
             (GuestAddress(1 << 32), 64 << 20),
         ];
-        let (_ram, mem) = GuestRam::map(&ranges).unwrap();
+        let (_ram, regions) = GuestRam::map(&ranges).unwrap();
+        let mem = vm_memory::GuestMemoryMmap::from_arc_regions(regions).unwrap();
         for (start, len) in ranges {
             let host = mem.get_host_address(start).unwrap() as usize;
             assert_eq!(host % ALIGN, 0, "region at {:#x}", start.0);

@@ -355,6 +355,20 @@ fn queue_passes(allow: Allow) -> Allow {
     ])
 }
 
+// The same number on every architecture: _IOW(KVMIO, 0x46, struct
+// kvm_userspace_memory_region).
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_SET_USER_MEMORY_REGION,
+    kvm_bindings::KVMIO,
+    0x46,
+    kvm_bindings::kvm_userspace_memory_region
+);
+
+/// `KVM_SET_USER_MEMORY_REGION`'s request number.
+fn kvm_set_user_memory_region() -> u64 {
+    KVM_SET_USER_MEMORY_REGION() as u64
+}
+
 /// The rules of `kind`.
 fn rules(kind: ThreadKind) -> Rules {
     let allow = match kind {
@@ -365,6 +379,9 @@ fn rules(kind: ThreadKind) -> Rules {
             .ioctls(&devices::virtio::net::Tap::runtime_ioctls()),
         ThreadKind::EventLoop => queue_passes(console())
             .calls(arch::seccomp::SYS_EPOLL_WAIT)
+            // virtio-mem maps and unmaps its memory slots as the guest
+            // plugs and unplugs.
+            .ioctls(&[kvm_set_user_memory_region()])
             // The balloon's statistics timer is armed here.
             .calls(&[
                 libc::SYS_epoll_pwait,
@@ -487,6 +504,12 @@ mod tests {
         ThreadKind::EventLoop,
         ThreadKind::Vcpu,
     ];
+
+    #[test]
+    fn the_memory_slot_ioctl_number_is_the_kernel_s() {
+        // linux/kvm.h: _IOW(0xAE, 0x46, 32 bytes).
+        assert_eq!(kvm_set_user_memory_region(), 0x4020_ae46);
+    }
 
     #[test]
     fn every_filter_compiles() {

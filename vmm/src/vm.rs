@@ -17,6 +17,7 @@ use devices::legacy::{
 };
 use devices::virtio::balloon::{Balloon, BalloonShared};
 use devices::virtio::block::Block;
+use devices::virtio::mem::{Mem, MemShared};
 use devices::virtio::console::Console;
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
@@ -153,6 +154,7 @@ struct Shared {
     power_button: Option<PowerButton>,
     hotplug: Option<VcpuHotplug>,
     balloon: Option<Arc<BalloonShared>>,
+    memory_hotplug: Option<Arc<MemShared>>,
     metrics: VmMetrics,
     drives: Vec<Arc<Mutex<Block>>>,
     nets: Vec<Arc<Mutex<Net>>>,
@@ -383,6 +385,13 @@ impl VmController {
         Ok(self.vcpu_counts())
     }
 
+    /// The hotpluggable memory's controls (virtio-mem), if the VM has it:
+    /// the requested size, which the guest plugs or unplugs towards, and
+    /// what it has plugged.
+    pub fn memory_hotplug(&self) -> Option<Arc<MemShared>> {
+        self.shared.memory_hotplug.clone()
+    }
+
     /// The memory balloon's controls, if the VM has one: its target (which
     /// the guest is told of at once), what the guest has given, and the
     /// guest's memory statistics.
@@ -508,7 +517,8 @@ impl Vm {
         config.validate(max_vcpus, host_mib)?;
         let vcpu_filter = ThreadFilter::new(ThreadKind::Vcpu, config.seccomp)?;
         let events_filter = ThreadFilter::new(ThreadKind::EventLoop, config.seccomp)?;
-        let vm_fd = arch::create_vm(&kvm)?;
+        // Shared from the start: virtio-mem maps memory slots on it later.
+        let vm_fd = Arc::new(arch::create_vm(&kvm)?);
 
         // Guest memory first, while the VM's memslot SRCU domain is idle:
         // KVM_SET_USER_MEMORY_REGION waits for an expedited grace period of
@@ -522,8 +532,8 @@ impl Vm {
         let memory_mib = config.memory_mib;
         // `ram` is declared first so that it is dropped last: every clone of
         // `mem` (devices, vCPUs) is gone before the memory is unmapped.
-        let (ram, mem) = map_memory(memory_mib)?;
-        register_memory(&vm_fd, &mem, memory_mib)?;
+        let (ram, mem) = map_memory(memory_mib, config.memory_hotplug.as_ref())?;
+        register_memory(&vm_fd, &mem.boot, memory_mib)?;
         debug!("start-up: VM and memory at {:?}", started.elapsed());
         let mut built = Self::build(&kvm, &vm_fd, &mem, config, started)?;
         debug!(
@@ -549,7 +559,6 @@ impl Vm {
         }
         let mut chipset = built.chipset;
         chipset.vcpu0_entered(&vm_fd, entered);
-        let vm_fd = Arc::new(vm_fd);
         info!(
             "started {} vCPU(s) of {}, {memory_mib} MiB, {:?} in {:?}",
             built.boot_vcpus,
@@ -567,6 +576,7 @@ impl Vm {
                 power_button: built.power_button,
                 hotplug: built.hotplug,
                 balloon: built.balloon,
+                memory_hotplug: built.memory_hotplug,
                 metrics: built.metrics,
                 drives: built.drives,
                 nets: built.nets,
@@ -586,8 +596,8 @@ impl Vm {
     /// entry, and configured (not yet running) vCPUs.
     fn build(
         kvm: &Kvm,
-        vm_fd: &VmFd,
-        mem: &GuestMemoryMmap,
+        vm_fd: &Arc<VmFd>,
+        memory: &Memory,
         config: VmConfig,
         started: Instant,
     ) -> Result<Built> {
@@ -710,7 +720,7 @@ impl Vm {
         let Buses { pio, mut mmio } = buses;
 
         // virtio devices, in the order the guest enumerates them.
-        let mut dm = DeviceManager::new(vm_fd, mem.clone());
+        let mut dm = DeviceManager::new(vm_fd, memory.all.clone());
         let mut metrics = VmMetrics::default();
         let (mut drives, mut nets) = (Vec::new(), Vec::new());
         for drive in &config.drives {
@@ -750,6 +760,19 @@ impl Vm {
             }
             None => None,
         };
+        let memory_hotplug = match (&config.memory_hotplug, &memory.hotplug) {
+            (Some(cfg), Some(region)) => {
+                let mut slot = dm.slot(1)?;
+                let evt = slot.queue_evts.remove(0);
+                let slots = KvmSlots::new(kvm, vm_fd, memory.boot.num_regions(), region, cfg)?;
+                let device = Mem::new(*cfg, region.addr, Box::new(slots), evt, slot.signals.clone())
+                    .map_err(|e| Error::Device(format!("memory hotplug: {e}")))?;
+                let shared = device.shared();
+                dm.add(&mut mmio, slot, device)?;
+                Some(shared)
+            }
+            _ => None,
+        };
         if let Some(limits) = &config.entropy {
             let mut slot = dm.slot(1)?;
             let evt = slot.queue_evts.remove(0);
@@ -758,7 +781,13 @@ impl Vm {
             metrics.entropy = Some(rng.metrics());
             dm.add(&mut mmio, slot, rng)?;
         }
-        let cmdline = format!("{}{}", config.cmdline, dm.cmdline);
+        let mut cmdline = format!("{}{}", config.cmdline, dm.cmdline);
+        if memory_hotplug.is_some() && !config.cmdline.contains("memhp_default_state=") {
+            // Without it Linux leaves plugged memory offline. Movable, so
+            // that the guest can unplug it again (what Firecracker's guide
+            // recommends); the user's own setting wins.
+            cmdline.push_str(" memhp_default_state=online_movable");
+        }
         let virtio = std::mem::take(&mut dm.virtio);
         let mut subscribers = std::mem::take(&mut dm.subscribers);
         if let Some(fd) = serial_input {
@@ -771,6 +800,7 @@ impl Vm {
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
         debug!("start-up: devices at {:?}", started.elapsed());
+        let mem = &memory.boot;
         let loaded = crate::boot::load(mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
         debug!(
             "start-up: kernel and initrd loaded at {:?}",
@@ -819,6 +849,7 @@ impl Vm {
             power_button,
             hotplug,
             balloon,
+            memory_hotplug,
             metrics,
             drives,
             nets,
@@ -976,6 +1007,7 @@ struct Built {
     power_button: Option<PowerButton>,
     hotplug: Option<VcpuHotplug>,
     balloon: Option<Arc<BalloonShared>>,
+    memory_hotplug: Option<Arc<MemShared>>,
     metrics: VmMetrics,
     drives: Vec<Arc<Mutex<Block>>>,
     nets: Vec<Arc<Mutex<Net>>>,
@@ -987,14 +1019,120 @@ struct Built {
     entry: arch::KernelEntry,
 }
 
-/// Maps guest RAM (not yet known to KVM), 2 MiB-aligned on the host (see
-/// [`GuestRam`]).
-fn map_memory(memory_mib: u64) -> Result<(GuestRam, GuestMemoryMmap)> {
-    let ranges: Vec<(GuestAddress, usize)> = arch::ram_regions(memory_mib << 20)
+/// Guest memory: the boot RAM, what the kernel is loaded into and told of,
+/// and all of it, which the devices reach: the boot RAM and the
+/// hotpluggable region, if any.
+struct Memory {
+    boot: GuestMemoryMmap,
+    all: GuestMemoryMmap,
+    hotplug: Option<HotplugRegion>,
+}
+
+/// Where the hotpluggable region is, in the guest and on the host.
+struct HotplugRegion {
+    addr: u64,
+    host: u64,
+}
+
+/// Maps guest RAM and the hotpluggable region (not yet known to KVM),
+/// 2 MiB-aligned on the host (see [`GuestRam`]).
+fn map_memory(
+    memory_mib: u64,
+    hotplug: Option<&devices::virtio::mem::MemConfig>,
+) -> Result<(GuestRam, Memory)> {
+    let mut ranges: Vec<(GuestAddress, usize)> = arch::ram_regions(memory_mib << 20)
         .into_iter()
         .map(|(start, len)| (start, len as usize))
         .collect();
-    GuestRam::map(&ranges).map_err(|e| Error::Memory(memory_mib, e.to_string()))
+    let boot_regions = ranges.len();
+    let hotplug_addr = hotplug.map(|h| {
+        let addr = arch::hotplug_window(memory_mib << 20).0;
+        ranges.push((GuestAddress(addr), (h.total_size_mib << 20) as usize));
+        addr
+    });
+    let failed = |e: std::io::Error| {
+        let total = memory_mib + hotplug.map_or(0, |h| h.total_size_mib);
+        Error::Memory(total, e.to_string())
+    };
+    let (ram, regions) = GuestRam::map(&ranges).map_err(failed)?;
+    let collection = |regions: &[Arc<vm_memory::GuestRegionMmap>]| {
+        GuestMemoryMmap::from_arc_regions(regions.to_vec())
+            .map_err(|e| failed(std::io::Error::other(e.to_string())))
+    };
+    let boot = collection(&regions[..boot_regions])?;
+    let all = collection(&regions)?;
+    let hotplug = match hotplug_addr {
+        Some(addr) => Some(HotplugRegion {
+            addr,
+            host: all
+                .get_host_address(GuestAddress(addr))
+                .map_err(|e| failed(std::io::Error::other(e.to_string())))?
+                as u64,
+        }),
+        None => None,
+    };
+    Ok((ram, Memory { boot, all, hotplug }))
+}
+
+/// The hotpluggable region's KVM memory slots, one per slot of the
+/// region, numbered after the boot RAM's.
+struct KvmSlots {
+    vm_fd: std::sync::Weak<VmFd>,
+    first: u32,
+    addr: u64,
+    host: u64,
+    slot_size: u64,
+}
+
+impl KvmSlots {
+    /// The slots of `region`, numbered from `first`, if KVM has that many.
+    fn new(
+        kvm: &Kvm,
+        vm_fd: &Arc<VmFd>,
+        first: usize,
+        region: &HotplugRegion,
+        cfg: &devices::virtio::mem::MemConfig,
+    ) -> Result<KvmSlots> {
+        let have = kvm.get_nr_memslots();
+        let need = first as u64 + cfg.slots();
+        if need > have as u64 {
+            return Err(Error::Device(format!(
+                "memory hotplug: {} slots of {} MiB need {need} KVM memory slots with the boot RAM's, KVM has {have}; use a larger slot_size_mib",
+                cfg.slots(),
+                cfg.slot_size_mib
+            )));
+        }
+        Ok(KvmSlots {
+            vm_fd: Arc::downgrade(vm_fd),
+            first: first as u32,
+            addr: region.addr,
+            host: region.host,
+            slot_size: cfg.slot_size_mib << 20,
+        })
+    }
+}
+
+impl devices::virtio::mem::Slots for KvmSlots {
+    fn set(&mut self, index: u64, present: bool) -> std::io::Result<()> {
+        let vm_fd = self
+            .vm_fd
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the VM is gone"))?;
+        let offset = index * self.slot_size;
+        let region = kvm_userspace_memory_region {
+            slot: self.first + index as u32,
+            flags: 0,
+            guest_phys_addr: self.addr + offset,
+            // Size 0 deletes the slot.
+            memory_size: if present { self.slot_size } else { 0 },
+            userspace_addr: self.host + offset,
+        };
+        // SAFETY: the host range is one slot of the hotpluggable region's
+        // mapping, owned by the VM's `GuestRam`, which is unmapped only
+        // after the VM fd and the event loop (this device) are gone.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }
 
 /// Registers guest RAM with KVM, one slot per region.

@@ -18,6 +18,18 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<RamRegion> {
     vec![(GuestAddress(layout::DRAM_START), mem_bytes)]
 }
 
+/// Where hotpluggable memory (virtio-mem) may go for a guest of
+/// `mem_bytes` bytes of RAM: from the first 1 GiB boundary above RAM
+/// (Linux adds memory in aligned 128 MiB sections) to the end of the RAM
+/// range of the layout, 1 TiB (KVM's default 40-bit IPA space).
+pub fn hotplug_window(mem_bytes: u64) -> (u64, u64) {
+    let ram_end = layout::DRAM_START + mem_bytes;
+    (
+        ram_end.next_multiple_of(1 << 30),
+        layout::DRAM_START + layout::DRAM_MAX_SIZE,
+    )
+}
+
 /// Where the FDT goes: the top [`layout::FDT_MAX_SIZE`] of RAM, 2 MiB
 /// aligned so that it never straddles the blocks Linux maps it with.
 pub fn fdt_addr(ram: &[RamRegion]) -> u64 {
@@ -104,5 +116,12 @@ mod tests {
         assert_eq!(fdt_addr(&ram), layout::DRAM_START + (126 << 20));
         let odd = ram_regions(129 << 20);
         assert_eq!(fdt_addr(&odd), layout::DRAM_START + (126 << 20));
+    }
+
+    #[test]
+    fn hotplug_memory_goes_above_ram_on_a_1_gib_boundary() {
+        assert_eq!(hotplug_window(128 << 20).0, 3 << 30);
+        assert_eq!(hotplug_window(1 << 30).0, 3 << 30);
+        assert_eq!(hotplug_window(1 << 40).1, layout::DRAM_START + layout::DRAM_MAX_SIZE);
     }
 }

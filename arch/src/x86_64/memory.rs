@@ -34,6 +34,24 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<RamRegion> {
     }
 }
 
+/// The most guest-physical space x86_64 gives hotpluggable memory: up to
+/// 512 GiB, what 39 address bits (the fewest of today's x86_64 CPUs)
+/// reach, so a guest's memory fits any host's EPT or NPT.
+pub const HOTPLUG_END: u64 = 1 << 39;
+
+/// Where hotpluggable memory (virtio-mem) may go for a guest of
+/// `mem_bytes` bytes of RAM: from the first 1 GiB boundary above RAM and
+/// the MMIO gap (Linux adds memory in aligned 128 MiB sections), to
+/// [`HOTPLUG_END`].
+pub fn hotplug_window(mem_bytes: u64) -> (u64, u64) {
+    let ram_end = ram_regions(mem_bytes)
+        .iter()
+        .map(|(start, len)| start.0 + len)
+        .max()
+        .unwrap_or(0);
+    (ram_end.max(MMIO_GAP_END).next_multiple_of(1 << 30), HOTPLUG_END)
+}
+
 /// End of RAM below the MMIO gap.
 pub fn low_ram_end(regions: &[RamRegion]) -> u64 {
     regions
@@ -107,5 +125,13 @@ mod tests {
         assert!(map
             .iter()
             .all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
+    }
+
+    #[test]
+    fn hotplug_memory_goes_above_ram_and_the_gap_on_a_1_gib_boundary() {
+        assert_eq!(hotplug_window(256 * MIB), (4 << 30, HOTPLUG_END));
+        // 5 GiB of RAM: 3 GiB below the gap, 2 GiB from 4 GiB.
+        assert_eq!(hotplug_window(5 * 1024 * MIB).0, 6 << 30);
+        assert_eq!(hotplug_window(5 * 1024 * MIB + MIB).0, 7 << 30);
     }
 }

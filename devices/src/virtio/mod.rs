@@ -10,6 +10,7 @@
 pub mod balloon;
 pub mod block;
 pub mod console;
+pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod rng;
