@@ -34,7 +34,7 @@ BUSYBOX_BIN=/bin/busybox
 # versioned linux-image-<abi>-cloud-amd64 it depends on) and the modules
 # its initramfs carries, with their dependencies, for the init to load.
 CLOUD_META_PKG=linux-image-cloud-amd64
-CLOUD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_console virtio_balloon button evdev ext4)
+CLOUD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_console virtio_balloon virtio_mem button evdev ext4)
 # Debian's generic arm64 kernel (an uncompressed Image; the same meta
 # package scheme) and the arm64 build of the same busybox, both fetched
 # with apt-get download, which needs dpkg's arm64 architecture.

@@ -1516,3 +1516,70 @@ fn a_vmm_killed_by_its_seccomp_filter_is_reported_crashed() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(state(&api, "off"), "running");
 }
+
+/// A running Linux instance created with `max_memory_mib` grows above its
+/// boot size through hotpluggable memory (virtio-mem): `actual` and the
+/// guest's MemTotal follow the size asked for, up to the maximum (409
+/// beyond it), and back down when it shrinks again.
+#[test]
+#[ignore = hardware_kvm!()]
+fn memory_of_a_running_linux_instance_grows_to_its_maximum_and_back() {
+    require_hardware_kvm();
+    const KIB: u64 = 1024;
+    let dir = Scratch::new("daemon-linux-memory-hotplug");
+    let daemon = Daemon::start(&dir.0, &[]);
+    let api = Api::new(&daemon.sock, "daemon");
+    let body = format!(
+        r#"{{"id":"grow","vcpus":1,"memory_mib":256,"max_memory_mib":768,"kernel":"{}","initrd":"{}",
+        "cmdline":"console=ttyS0 reboot=k panic=1 strato_noreboot strato_mem"}}"#,
+        linux_image("VMLINUX"),
+        linux_image("INITRAMFS")
+    );
+    let v = api.expect("POST", "/v1/instances", Some(&body), 201).json();
+    assert_eq!(v["config"]["max_memory_mib"].as_u64(), Some(768));
+    boot_once_more_after_a_lane_fault(&api, "grow", "STRATO_INIT_DONE", LONG);
+    let memtotal = || {
+        let console = api.get("/v1/instances/grow/console").text();
+        mem_total_kib(&console)
+    };
+    let total = wait_for("the guest's MemTotal", LONG, memtotal);
+    let actual = |api: &Api| {
+        api.expect("GET", "/v1/instances/grow", None, 200).json()["actual"]["memory_mib"].as_u64()
+    };
+    assert_eq!(actual(&api), Some(256));
+
+    api.expect(
+        "PATCH",
+        "/v1/instances/grow",
+        Some(r#"{"memory_mib":768}"#),
+        200,
+    );
+    wait_for("the guest to plug the memory", LONG, || {
+        (actual(&api) == Some(768)).then_some(())
+    });
+    wait_for("the guest's MemTotal to grow", LONG, || {
+        memtotal().filter(|t| *t == total + 512 * KIB)
+    });
+    let r = api.expect(
+        "PATCH",
+        "/v1/instances/grow",
+        Some(r#"{"memory_mib":1024}"#),
+        409,
+    );
+    assert!(r.fault().contains("room for 768 MiB"), "{}", r.fault());
+
+    api.expect(
+        "PATCH",
+        "/v1/instances/grow",
+        Some(r#"{"memory_mib":384}"#),
+        200,
+    );
+    wait_for("the guest to unplug the memory", LONG, || {
+        (actual(&api) == Some(384)).then_some(())
+    });
+    wait_for("the guest's MemTotal to shrink", LONG, || {
+        memtotal().filter(|t| *t == total + 128 * KIB)
+    });
+    api.expect("DELETE", "/v1/instances/grow?timeout_ms=100", None, 204);
+    api.check_schema(&dir.0);
+}

@@ -66,6 +66,11 @@ pub struct CreateArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// The most memory `strato resize` can give the running instance, in
+    /// MiB (default --memory): what is above --memory is hotpluggable
+    /// (virtio-mem).
+    #[arg(long)]
+    max_memory: Option<u64>,
     /// A drive: path=FILE[,id=ID][,root=on][,readonly=on]; repeat for more.
     /// Ids default to drive0, drive1, ...
     #[arg(long = "drive", value_name = "SPEC")]
@@ -225,6 +230,9 @@ fn create_body(a: &CreateArgs) -> Result<Value, String> {
     });
     if let Some(max) = a.max_vcpus {
         body["max_vcpus"] = json!(max);
+    }
+    if let Some(max) = a.max_memory {
+        body["max_memory_mib"] = json!(max);
     }
     Ok(body)
 }

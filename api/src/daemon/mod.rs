@@ -220,6 +220,17 @@ fn patch_vmm(inst: &Instance, path: &str, body: Value, what: &str) -> Result<(),
 /// Whether a live instance's memory can become `memory` MiB: through its
 /// balloon, from the size it booted with down, and back up to it.
 fn live_memory_allowed(id: &str, rec: &Record, memory: u64) -> Result<(), ApiError> {
+    if let Some(base) = rec.hotplug_base_mib {
+        let most = base + rec.hotplug_total_mib;
+        if memory > most {
+            return Err(conflict(format!(
+                "instance {id} started with room for {most} MiB (max_memory_mib): stop it to give it {memory} MiB"
+            )));
+        }
+        if memory >= base || rec.balloon_base_mib.is_some() {
+            return Ok(());
+        }
+    }
     let Some(base) = rec.balloon_base_mib else {
         return Err(conflict(format!(
             "instance {id} is {} without a balloon (all its virtio devices are drives and network interfaces): its memory cannot change while it runs; stop it first",
@@ -228,7 +239,7 @@ fn live_memory_allowed(id: &str, rec: &Record, memory: u64) -> Result<(), ApiErr
     };
     if memory > base {
         return Err(conflict(format!(
-            "instance {id} started with {base} MiB: while it runs, its memory can shrink and grow back up to {base} MiB; stop it to give it {memory} MiB"
+            "instance {id} started with {base} MiB and no max_memory_mib above it: while it runs, its memory can shrink and grow back up to {base} MiB; stop it to give it {memory} MiB"
         )));
     }
     Ok(())
@@ -249,7 +260,29 @@ fn actual_size(inst: &Instance) -> Value {
         Ok(r) if r.status == 200 => {
             let m = r.json();
             let mut memory = m["mem_size_mib"].as_u64().unwrap_or(0);
-            if lock(&inst.rec).balloon_base_mib.is_some() {
+            let (balloon, hotplug) = {
+                let rec = lock(&inst.rec);
+                (
+                    rec.balloon_base_mib.is_some(),
+                    rec.hotplug_base_mib.is_some(),
+                )
+            };
+            if hotplug {
+                let answer = process::call_vmm(
+                    &inst.sock(),
+                    "GET",
+                    "/hotplug/memory",
+                    None,
+                    Duration::from_secs(1),
+                );
+                match answer {
+                    Ok(h) if h.status == 200 => {
+                        memory += h.json()["plugged_size_mib"].as_u64().unwrap_or(0);
+                    }
+                    _ => return Value::Null,
+                }
+            }
+            if balloon {
                 let answer = process::call_vmm(
                     &inst.sock(),
                     "GET",
@@ -644,6 +677,11 @@ impl Daemon {
         } else if let Some(max) = rec.config.max_vcpus {
             model::check_max_vcpus(vcpus, max, &self.limits)?;
         }
+        if let Some(max) = rec.config.max_memory_mib.filter(|m| memory > *m && !live) {
+            return Err(ApiError::bad_request(format!(
+                "memory_mib {memory} is above the instance's max_memory_mib {max}"
+            )));
+        }
         let mut new = rec.clone();
         new.config.vcpus = vcpus;
         new.config.memory_mib = memory;
@@ -651,10 +689,35 @@ impl Daemon {
         // it was. Memory goes first (checked above, it is rarely refused);
         // if the vCPUs are refused after it, the record keeps the memory.
         if live && memory != rec.config.memory_mib {
-            let base = rec.balloon_base_mib.unwrap_or(memory);
+            // Above the boot size through virtio-mem, below it through the
+            // balloon; each goes to its part, the other to empty.
+            let hotplug_base = rec.hotplug_base_mib;
+            let base = hotplug_base.or(rec.balloon_base_mib).unwrap_or(memory);
+            let block = vmm::MemoryHotplugConfig::new(0).block_size_mib;
+            let plug = memory.saturating_sub(base).next_multiple_of(block);
             let amount = base.saturating_sub(memory);
-            patch_vmm(&inst, "/balloon", json!({ "amount_mib": amount }), "memory")?;
-            log::info!("instance {id}: {memory} MiB requested (balloon {amount} MiB)");
+            if hotplug_base.is_some() && plug == 0 {
+                patch_vmm(
+                    &inst,
+                    "/hotplug/memory",
+                    json!({ "requested_size_mib": 0 }),
+                    "memory",
+                )?;
+            }
+            if rec.balloon_base_mib.is_some() {
+                patch_vmm(&inst, "/balloon", json!({ "amount_mib": amount }), "memory")?;
+            }
+            if plug > 0 {
+                patch_vmm(
+                    &inst,
+                    "/hotplug/memory",
+                    json!({ "requested_size_mib": plug }),
+                    "memory",
+                )?;
+            }
+            log::info!(
+                "instance {id}: {memory} MiB requested (plugged {plug} MiB, balloon {amount} MiB)"
+            );
         }
         if live && vcpus != rec.config.vcpus {
             let plugged = patch_vmm(
@@ -776,7 +839,12 @@ impl Daemon {
         let jail = self.jail.map(|j| process::Jail {
             uid: j.uid,
             gid: j.gid,
-            memory_max_mib: config.memory_mib.saturating_add(j.overhead_mib),
+            // Room for the memory it can be given while it runs.
+            memory_max_mib: config
+                .max_memory_mib
+                .unwrap_or(0)
+                .max(config.memory_mib)
+                .saturating_add(j.overhead_mib),
             // The quota is a backstop for the most vCPUs the instance can
             // be given; the VMM runs only the plugged ones.
             cpus: config.max_vcpus.unwrap_or(config.vcpus).max(config.vcpus),
@@ -824,6 +892,12 @@ impl Daemon {
                 let mut rec = lock(&inst.rec);
                 rec.state = State::Running;
                 rec.balloon_base_mib = model::gets_balloon(&config).then_some(config.memory_mib);
+                let hotplug = model::gets_memory_hotplug(&config);
+                rec.hotplug_base_mib = hotplug.then_some(config.memory_mib);
+                rec.hotplug_total_mib = match (hotplug, config.max_memory_mib) {
+                    (true, Some(max)) => model::hotplug_total_mib(config.memory_mib, max),
+                    _ => 0,
+                };
                 rec.started_at_ms = Some(model::now_ms());
                 rec.boot_time_us = None;
                 rec.exit_status = None;
@@ -978,6 +1052,16 @@ impl Daemon {
                 "/balloon",
                 json!({"amount_mib": 0, "deflate_on_oom": false,
                        "stats_polling_interval_s": BALLOON_STATS_S}),
+                CALL_TIMEOUT,
+            )?;
+        }
+        if model::gets_memory_hotplug(cfg) {
+            // Nothing plugged until a resize grows the instance.
+            let max = cfg.max_memory_mib.unwrap_or(cfg.memory_mib);
+            put(
+                "the VMM refused the hotpluggable memory",
+                "/hotplug/memory",
+                json!({"total_size_mib": model::hotplug_total_mib(cfg.memory_mib, max)}),
                 CALL_TIMEOUT,
             )?;
         }

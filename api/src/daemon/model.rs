@@ -24,6 +24,8 @@ pub struct CreateRequest {
     max_vcpus: Option<u32>,
     #[serde(default = "default_memory")]
     memory_mib: u64,
+    #[serde(default)]
+    max_memory_mib: Option<u64>,
     kernel: PathBuf,
     #[serde(default)]
     initrd: Option<PathBuf>,
@@ -126,6 +128,11 @@ pub struct InstanceConfig {
     pub max_vcpus: Option<u32>,
     /// Guest memory.
     pub memory_mib: u64,
+    /// The most memory a running instance can be given (`memory_mib` if
+    /// None): what is above the boot size comes as hotpluggable memory
+    /// (virtio-mem).
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
     /// Kernel image.
     pub kernel: PathBuf,
     /// Initrd, if any.
@@ -225,6 +232,14 @@ pub struct Record {
     /// back to it.
     #[serde(default)]
     pub balloon_base_mib: Option<u64>,
+    /// Guest memory at the last start, if that start gave the guest
+    /// hotpluggable memory: while it runs, it can grow above this up to
+    /// this plus [`Record::hotplug_total_mib`].
+    #[serde(default)]
+    pub hotplug_base_mib: Option<u64>,
+    /// The hotpluggable region of the last start, in MiB.
+    #[serde(default)]
+    pub hotplug_total_mib: u64,
 }
 
 /// Milliseconds since the epoch.
@@ -251,6 +266,8 @@ impl Record {
             exit_reason: None,
             intent: None,
             balloon_base_mib: None,
+            hotplug_base_mib: None,
+            hotplug_total_mib: 0,
         }
     }
 
@@ -318,6 +335,39 @@ pub fn check_max_vcpus(vcpus: u32, max: u32, limits: &Limits) -> Result<(), ApiE
         )));
     }
     Ok(())
+}
+
+/// Checks a maximum memory size against the boot size and the host.
+pub fn check_max_memory(memory_mib: u64, max: u64, limits: &Limits) -> Result<(), ApiError> {
+    if max < memory_mib || max > limits.host_mib {
+        return Err(ApiError::bad_request(format!(
+            "max_memory_mib must be memory_mib ({memory_mib}) to the host's {} MiB, got {max}",
+            limits.host_mib
+        )));
+    }
+    let total = hotplug_total_mib(memory_mib, max);
+    if total > 0 {
+        vmm::MemoryHotplugConfig::new(total)
+            .validate()
+            .map_err(|e| ApiError::bad_request(format!("max_memory_mib {max}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The hotpluggable region an instance of `memory_mib` that can grow to
+/// `max` gets: the difference, in whole slots of the default size.
+pub fn hotplug_total_mib(memory_mib: u64, max: u64) -> u64 {
+    let slot = vmm::MemoryHotplugConfig::new(0).slot_size_mib;
+    max.saturating_sub(memory_mib).next_multiple_of(slot)
+}
+
+/// Whether an instance started with `cfg` gets hotpluggable memory
+/// (virtio-mem): when it may grow above its boot size and a virtio device
+/// is left for it after the drives, the network interfaces and the
+/// balloon.
+pub fn gets_memory_hotplug(cfg: &InstanceConfig) -> bool {
+    cfg.max_memory_mib.is_some_and(|m| m > cfg.memory_mib)
+        && cfg.drives.len() + cfg.nets.len() + 1 < vmm::config::MAX_VIRTIO_DEVICES
 }
 
 /// Checks vCPUs and memory against the host.
@@ -403,6 +453,9 @@ impl CreateRequest {
         if let Some(max) = self.max_vcpus {
             check_max_vcpus(self.vcpus, max, limits)?;
         }
+        if let Some(max) = self.max_memory_mib {
+            check_max_memory(self.memory_mib, max, limits)?;
+        }
         // Files are checked when the daemon opens them (see `policy`).
         if let Some(c) = &self.cmdline {
             if c.len() >= vmm::config::CMDLINE_MAX_SIZE {
@@ -480,6 +533,7 @@ impl CreateRequest {
             vcpus: self.vcpus,
             max_vcpus: self.max_vcpus,
             memory_mib: self.memory_mib,
+            max_memory_mib: self.max_memory_mib,
             kernel: self.kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
