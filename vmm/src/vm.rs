@@ -17,8 +17,8 @@ use devices::legacy::{
 };
 use devices::virtio::balloon::{Balloon, BalloonShared};
 use devices::virtio::block::Block;
-use devices::virtio::mem::{Mem, MemShared};
 use devices::virtio::console::Console;
+use devices::virtio::mem::{Mem, MemShared};
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::{Bus, BusDevice, EventFdTrigger};
@@ -765,8 +765,14 @@ impl Vm {
                 let mut slot = dm.slot(1)?;
                 let evt = slot.queue_evts.remove(0);
                 let slots = KvmSlots::new(kvm, vm_fd, memory.boot.num_regions(), region, cfg)?;
-                let device = Mem::new(*cfg, region.addr, Box::new(slots), evt, slot.signals.clone())
-                    .map_err(|e| Error::Device(format!("memory hotplug: {e}")))?;
+                let device = Mem::new(
+                    *cfg,
+                    region.addr,
+                    Box::new(slots),
+                    evt,
+                    slot.signals.clone(),
+                )
+                .map_err(|e| Error::Device(format!("memory hotplug: {e}")))?;
                 let shared = device.shared();
                 dm.add(&mut mmio, slot, device)?;
                 Some(shared)

@@ -122,6 +122,9 @@ mod tests {
     fn hotplug_memory_goes_above_ram_on_a_1_gib_boundary() {
         assert_eq!(hotplug_window(128 << 20).0, 3 << 30);
         assert_eq!(hotplug_window(1 << 30).0, 3 << 30);
-        assert_eq!(hotplug_window(1 << 40).1, layout::DRAM_START + layout::DRAM_MAX_SIZE);
+        assert_eq!(
+            hotplug_window(1 << 40).1,
+            layout::DRAM_START + layout::DRAM_MAX_SIZE
+        );
     }
 }

@@ -49,7 +49,10 @@ pub fn hotplug_window(mem_bytes: u64) -> (u64, u64) {
         .map(|(start, len)| start.0 + len)
         .max()
         .unwrap_or(0);
-    (ram_end.max(MMIO_GAP_END).next_multiple_of(1 << 30), HOTPLUG_END)
+    (
+        ram_end.max(MMIO_GAP_END).next_multiple_of(1 << 30),
+        HOTPLUG_END,
+    )
 }
 
 /// End of RAM below the MMIO gap.

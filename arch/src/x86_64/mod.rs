@@ -80,9 +80,7 @@ pub use lapic::setup_lint;
 pub use loader::{
     configure_boot, initrd_range, load_kernel, BootError, KernelEntry, LoadedKernel, KERNEL_FORMATS,
 };
-pub use memory::{
-    hotplug_window, low_ram_end, memory_map, ram_regions, MemoryMapEntry, E820_RAM,
-};
+pub use memory::{hotplug_window, low_ram_end, memory_map, ram_regions, MemoryMapEntry, E820_RAM};
 pub use mptable::setup_mptable;
 pub use regs::{boot_fpu, boot_msrs, boot_regs, setup_sregs, write_boot_tables, EntryMode};
 pub use vcpu::{configure_vcpu, faulting_instruction, program_counter, VcpuSetup};

@@ -115,7 +115,9 @@ pub enum Error {
     #[error("block_size_mib {0} must be a power of 2 and at least 2")]
     BlockSize(u64),
     /// A slot size that is too small or not whole blocks.
-    #[error("slot_size_mib {0} must be at least {MIN_SLOT_MIB} and a multiple of block_size_mib {1}")]
+    #[error(
+        "slot_size_mib {0} must be at least {MIN_SLOT_MIB} and a multiple of block_size_mib {1}"
+    )]
     SlotSize(u64, u64),
     /// An empty or too large region.
     #[error("total_size_mib {0} must be between 1 and {MAX_TOTAL_MIB}")]
@@ -185,7 +187,7 @@ impl MemShared {
         if mib > c.total_size_mib {
             return Err(Error::TooLarge(mib, c.total_size_mib));
         }
-        if mib % c.block_size_mib != 0 {
+        if !mib.is_multiple_of(c.block_size_mib) {
             return Err(Error::NotBlocks(mib, c.block_size_mib));
         }
         let _serial = self.update.lock().unwrap_or_else(|e| e.into_inner());
@@ -247,8 +249,13 @@ impl BlockMap {
 
     /// The slots that plugging `first..first + n` would make non-empty.
     fn slots_to_show(&self, first: u64, n: u64) -> Vec<u64> {
-        let (s0, s1) = (first / self.blocks_per_slot, (first + n - 1) / self.blocks_per_slot);
-        (s0..=s1).filter(|&s| self.per_slot[s as usize] == 0).collect()
+        let (s0, s1) = (
+            first / self.blocks_per_slot,
+            (first + n - 1) / self.blocks_per_slot,
+        );
+        (s0..=s1)
+            .filter(|&s| self.per_slot[s as usize] == 0)
+            .collect()
     }
 
     /// Marks `first..first + n` plugged or unplugged (each block changes)
@@ -400,8 +407,7 @@ impl Mem {
         let offset = addr.checked_sub(self.shared.addr)?;
         let n = u64::from(nb_blocks);
         let len = n.checked_mul(self.block_size)?;
-        if n == 0 || offset % self.block_size != 0 || offset.checked_add(len)? > self.region_size
-        {
+        if n == 0 || offset % self.block_size != 0 || offset.checked_add(len)? > self.region_size {
             return None;
         }
         Some((offset / self.block_size, n))
@@ -475,7 +481,13 @@ impl Mem {
                 // SAFETY: `slice` is `len` bytes of the region's private
                 // anonymous mapping, which stays mapped; MADV_DONTNEED only
                 // drops its pages, which read as zeros when next touched.
-                let r = unsafe { libc::madvise(slice.ptr_guard_mut().as_ptr().cast(), len, libc::MADV_DONTNEED) };
+                let r = unsafe {
+                    libc::madvise(
+                        slice.ptr_guard_mut().as_ptr().cast(),
+                        len,
+                        libc::MADV_DONTNEED,
+                    )
+                };
                 if r != 0 {
                     self.host_error.warn(format_args!(
                         "virtio-mem: cannot release unplugged memory: {}",
@@ -483,9 +495,9 @@ impl Mem {
                     ));
                 }
             }
-            Err(e) => self
-                .host_error
-                .warn(format_args!("virtio-mem: unplugged blocks outside guest memory: {e}")),
+            Err(e) => self.host_error.warn(format_args!(
+                "virtio-mem: unplugged blocks outside guest memory: {e}"
+            )),
         }
         self.publish();
     }

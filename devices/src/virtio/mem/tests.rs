@@ -58,7 +58,8 @@ impl Rig {
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             signals,
         );
-        dev.activate(mem.clone(), 0, vec![ring_queue(0, 64)]).unwrap();
+        dev.activate(mem.clone(), 0, vec![ring_queue(0, 64)])
+            .unwrap();
         Rig {
             mem,
             dev,
@@ -81,7 +82,10 @@ impl Rig {
         write_desc(&self.mem, 0, 2 * i + 1, (resp, RESP_LEN as u32, 2, 0));
         make_available(&self.mem, 0, &[2 * i]);
         self.dev.process_queue();
-        assert_eq!(used_entry(&self.mem, 0, i), (u32::from(2 * i), RESP_LEN as u32));
+        assert_eq!(
+            used_entry(&self.mem, 0, i),
+            (u32::from(2 * i), RESP_LEN as u32)
+        );
         let kind: u16 = self.mem.read_obj(GuestAddress(resp)).unwrap();
         let state: u16 = self.mem.read_obj(GuestAddress(resp + 8)).unwrap();
         (kind, state)
@@ -110,7 +114,10 @@ fn sizes_are_checked_as_firecracker_does() {
     assert_eq!(c(1024, 128, 1).validate(), Err(Error::BlockSize(1)));
     assert_eq!(c(1024, 64, 2).validate(), Err(Error::SlotSize(64, 2)));
     assert_eq!(c(1024, 130, 4).validate(), Err(Error::SlotSize(130, 4)));
-    assert_eq!(c(1000, 128, 2).validate(), Err(Error::TotalNotSlots(1000, 128)));
+    assert_eq!(
+        c(1000, 128, 2).validate(),
+        Err(Error::TotalNotSlots(1000, 128))
+    );
     assert_eq!(c(0, 128, 2).validate(), Err(Error::TotalSize(0)));
     assert_eq!(
         c(MAX_TOTAL_MIB + 128, 128, 2).validate(),
