@@ -603,6 +603,220 @@ fn balloon_api_is_checked_and_reaches_the_device() {
     api.check_schema(&dir.0);
 }
 
+/// `PUT /hotplug/memory` bodies are checked when they are put, with the
+/// field or size named; the other operations need a configured device,
+/// and PATCH a running VM.
+#[test]
+fn memory_hotplug_bodies_and_states_are_checked() {
+    let dir = Scratch::new("vm-api-memhp-checks");
+    let _vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&_vm.sock, "vm");
+    let none = "No memory hotplug device configured.";
+    api.expect_fault("GET", "/hotplug/memory", "", 400, none);
+    api.expect_fault(
+        "PATCH",
+        "/hotplug/memory",
+        r#"{"requested_size_mib":128}"#,
+        400,
+        none,
+    );
+    for (body, needle) in [
+        (
+            r#"{"total_size_mib":256,"bogus":1}"#,
+            "unknown field `bogus`",
+        ),
+        (
+            r#"{"total_size_mib":256,"block_size_mib":3}"#,
+            "block_size_mib 3 must be a power of 2",
+        ),
+        (
+            r#"{"total_size_mib":256,"slot_size_mib":64}"#,
+            "slot_size_mib 64 must be at least 128",
+        ),
+        (
+            r#"{"total_size_mib":200}"#,
+            "total_size_mib 200 must be a multiple of slot_size_mib 128",
+        ),
+        (r#"{"slot_size_mib":128}"#, "missing field `total_size_mib`"),
+        (r#"{"total_size_mib":-1}"#, "invalid value"),
+    ] {
+        api.expect_fault("PUT", "/hotplug/memory", body, 400, needle);
+    }
+    // Refused bodies changed nothing.
+    api.expect_fault("GET", "/hotplug/memory", "", 400, none);
+    api.expect(
+        "PUT",
+        "/hotplug/memory",
+        Some(r#"{"total_size_mib":512,"slot_size_mib":256,"block_size_mib":4}"#),
+        204,
+    );
+    let status = api.get("/hotplug/memory").json();
+    assert_eq!(status["total_size_mib"].as_u64(), Some(512));
+    assert_eq!(status["slot_size_mib"].as_u64(), Some(256));
+    assert_eq!(status["block_size_mib"].as_u64(), Some(4));
+    api.expect_fault(
+        "PATCH",
+        "/hotplug/memory",
+        r#"{"requested_size_mib":128}"#,
+        400,
+        "not running",
+    );
+    api.check_schema(&dir.0);
+}
+
+/// The sizes the guest is asked for, shown beside what it has plugged.
+fn memory_hotplug_sizes(api: &Api) -> (u64, u64) {
+    let s = api.get("/hotplug/memory").json();
+    let mib = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s:?}"));
+    (mib("requested_size_mib"), mib("plugged_size_mib"))
+}
+
+/// Hotpluggable memory on a guest without a virtio-mem driver: the region
+/// is configured before the start, a requested size reaches the device
+/// after it and is checked against the region, and a guest that never
+/// acknowledges (plugs nothing) runs on undisturbed.
+#[test]
+fn memory_hotplug_is_requested_of_a_guest_that_never_plugs() {
+    let dir = Scratch::new("vm-api-memhp");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"period=20"}}"#,
+            guest("ticker").display()
+        )),
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/hotplug/memory",
+        Some(r#"{"total_size_mib":256}"#),
+        204,
+    );
+    let before = api.get("/hotplug/memory").json();
+    assert_eq!(before["total_size_mib"].as_u64(), Some(256));
+    assert_eq!(before["slot_size_mib"].as_u64(), Some(128));
+    assert_eq!(before["block_size_mib"].as_u64(), Some(2));
+    assert_eq!(memory_hotplug_sizes(&api), (0, 0));
+    let cfg = api.get("/vm/config").json();
+    assert_eq!(cfg["memory-hotplug"]["total_size_mib"].as_u64(), Some(256));
+    api.action("InstanceStart");
+    vm.wait_console("ticker: ready");
+
+    api.expect(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib":128}"#),
+        204,
+    );
+    assert_eq!(memory_hotplug_sizes(&api), (128, 0));
+    api.expect_fault(
+        "PATCH",
+        "/hotplug/memory",
+        r#"{"requested_size_mib":300}"#,
+        400,
+        "more than total_size_mib 256",
+    );
+    api.expect_fault(
+        "PATCH",
+        "/hotplug/memory",
+        r#"{"requested_size_mib":3}"#,
+        400,
+        "multiple of block_size_mib 2",
+    );
+    // Refused sizes leave the request as it was.
+    assert_eq!(memory_hotplug_sizes(&api), (128, 0));
+    api.expect_fault(
+        "PUT",
+        "/hotplug/memory",
+        r#"{"total_size_mib":512}"#,
+        400,
+        "not supported after starting",
+    );
+    // The guest runs on, and the VM still pauses and resumes.
+    let ticks = vm.ticks();
+    wait_for("ticks after the request", LONG, || {
+        (vm.ticks() >= ticks + 3).then_some(())
+    });
+    api.expect("PATCH", "/vm", Some(r#"{"state":"Paused"}"#), 204);
+    api.expect("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#), 204);
+    assert_eq!(state(&api), "Running");
+    api.expect(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib":0}"#),
+        204,
+    );
+    assert_eq!(memory_hotplug_sizes(&api), (0, 0));
+    kill(vm.pid(), libc::SIGTERM);
+    assert_eq!(vm.wait_exit().0, 143);
+    api.check_schema(&dir.0);
+}
+
+/// The config file's `memory-hotplug` section, Firecracker's: the running
+/// VM has the region it describes, and bad sizes are refused before
+/// anything starts, the section named.
+#[test]
+fn memory_hotplug_comes_from_the_config_file() {
+    let dir = Scratch::new("vm-api-memhp-config");
+    let config = |hotplug: &str| {
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}},"memory-hotplug":{hotplug}}}"#,
+            guest("idle").display()
+        )
+    };
+    let good = dir.file(
+        "good.json",
+        config(r#"{"total_size_mib":512,"slot_size_mib":256,"block_size_mib":4}"#).as_bytes(),
+    );
+    let run = dir.0.join("good");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut vm = Vm::start(&run, None, &["--config-file", &good]);
+    let api = Api::new(&vm.sock, "vm");
+    vm.wait_console("idle: ready");
+    let s = api.get("/hotplug/memory").json();
+    for (key, want) in [
+        ("total_size_mib", 512),
+        ("slot_size_mib", 256),
+        ("block_size_mib", 4),
+        ("plugged_size_mib", 0),
+        ("requested_size_mib", 0),
+    ] {
+        assert_eq!(s[key].as_u64(), Some(want), "{key} in {s:?}");
+    }
+    let cfg = api.get("/vm/config").json();
+    assert_eq!(cfg["memory-hotplug"]["slot_size_mib"].as_u64(), Some(256));
+    api.expect(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib":256}"#),
+        204,
+    );
+    assert_eq!(memory_hotplug_sizes(&api), (256, 0));
+    kill(vm.pid(), libc::SIGTERM);
+    assert_eq!(vm.wait_exit().0, 143);
+    api.check_schema(&dir.0);
+
+    let bad = dir.file(
+        "bad.json",
+        config(r#"{"total_size_mib":256,"block_size_mib":3}"#).as_bytes(),
+    );
+    let run = dir.0.join("bad");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut vm = Vm::start(&run, None, &["--config-file", &bad, "--no-api"]);
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("memory-hotplug: block_size_mib 3"), "{err}");
+}
+
 /// A boot count above the maximum, or a maximum the platform cannot
 /// describe, is refused before the start.
 #[test]

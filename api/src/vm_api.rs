@@ -361,6 +361,84 @@ impl BalloonBody {
     }
 }
 
+/// `hotplug/memory` body and the config file's `memory-hotplug` section
+/// (Firecracker's): the region virtio-mem may plug memory into. The slot
+/// and block sizes default to Firecracker's (those of
+/// [`vmm::MemoryHotplugConfig::new`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryHotplugBody {
+    total_size_mib: u64,
+    #[serde(default = "default_slot_mib")]
+    slot_size_mib: u64,
+    #[serde(default = "default_block_mib")]
+    block_size_mib: u64,
+}
+
+fn default_slot_mib() -> u64 {
+    vmm::MemoryHotplugConfig::new(0).slot_size_mib
+}
+
+fn default_block_mib() -> u64 {
+    vmm::MemoryHotplugConfig::new(0).block_size_mib
+}
+
+impl MemoryHotplugBody {
+    fn config(&self) -> vmm::MemoryHotplugConfig {
+        vmm::MemoryHotplugConfig {
+            total_size_mib: self.total_size_mib,
+            slot_size_mib: self.slot_size_mib,
+            block_size_mib: self.block_size_mib,
+        }
+    }
+
+    /// The sizes checked against each other, as Firecracker checks them
+    /// when they are put (whether they fit above the guest's RAM is
+    /// checked at the start).
+    fn validate(&self) -> Result<(), ApiError> {
+        self.config()
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// `PATCH /hotplug/memory` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryHotplugUpdate {
+    requested_size_mib: u64,
+}
+
+const NO_MEMORY_HOTPLUG: &str = "No memory hotplug device configured.";
+
+/// `GET /hotplug/memory`: what the device says once the VM runs; before,
+/// the configuration, with nothing requested or plugged.
+fn memory_hotplug_status(body: &MemoryHotplugBody, phase: &Phase) -> Result<Value, ApiError> {
+    let s = match phase {
+        Phase::Running(ctl) => running_memory_hotplug(ctl)?.status(),
+        Phase::NotStarted => vmm::MemoryHotplugStatus {
+            total_size_mib: body.total_size_mib,
+            slot_size_mib: body.slot_size_mib,
+            block_size_mib: body.block_size_mib,
+            plugged_size_mib: 0,
+            requested_size_mib: 0,
+        },
+    };
+    Ok(json!({
+        "total_size_mib": s.total_size_mib,
+        "slot_size_mib": s.slot_size_mib,
+        "block_size_mib": s.block_size_mib,
+        "plugged_size_mib": s.plugged_size_mib,
+        "requested_size_mib": s.requested_size_mib,
+    }))
+}
+
+/// The hotpluggable memory of a running VM.
+fn running_memory_hotplug(ctl: &VmController) -> Result<Arc<vmm::MemoryHotplug>, ApiError> {
+    ctl.memory_hotplug()
+        .ok_or_else(|| ApiError::bad_request(NO_MEMORY_HOTPLUG))
+}
+
 /// `logger` body (Firecracker's): every field optional.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -538,6 +616,12 @@ struct FullConfig {
     network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     balloon: Option<BalloonBody>,
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    memory_hotplug: Option<MemoryHotplugBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     logger: Option<LoggerBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -585,6 +669,7 @@ impl Default for FullConfig {
             drives: Vec::new(),
             network_interfaces: Vec::new(),
             balloon: None,
+            memory_hotplug: None,
             logger: None,
             metrics: None,
             entropy: None,
@@ -954,6 +1039,11 @@ impl Instance {
         };
         config.initrd = boot.initrd_path.clone();
         config.balloon = self.config.balloon.as_ref().map(BalloonBody::config);
+        config.memory_hotplug = self
+            .config
+            .memory_hotplug
+            .as_ref()
+            .map(MemoryHotplugBody::config);
         config.entropy = self
             .config
             .entropy
@@ -1404,6 +1494,34 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             )?;
             ok
         }
+        (Method::Put, ["hotplug", "memory"]) => {
+            let b: MemoryHotplugBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            b.validate()?;
+            i.config.memory_hotplug = Some(b);
+            ok
+        }
+        (Method::Get, ["hotplug", "memory"]) => {
+            let i = crate::lock(inst);
+            let Some(b) = &i.config.memory_hotplug else {
+                return Err(ApiError::bad_request(NO_MEMORY_HOTPLUG));
+            };
+            Ok(Reply::Json(200, memory_hotplug_status(b, &i.phase)?))
+        }
+        (Method::Patch, ["hotplug", "memory"]) => {
+            let u: MemoryHotplugUpdate = http::json_body(req)?;
+            let i = crate::lock(inst);
+            if i.config.memory_hotplug.is_none() {
+                return Err(ApiError::bad_request(NO_MEMORY_HOTPLUG));
+            }
+            // The requested size is the guest's to follow: there is no
+            // guest to ask before the start, and nothing to keep for it.
+            running_memory_hotplug(i.controller()?)?
+                .set_requested_mib(u.requested_size_mib)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            ok
+        }
         (Method::Put, ["network-interfaces", id]) => {
             let n: NetworkInterface = http::json_body(req)?;
             crate::lock(inst).put_net(id, n)?;
@@ -1455,9 +1573,9 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             ok
         }
         (_, ["snapshot", ..]) => Err(ApiError::bad_request("snapshots are not supported")),
-        (_, [what @ ("vsock" | "mmds" | "cpu-config" | "hotplug" | "pmem"), ..]) => Err(
-            ApiError::bad_request(format!("/{what} is not supported yet")),
-        ),
+        (_, [what @ ("vsock" | "mmds" | "cpu-config" | "pmem"), ..]) => Err(ApiError::bad_request(
+            format!("/{what} is not supported yet"),
+        )),
         _ => Err(ApiError::bad_request(format!(
             "Invalid request method and/or path: {method} {path}"
         ))),
@@ -1789,6 +1907,10 @@ fn check_config(config: FullConfig) -> Result<FullConfig, String> {
         check_cpu_config(c).map_err(|e| e.message)?;
     }
     check_machine(&config.machine_config).map_err(|e| e.message)?;
+    if let Some(h) = &config.memory_hotplug {
+        h.validate()
+            .map_err(|e| format!("memory-hotplug: {}", e.message))?;
+    }
     if let Some(l) = &config.logger {
         l.level().map_err(|e| format!("logger: {e}"))?;
     }
@@ -1895,6 +2017,31 @@ mod tests {
             br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#
         )
         .is_err());
+    }
+
+    /// The request bodies and states are tested over the socket in
+    /// tests/vm_api.rs; here, what only the library shows: the defaults,
+    /// and that `GET /vm/config` and the config file agree.
+    #[test]
+    fn memory_hotplug_round_trips_through_the_config_file() {
+        let vm = Unbooted::new();
+        let put = br#"{"total_size_mib": 256}"#.to_vec();
+        let resp = vm.handle(&Request::new("PUT", "/hotplug/memory", put));
+        assert_eq!(resp.status(), 204);
+        let resp = vm.handle(&Request::new("GET", "/hotplug/memory", Vec::new()));
+        let shown: Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(
+            shown,
+            json!({"total_size_mib": 256, "slot_size_mib": 128, "block_size_mib": 2,
+                   "plugged_size_mib": 0, "requested_size_mib": 0})
+        );
+        let shown = vm.handle(&Request::new("GET", "/vm/config", Vec::new()));
+        let again = Unbooted::from_config(shown.body()).unwrap();
+        let h = crate::lock(&again.0).config.memory_hotplug.clone().unwrap();
+        assert_eq!(h.config(), vmm::MemoryHotplugConfig::new(256));
+        let bad = br#"{"memory-hotplug": {"total_size_mib": 256, "block_size_mib": 3}}"#;
+        let e = Unbooted::from_config(bad).err().unwrap();
+        assert!(e.starts_with("memory-hotplug: block_size_mib 3"), "{e}");
     }
 
     #[test]

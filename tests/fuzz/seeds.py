@@ -237,6 +237,14 @@ def api_seeds():
     write("api_bodies", "cpu-config",
           req(11, template, b"PUT /cpu-config") + b"\xff" + req(7, b"")
           + b"\xff" + req(8, dict(config, **{"cpu-config": template})))
+    hotplug = {"total_size_mib": 256, "slot_size_mib": 128, "block_size_mib": 2}
+    write("api_bodies", "memory-hotplug", b"\xff".join([
+        req(11, hotplug, b"PUT /hotplug/memory"),
+        req(11, b"", b"GET /hotplug/memory"),
+        req(11, {"requested_size_mib": 128}, b"PATCH /hotplug/memory"),
+        req(7, b""),
+        req(8, dict(config, **{"memory-hotplug": hotplug})),
+    ]))
     create = {
         "id": "web-1", "vcpus": 2, "memory_mib": 512, "kernel": "/k", "cmdline": "console=ttyS0",
         "drives": [{"id": "root", "path": "/r", "root": True}],
