@@ -25,6 +25,17 @@ init touches 384 MiB once (strato_fill) and reports online CPUs
   +1 vCPU          PATCH /machine-config vcpu_count 2 until the guest
                    reports CPUs 0-1 online (its loop looks every 0.2 s):
                    strato only, Firecracker has no vCPU hotplug
+  +1 GiB           with PUT /hotplug/memory total_size_mib 1024 (default
+                   slots and blocks) before the start and
+                   memhp_default_state=online_movable on the command line:
+                   PATCH /hotplug/memory requested_size_mib 1024 until
+                   GET /hotplug/memory says plugged_size_mib 1024, and until
+                   the guest's MemTotal has grown by 1 GiB (strato_mem,
+                   which looks every 0.5 s)
+  -1 GiB           once the guest has touched 768 MiB of it
+                   (strato_growfill): requested_size_mib 0 until
+                   plugged_size_mib is 0, and the VMM's VmRSS before less
+                   after
 
 The lane emulates its CPU (QEMU TCG), so absolute figures are far below a
 real host's: only the ratios between VMMs in one run mean anything.
@@ -47,12 +58,19 @@ import run as bench  # noqa: E402  (build_strato, executable)
 
 REPO = Path(__file__).resolve().parents[2]
 MEM_MIB, FILL_MIB, BALLOON_MIB = 512, 384, 256
+# virtio-mem: a 1 GiB region, all of it plugged, 768 MiB of it then
+# touched by the guest (strato_growfill), then all of it unplugged.
+HOTPLUG_MIB, GROWFILL_MIB = 1024, 768
 FIGURES = [
     "balloon inflate 256 MiB: API to done (s)",
     "VMM RSS before the inflate (MiB)",
     "VMM RSS released by the inflate (MiB)",
     "balloon deflate: API to done (s)",
     "+1 vCPU: API to online in the guest (s)",
+    "+1 GiB (virtio-mem): API to plugged (s)",
+    "+1 GiB: API to MemTotal grown in the guest (s)",
+    "-1 GiB (virtio-mem): API to unplugged (s)",
+    "VMM RSS released by the unplug (MiB)",
 ]
 
 
@@ -129,10 +147,12 @@ def one_run(key, args, scratch):
         call(str(sock), "PUT", "/machine-config", machine)
         call(str(sock), "PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": False,
                                             "stats_polling_interval_s": 1})
+        call(str(sock), "PUT", "/hotplug/memory", {"total_size_mib": HOTPLUG_MIB})
         call(str(sock), "PUT", "/boot-source", {
             "kernel_image_path": args.vmlinux, "initrd_path": args.initramfs,
             "boot_args": "console=ttyS0 reboot=k panic=1 quiet strato_noreboot "
-                         f"strato_fill={FILL_MIB} strato_cpus"})
+                         f"strato_fill={FILL_MIB} strato_cpus strato_mem "
+                         f"strato_growfill={GROWFILL_MIB} memhp_default_state=online_movable"})
         call(str(sock), "PUT", "/actions", {"action_type": "InstanceStart"})
         wait_for("the guest's init", deadline, lambda: "STRATO_INIT_DONE" in text(), 0.1)
         if f"STRATO_FILLED={FILL_MIB}" not in text():
@@ -161,6 +181,33 @@ def one_run(key, args, scratch):
             wait_for("the second vCPU online", deadline,
                      lambda: "STRATO_CPUS_ONLINE=0-1 " in text())
             figures[FIGURES[4]] = time.monotonic() - t0
+
+        def plugged():
+            return call(str(sock), "GET", "/hotplug/memory").get("plugged_size_mib")
+
+        def memtotal_kib():
+            lines = [l for l in text().splitlines() if "STRATO_MEMTOTAL_KIB=" in l]
+            try:
+                return int(lines[-1].split("STRATO_MEMTOTAL_KIB=")[1].split()[0])
+            except (IndexError, ValueError):
+                return None
+
+        base = wait_for("the guest's MemTotal", deadline, memtotal_kib, 0.1)
+        t0 = time.monotonic()
+        call(str(sock), "PATCH", "/hotplug/memory", {"requested_size_mib": HOTPLUG_MIB})
+        wait_for("the plug", deadline, lambda: plugged() == HOTPLUG_MIB)
+        figures[FIGURES[5]] = time.monotonic() - t0
+        wait_for("MemTotal to grow", deadline,
+                 lambda: (memtotal_kib() or 0) >= base + HOTPLUG_MIB * 1024)
+        figures[FIGURES[6]] = time.monotonic() - t0
+        wait_for("the guest to touch the plugged memory", deadline,
+                 lambda: f"STRATO_GROWFILLED={GROWFILL_MIB}" in text(), 0.1)
+        before = rss_mib(proc.pid)
+        t0 = time.monotonic()
+        call(str(sock), "PATCH", "/hotplug/memory", {"requested_size_mib": 0})
+        wait_for("the unplug", deadline, lambda: plugged() == 0)
+        figures[FIGURES[7]] = time.monotonic() - t0
+        figures[FIGURES[8]] = before - rss_mib(proc.pid)
     except (RuntimeError, OSError) as e:
         error = (f"{key}: {e}; console ends:\n{text()[-600:]}"
                  + "".join(f"\n{p.name} ends:\n" + p.read_text(errors="replace")[-600:]
