@@ -24,6 +24,8 @@ KCONFIG_X86_64="$RES_DIR/kernel/x86_64.config"
 KCONFIG_ARM64="$RES_DIR/kernel/arm64.config"
 PATCH_DIR="$RES_DIR/patches"
 INIT_SCRIPT="$RES_DIR/initramfs/init"
+# The guest end of the vsock tests, built static for this machine's images.
+VSOCK_SRC="$RES_DIR/initramfs/vsock.c"
 CACHE="${STRATO_CACHE:-$HOME/.cache/strato}"
 
 LINUX_PKG=linux-source-6.1
@@ -269,6 +271,7 @@ USER_PKGS=("$BUSYBOX_PKG" cpio e2fsprogs)
 userspace_inputs() {
     echo "busybox: $BUSYBOX_PKG $(pkg_version "$BUSYBOX_PKG") $(sha256sum "$BUSYBOX_BIN" | cut -d' ' -f1)"
     echo "init:"; cat "$INIT_SCRIPT"
+    echo "vsock:"; cat "$VSOCK_SRC"; echo "gcc: $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)"
     echo "script:"; cat "$SELF"
 }
 
@@ -284,6 +287,10 @@ populate_tree() {
     for a in $("$BUSYBOX_BIN" --list-full); do
         [ -e "$d/$a" ] || [ -L "$d/$a" ] || ln -s /bin/busybox "$d/$a"
     done
+    # Only in this machine's images: the program is built for it.
+    if [ -z "${2:-}" ]; then
+        gcc -static -O2 -o "$d/bin/strato-vsock" "$VSOCK_SRC"
+    fi
     rm -f "$d/init" "$d/sbin/init"
     install -m 755 "$INIT_SCRIPT" "$d/init"
     install -m 755 "$INIT_SCRIPT" "$d/sbin/init"

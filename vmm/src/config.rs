@@ -95,6 +95,9 @@ pub struct VmConfig {
     /// plugs in blocks while it runs, up to what
     /// [`crate::VmController::memory_hotplug`] requests; nothing at boot.
     pub memory_hotplug: Option<devices::virtio::mem::MemConfig>,
+    /// A socket device (virtio-vsock) with Firecracker's hybrid vsock:
+    /// guest AF_VSOCK streams over unix sockets at its `uds_path`.
+    pub vsock: Option<devices::virtio::vsock::VsockConfig>,
     /// An entropy device (virtio-rng) with its rate limits, added last.
     pub entropy: Option<devices::rate_limiter::RateLimiterConfig>,
     /// A custom CPU template (Firecracker's `/cpu-config`): CPUID and MSR
@@ -125,6 +128,7 @@ impl VmConfig {
             console: ConsoleKind::Serial,
             balloon: None,
             memory_hotplug: None,
+            vsock: None,
             entropy: None,
             cpu_template: None,
             seccomp: true,
@@ -196,7 +200,12 @@ impl VmConfig {
             + usize::from(self.console == ConsoleKind::Virtio)
             + usize::from(self.balloon.is_some())
             + usize::from(self.memory_hotplug.is_some())
+            + usize::from(self.vsock.is_some())
             + usize::from(self.entropy.is_some());
+        if let Some(v) = &self.vsock {
+            v.validate()
+                .map_err(|e| ConfigError::Option("vsock", e.to_string()))?;
+        }
         if let Some(h) = &self.memory_hotplug {
             h.validate().map_err(ConfigError::MemoryHotplug)?;
             let (start, end) = arch::hotplug_window(self.memory_mib << 20);

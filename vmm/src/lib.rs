@@ -35,6 +35,8 @@ pub use devices::virtio::mem::{
 };
 /// Taps, which the daemon attaches and hands over to a jailed VMM.
 pub use devices::virtio::net::Tap;
+/// The socket device's (virtio-vsock's) guest CID and unix socket path.
+pub use devices::virtio::vsock::VsockConfig;
 pub use error::{Error, Result};
 pub use exit::ExitReason;
 pub use vm::{ControlError, ShutdownSignal, VcpuCounts, Vm, VmController, VmMetrics};

@@ -387,7 +387,29 @@ fn rules(kind: ThreadKind) -> Rules {
                 libc::SYS_epoll_pwait,
                 libc::SYS_epoll_ctl,
                 libc::SYS_timerfd_settime,
-            ]),
+            ])
+            // vsock: host programs' unix connections accepted, guest
+            // connections made to unix sockets (non-blocking, AF_UNIX
+            // only), and std's socket reads and writes (recv, send).
+            .calls(&[
+                libc::SYS_accept4,
+                libc::SYS_connect,
+                libc::SYS_shutdown,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+            ])
+            .call_if(
+                libc::SYS_socket,
+                vec![rule(&[
+                    (0, SeccompCmpOp::Eq, libc::AF_UNIX as u64),
+                    (
+                        1,
+                        SeccompCmpOp::Eq,
+                        (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64,
+                    ),
+                ])],
+            )
+            .ioctls(&[libc::FIONBIO]),
         ThreadKind::Api => common()
             // A log or metrics file named by PUT /logger or /metrics, and
             // a drive's new image named by PATCH /drives (read-only or
@@ -522,8 +544,14 @@ mod tests {
     fn the_probe_and_process_creation_are_forbidden_everywhere() {
         for kind in KINDS {
             let rules = rules(kind);
-            for call in [libc::SYS_socket, libc::SYS_execve, libc::SYS_ptrace] {
+            for call in [libc::SYS_execve, libc::SYS_ptrace] {
                 assert!(!rules.contains_key(&call), "{kind:?} allows {call}");
+            }
+            // Sockets only on the event loop, and there only unix ones
+            // (vsock), under a condition; the probe's IPv4 socket is not.
+            match kind {
+                ThreadKind::EventLoop => assert!(!rules[&libc::SYS_socket].is_empty()),
+                _ => assert!(!rules.contains_key(&libc::SYS_socket), "{kind:?}"),
             }
         }
         // clone only for threads.

@@ -21,6 +21,7 @@ use devices::virtio::console::Console;
 use devices::virtio::mem::{Mem, MemShared};
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::{Bus, BusDevice, EventFdTrigger};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
@@ -501,6 +502,8 @@ pub struct Vm {
     _vm_fd: Arc<VmFd>,
     shared: Arc<Shared>,
     events: EventLoop,
+    /// The vsock device's listening socket, removed when the VM goes.
+    vsock_path: Option<std::path::PathBuf>,
     // Last: guest RAM is unmapped only after everything above (the event
     // loop's devices, the VM fd) is gone.
     _ram: GuestRam,
@@ -535,6 +538,7 @@ impl Vm {
         let (ram, mem) = map_memory(memory_mib, config.memory_hotplug.as_ref())?;
         register_memory(&vm_fd, &mem.boot, memory_mib)?;
         debug!("start-up: VM and memory at {:?}", started.elapsed());
+        let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
         let mut built = Self::build(&kvm, &vm_fd, &mem, config, started)?;
         debug!(
             "start-up: devices, kernel, vCPUs configured at {:?}",
@@ -587,6 +591,7 @@ impl Vm {
             }),
             _vm_fd: vm_fd,
             events,
+            vsock_path,
             _ram: ram,
         })
     }
@@ -779,6 +784,16 @@ impl Vm {
             }
             _ => None,
         };
+        if let Some(cfg) = &config.vsock {
+            let mut slot = dm.slot(3)?;
+            let evts = std::mem::take(&mut slot.queue_evts);
+            let evts: [EventFd; 3] = evts
+                .try_into()
+                .map_err(|_| Error::Device("vsock: three queues expected".into()))?;
+            let vsock = Vsock::new(cfg, evts, slot.signals.clone())
+                .map_err(|e| Error::Device(format!("vsock: {e}")))?;
+            dm.add(&mut mmio, slot, vsock)?;
+        }
         if let Some(limits) = &config.entropy {
             let mut slot = dm.slot(1)?;
             let evt = slot.queue_evts.remove(0);
@@ -926,6 +941,12 @@ impl Drop for Vm {
         if !devices::bus::lock(&self.shared.vcpus).is_empty() {
             self.shared.exit.request(ExitReason::Stopped);
             self.wait();
+        }
+        // The vsock device's unix socket is the VM's; here, not in the
+        // device, which may drop on the event loop's thread, whose seccomp
+        // filter has no unlink.
+        if let Some(path) = &self.vsock_path {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -331,10 +332,16 @@ pub struct Chain<'m> {
     left: u16,
 }
 
-impl Chain<'_> {
+impl<'m> Chain<'m> {
     /// The chain's first descriptor: what goes into the used ring.
     pub fn head_index(&self) -> u16 {
         self.inner.head_index()
+    }
+
+    /// The descriptor chain itself, for parsers that take one (vsock
+    /// packets read at most two descriptors of it).
+    pub fn inner_mut(&mut self) -> &mut DescriptorChain<&'m GuestMemoryMmap> {
+        &mut self.inner
     }
 }
 
