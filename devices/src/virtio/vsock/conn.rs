@@ -22,11 +22,8 @@ pub enum State {
     /// Host-initiated: the REQUEST is (to be) sent, the guest has not
     /// answered yet; since then.
     Connecting(Instant),
-    /// Data flows both ways.
+    /// Data flows (each way until its sender shuts it).
     Established,
-    /// The host side closed: the guest was told (SHUTDOWN), since then,
-    /// and has a while to answer with RST before the device resets it.
-    Closing(Instant),
 }
 
 /// A packet without data the device owes the guest on a connection.
@@ -65,6 +62,12 @@ pub struct Conn {
     pub guest_done_sending: bool,
     /// The guest will take no more data (SHUTDOWN with RCV).
     pub guest_done_receiving: bool,
+    /// The host program's stream ended (it shut its sending side, or
+    /// closed): the guest was told the host sends no more.
+    pub host_done_sending: bool,
+    /// Writing to the host socket failed (the program closed it): the
+    /// connection is to be reset.
+    pub failed: bool,
 }
 
 impl Conn {
@@ -82,6 +85,8 @@ impl Conn {
             readable: true,
             guest_done_sending: false,
             guest_done_receiving: false,
+            host_done_sending: false,
+            failed: false,
         }
     }
 
@@ -101,6 +106,7 @@ impl Conn {
     pub fn wants_to_send_data(&self) -> bool {
         self.state == State::Established
             && self.readable
+            && !self.host_done_sending
             && !self.guest_done_receiving
             && self.peer_credit() > 0
     }
@@ -131,9 +137,12 @@ impl Conn {
                     self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // WouldBlock: the writable edge resumes it. Anything else:
-                // the read side sees the end and closes.
-                Err(_) => break,
+                // The writable edge resumes it.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.failed = true;
+                    break;
+                }
             }
         }
         if self.pending.is_empty() && self.guest_done_sending {

@@ -21,7 +21,9 @@
 //! Bounded for a hostile side: at most [`MAX_CONNECTIONS`] connections and
 //! [`MAX_ACCEPTING`] host connections that have not said where to yet,
 //! each given [`HANDSHAKE_TIMEOUT`] to do so; a guest that does not answer
-//! a connection request or a shutdown within that time is reset.
+//! a connection request within that time is reset. A host program that
+//! shuts its sending side (or closes) is a SHUTDOWN to the guest, which may
+//! still send; one that no longer takes data is a reset.
 
 pub mod conn;
 
@@ -52,8 +54,8 @@ pub const HOST_CID: u64 = 2;
 pub const MAX_CONNECTIONS: usize = 256;
 /// Most host connections waiting to say `CONNECT <port>`.
 pub const MAX_ACCEPTING: usize = 32;
-/// How long a host connection has to say where to, the guest to answer a
-/// connection request, and the guest to close after a shutdown.
+/// How long a host connection has to say where to, and the guest to
+/// answer a connection request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const QUEUE_SIZE: u16 = 256;
@@ -262,23 +264,24 @@ impl Vsock {
                 c.state = State::Established;
                 let ok = format!("OK {}\n", key.0);
                 if c.stream.write_all(ok.as_bytes()).is_err() {
-                    self.close(key, true, ops);
+                    self.reset(key, ops);
                 }
             }
             (OP_RW, State::Established) => {
                 let data = std::mem::take(&mut self.buf);
                 let taken = c.guest_done_sending || c.push_from_guest(&data);
+                let failed = c.failed;
                 self.buf = data;
                 if !taken {
                     self.bad_packet.warn(format_args!(
                         "virtio-vsock: the guest sent more than its credit on port {}",
                         key.0
                     ));
-                    self.close(key, true, ops);
+                }
+                if !taken || failed {
+                    self.reset(key, ops);
                 }
             }
-            // The host side is gone: its data has nowhere to go.
-            (OP_RW, State::Closing(_)) => {}
             (OP_CREDIT_UPDATE, _) => {}
             (OP_CREDIT_REQUEST, _) => {
                 if !c.controls.contains(&Control::CreditUpdate) {
@@ -288,18 +291,19 @@ impl Vsock {
             (OP_SHUTDOWN, _) => {
                 c.guest_done_receiving |= h.flags & SHUTDOWN_RCV != 0;
                 c.guest_done_sending |= h.flags & SHUTDOWN_SEND != 0;
-                if c.guest_done_receiving && c.guest_done_sending {
-                    // Done both ways: virtio-vsock's close, answered with
-                    // a reset.
-                    self.close(key, true, ops);
-                } else {
-                    c.flush();
+                c.flush();
+                // The guest closed (done both ways), or both ends are done
+                // sending: virtio-vsock's close, answered with a reset.
+                let done = (c.guest_done_receiving && c.guest_done_sending)
+                    || (c.guest_done_sending && c.host_done_sending && c.pending.is_empty());
+                if done || c.failed {
+                    self.reset(key, ops);
                 }
             }
-            (OP_RST, _) => self.close(key, false, ops),
+            (OP_RST, _) => self.remove(key, ops),
             // A request for a connection that exists, a response to none,
             // data before the connection is up: reset it.
-            _ => self.close(key, true, ops),
+            _ => self.reset(key, ops),
         }
     }
 
@@ -374,7 +378,10 @@ impl Vsock {
                     None => {
                         queue.go_to_previous_position();
                         idle_turns += 1;
-                        if idle_turns > self.turns.len() {
+                        // A turn can leave a reset to send (a host socket
+                        // that failed); otherwise a round of turns that
+                        // sent nothing ends the pass.
+                        if idle_turns > self.turns.len() && self.resets.is_empty() {
                             break;
                         }
                     }
@@ -471,9 +478,16 @@ impl Vsock {
         }
         match c.read_host(&mut self.buf, max) {
             Ok(0) => {
-                // The host program closed: tell the guest, and give it
-                // time to close its end.
-                self.close(key, false, ops);
+                // The host program sends no more (it shut its sending
+                // side, or closed): the guest is told, and may still send
+                // (a program that closed fails the next write).
+                c.host_done_sending = true;
+                c.readable = false;
+                if c.guest_done_sending && c.pending.is_empty() {
+                    self.reset(key, ops);
+                } else {
+                    c.controls.push_back(Control::Shutdown(SHUTDOWN_SEND));
+                }
                 None
             }
             Ok(n) => {
@@ -487,7 +501,7 @@ impl Vsock {
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => None,
             Err(_) => {
-                self.close(key, true, ops);
+                self.reset(key, ops);
                 None
             }
         }
@@ -609,9 +623,10 @@ impl Vsock {
             c.flush();
         }
         // A host program that closed before the guest answered its
-        // request: nothing to tell but a reset.
-        if matches!(c.state, State::Connecting(_)) && set.contains(EventSet::HANG_UP) {
-            self.close(key, true, ops);
+        // request, or that no longer takes the guest's data.
+        let gone = matches!(c.state, State::Connecting(_)) && set.contains(EventSet::HANG_UP);
+        if gone || c.failed {
+            self.reset(key, ops);
         }
     }
 
@@ -635,30 +650,16 @@ impl Vsock {
         self.conns.insert(key, c);
     }
 
-    /// Ends a connection: at once with a reset to the guest (`rst`), or
-    /// with a shutdown the guest answers with a reset (a connection that
-    /// is up), or silently (the guest reset it, or had not answered yet).
-    fn close(&mut self, key: Key, rst: bool, ops: &mut EventOps) {
-        let Some(c) = self.conns.get_mut(&key) else {
-            return;
-        };
-        if rst {
+    /// Ends a connection with a reset to the guest (its host socket
+    /// closes).
+    fn reset(&mut self, key: Key, ops: &mut EventOps) {
+        if self.conns.contains_key(&key) {
             self.remove(key, ops);
             self.resets.push_back(key);
-            return;
-        }
-        match c.state {
-            State::Established => {
-                c.state = State::Closing(Instant::now());
-                c.readable = false;
-                c.controls
-                    .push_back(Control::Shutdown(SHUTDOWN_RCV | SHUTDOWN_SEND));
-                self.arm_timer();
-            }
-            State::Connecting(_) | State::Closing(_) => self.remove(key, ops),
         }
     }
 
+    /// Ends a connection without telling the guest (it reset it).
     fn remove(&mut self, key: Key, ops: &mut EventOps) {
         if let Some(c) = self.conns.remove(&key) {
             let _ = ops.remove(Events::new(&c.stream, EventSet::empty()));
@@ -668,8 +669,7 @@ impl Vsock {
     }
 
     /// Resets what has waited too long: host connections that did not say
-    /// where to, connection requests and shutdowns the guest did not
-    /// answer.
+    /// where to, and connection requests the guest did not answer.
     fn expire(&mut self, ops: &mut EventOps) {
         let now = Instant::now();
         let late = |since: Instant| now.duration_since(since) >= HANDSHAKE_TIMEOUT;
@@ -687,11 +687,11 @@ impl Vsock {
         let expired: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, State::Connecting(t) | State::Closing(t) if late(t)))
+            .filter(|(_, c)| matches!(c.state, State::Connecting(t) if late(t)))
             .map(|(k, _)| *k)
             .collect();
         for key in expired {
-            self.close(key, true, ops);
+            self.reset(key, ops);
         }
     }
 

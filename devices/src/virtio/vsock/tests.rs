@@ -290,14 +290,26 @@ fn a_host_connect_line_becomes_a_request_and_the_answer_an_ok() {
     assert_eq!(total, 10_000);
     assert!(got.iter().all(|p| p.op == OP_RW && p.dst_port == 52));
 
-    // The host program goes away: the guest is told, and its reset ends it.
-    drop(host);
+    // The host program shuts its sending side: the guest is told, and
+    // can still send; its own shutdown then ends the connection.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
     let got = r.received();
     assert_eq!(ops(&got), [OP_SHUTDOWN]);
-    assert_eq!(got[0].flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
-    r.send(&Pkt::from_guest(52, local, OP_RST));
+    assert_eq!(got[0].flags, SHUTDOWN_SEND);
+    let mut rw = Pkt::from_guest(52, local, OP_RW);
+    rw.data = b"last words".to_vec();
+    r.send(&rw);
+    let mut last = [0u8; 10];
+    host.read_exact(&mut last).unwrap();
+    assert_eq!(&last, b"last words");
+    let mut bye = Pkt::from_guest(52, local, OP_SHUTDOWN);
+    bye.flags = SHUTDOWN_SEND;
+    r.send(&bye);
+    assert_eq!(ops(&r.received()), [OP_RST]);
     assert_eq!(r.connections(), 0);
-    assert!(r.received().is_empty());
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
 }
 
 #[test]
@@ -321,6 +333,37 @@ fn host_data_waits_for_the_guest_s_credit() {
     r.send(&credit);
     let got = r.received();
     assert_eq!(got.iter().map(|p| p.data.len()).sum::<usize>(), 600);
+}
+
+#[test]
+fn a_host_program_that_closes_is_reset_when_the_guest_writes() {
+    let mut r = Rig::new();
+    let mut host = UnixStream::connect(&r.uds).unwrap();
+    host.write_all(b"CONNECT 9\n").unwrap();
+    let local = r.received()[0].src_port;
+    r.send(&Pkt::from_guest(9, local, OP_RESPONSE));
+    let mut ok = [0u8; 32];
+    let _ = host.read(&mut ok).unwrap();
+    drop(host);
+    assert_eq!(ops(&r.received()), [OP_SHUTDOWN]);
+    let mut rw = Pkt::from_guest(9, local, OP_RW);
+    rw.data = vec![1u8; 100];
+    r.send(&rw);
+    assert_eq!(ops(&r.received()), [OP_RST]);
+    assert_eq!(r.connections(), 0);
+}
+
+#[test]
+fn a_host_program_that_closes_with_data_unread_is_reset() {
+    let mut r = Rig::new();
+    let host = UnixStream::connect(&r.uds).unwrap();
+    (&host).write_all(b"CONNECT 9\n").unwrap();
+    let local = r.received()[0].src_port;
+    r.send(&Pkt::from_guest(9, local, OP_RESPONSE));
+    // The OK line is never read: the close is a reset of the socket.
+    drop(host);
+    assert_eq!(ops(&r.received()), [OP_RST]);
+    assert_eq!(r.connections(), 0);
 }
 
 #[test]
