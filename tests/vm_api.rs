@@ -322,6 +322,15 @@ fn ctrl_alt_del_reaches_the_guest_keyboard() {
 fn start_tiny_guest(dir: &Path, name: &str, args: &str, marker: &str) -> (Vm, Api) {
     let mut vm = Vm::start(dir, None, &[]);
     let api = Api::new(&vm.sock, "vm");
+    configure_tiny_guest(&api, name, args);
+    api.action("InstanceStart");
+    vm.wait_console(marker);
+    (vm, api)
+}
+
+/// Configures the tiny guest `name` (1 vCPU, 32 MiB) with `args` on its
+/// command line, for an `InstanceStart` still to come.
+fn configure_tiny_guest(api: &Api, name: &str, args: &str) {
     api.expect(
         "PUT",
         "/machine-config",
@@ -337,9 +346,6 @@ fn start_tiny_guest(dir: &Path, name: &str, args: &str, marker: &str) -> (Vm, Ap
         )),
         204,
     );
-    api.action("InstanceStart");
-    vm.wait_console(marker);
-    (vm, api)
 }
 
 /// SendPowerButton raises the GED's interrupt with the power-button bit
@@ -761,6 +767,28 @@ fn memory_hotplug_is_requested_of_a_guest_that_never_plugs() {
     api.check_schema(&dir.0);
 }
 
+/// Starts `strato vm` (with `extra` options) from the config file `text`,
+/// written as `name`.json, in its own folder `name` of `dir`.
+fn start_from_config(dir: &Scratch, name: &str, text: &str, extra: &[&str]) -> Vm {
+    let file = dir.file(&format!("{name}.json"), text.as_bytes());
+    let run = dir.0.join(name);
+    std::fs::create_dir_all(&run).unwrap();
+    let args: Vec<&str> = ["--config-file", file.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    Vm::start(&run, None, &args)
+}
+
+/// The config file `text` is refused before anything starts: status 1,
+/// with `needle` (the section and what is wrong in it) on stderr.
+fn config_is_refused(dir: &Scratch, text: &str, needle: &str) {
+    let mut vm = start_from_config(dir, "bad", text, &["--no-api"]);
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(needle), "{err}");
+}
+
 /// The config file's `memory-hotplug` section, Firecracker's: the running
 /// VM has the region it describes, and bad sizes are refused before
 /// anything starts, the section named.
@@ -773,13 +801,8 @@ fn memory_hotplug_comes_from_the_config_file() {
             guest("idle").display()
         )
     };
-    let good = dir.file(
-        "good.json",
-        config(r#"{"total_size_mib":512,"slot_size_mib":256,"block_size_mib":4}"#).as_bytes(),
-    );
-    let run = dir.0.join("good");
-    std::fs::create_dir_all(&run).unwrap();
-    let mut vm = Vm::start(&run, None, &["--config-file", &good]);
+    let good = config(r#"{"total_size_mib":512,"slot_size_mib":256,"block_size_mib":4}"#);
+    let mut vm = start_from_config(&dir, "good", &good, &[]);
     let api = Api::new(&vm.sock, "vm");
     vm.wait_console("idle: ready");
     let s = api.get("/hotplug/memory").json();
@@ -805,16 +828,152 @@ fn memory_hotplug_comes_from_the_config_file() {
     assert_eq!(vm.wait_exit().0, 143);
     api.check_schema(&dir.0);
 
-    let bad = dir.file(
-        "bad.json",
-        config(r#"{"total_size_mib":256,"block_size_mib":3}"#).as_bytes(),
+    let bad = config(r#"{"total_size_mib":256,"block_size_mib":3}"#);
+    config_is_refused(&dir, &bad, "memory-hotplug: block_size_mib 3");
+}
+
+/// `PUT /vsock` bodies are checked when they are put, the field or the
+/// CID named; a second PUT replaces the first, `GET /vm/config` shows it
+/// (without the deprecated `vsock_id`, as Firecracker does), and after
+/// the start, when the device listens on its socket, it is refused.
+#[test]
+fn vsock_bodies_and_states_are_checked() {
+    let dir = Scratch::new("vm-api-vsock-checks");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    let uds = dir.path("v.sock");
+    for (body, needle) in [
+        (
+            format!(r#"{{"guest_cid":3,"uds_path":"{uds}","bogus":1}}"#),
+            "unknown field `bogus`",
+        ),
+        (
+            format!(r#"{{"guest_cid":2,"uds_path":"{uds}"}}"#),
+            "guest_cid 2 is reserved: it must be 3 or more",
+        ),
+        (r#"{"guest_cid":3}"#.to_string(), "missing field `uds_path`"),
+        (
+            format!(r#"{{"guest_cid":-1,"uds_path":"{uds}"}}"#),
+            "invalid value",
+        ),
+        (
+            format!(r#"{{"guest_cid":"3","uds_path":"{uds}"}}"#),
+            "invalid type",
+        ),
+    ] {
+        api.expect_fault("PUT", "/vsock", &body, 400, needle);
+    }
+    // Refused bodies changed nothing.
+    assert!(api.get("/vm/config").json()["vsock"].is_null());
+    let put = |cid: u32| format!(r#"{{"vsock_id":"vsock0","guest_cid":{cid},"uds_path":"{uds}"}}"#);
+    api.expect("PUT", "/vsock", Some(&put(3)), 204);
+    api.expect("PUT", "/vsock", Some(&put(7)), 204);
+    let cfg = api.get("/vm/config").json();
+    let shown = &cfg["vsock"];
+    assert_eq!(shown["guest_cid"].as_u64(), Some(7), "{shown:?}");
+    assert_eq!(shown["uds_path"], uds.as_str());
+    assert!(shown["vsock_id"].is_null(), "{shown:?}");
+    // Firecracker has no GET /vsock.
+    api.expect_fault("GET", "/vsock", "", 400, "Invalid request");
+
+    configure_tiny_guest(&api, "ticker", "period=20");
+    api.action("InstanceStart");
+    vm.wait_console("ticker: ready");
+    assert!(Path::new(&uds).exists(), "no socket at {uds}");
+    api.expect_fault(
+        "PUT",
+        "/vsock",
+        &put(3),
+        400,
+        "not supported after starting",
     );
-    let run = dir.0.join("bad");
-    std::fs::create_dir_all(&run).unwrap();
-    let mut vm = Vm::start(&run, None, &["--config-file", &bad, "--no-api"]);
+    kill(vm.pid(), libc::SIGTERM);
+    assert_eq!(vm.wait_exit().0, 143);
+    assert!(
+        !Path::new(&uds).exists(),
+        "the device's socket outlived the VM"
+    );
+    api.check_schema(&dir.0);
+}
+
+/// The config file's `vsock` section, Firecracker's: the device listens on
+/// `uds_path` once the VM runs and takes a host program's connection and
+/// its `CONNECT` (the tiny guest has no driver, so nothing answers, and
+/// the guest runs on undisturbed); the socket goes when the VM ends. A
+/// reserved CID is refused before anything starts, the section named.
+#[test]
+fn vsock_device_listens_on_its_socket_from_the_config_file() {
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = Scratch::new("vm-api-vsock-config");
+    let uds = dir.path("v.sock");
+    let config = |cid: u32| {
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}","boot_args":"timeout=600000"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}},"vsock":{{"guest_cid":{cid},"uds_path":"{uds}"}}}}"#,
+            guest("kbd").display()
+        )
+    };
+    let mut vm = start_from_config(&dir, "good", &config(3), &[]);
+    let api = Api::new(&vm.sock, "vm");
+    vm.wait_console("kbd: ready");
+    let cfg = api.get("/vm/config").json();
+    assert_eq!(cfg["vsock"]["guest_cid"].as_u64(), Some(3));
+    let meta = std::fs::symlink_metadata(&uds).expect("the device's socket");
+    assert!(meta.file_type().is_socket(), "{uds} is not a socket");
+    let mut host = std::os::unix::net::UnixStream::connect(&uds).expect("connect to the device");
+    host.write_all(b"CONNECT 52\n")
+        .expect("the device takes the CONNECT line");
+    assert_eq!(state(&api), "Running");
+    // The guest still runs: Shutdown's Ctrl-Alt-Del reaches it, and the
+    // VM ends cleanly, taking its socket with it.
+    api.action("Shutdown");
     let (code, err) = vm.wait_exit();
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("memory-hotplug: block_size_mib 3"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        vm.console_text()
+            .contains("kbd: 14 11 e0 71 e0 f0 71 f0 11 f0 14"),
+        "{}",
+        vm.console_text()
+    );
+    assert!(
+        !Path::new(&uds).exists(),
+        "the device's socket outlived the VM"
+    );
+    drop(host);
+    api.check_schema(&dir.0);
+
+    config_is_refused(&dir, &config(1), "vsock: guest_cid 1 is reserved");
+}
+
+/// A socket the device cannot make (its directory does not exist) fails
+/// the start with a 400 naming the path, as a drive that cannot be opened
+/// does; the VMM stays up and configurable, and starts once given a path
+/// it can make.
+#[test]
+fn vsock_socket_that_cannot_be_made_fails_the_start() {
+    let dir = Scratch::new("vm-api-vsock-bad-path");
+    let mut vm = Vm::start(&dir.0, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    configure_tiny_guest(&api, "ticker", "period=20");
+    let put = |uds: &str| format!(r#"{{"guest_cid":3,"uds_path":"{uds}"}}"#);
+    let missing = dir.path("missing/v.sock");
+    api.expect("PUT", "/vsock", Some(&put(&missing)), 204);
+    api.expect_fault(
+        "PUT",
+        "/actions",
+        r#"{"action_type":"InstanceStart"}"#,
+        400,
+        &missing,
+    );
+    assert_eq!(state(&api), "Not started");
+    let uds = dir.path("v.sock");
+    api.expect("PUT", "/vsock", Some(&put(&uds)), 204);
+    api.action("InstanceStart");
+    vm.wait_console("ticker: ready");
+    assert!(Path::new(&uds).exists(), "no socket at {uds}");
+    kill(vm.pid(), libc::SIGTERM);
+    assert_eq!(vm.wait_exit().0, 143);
+    api.check_schema(&dir.0);
 }
 
 /// A boot count above the maximum, or a maximum the platform cannot
@@ -1494,12 +1653,6 @@ fn bad_requests_and_wrong_states_are_refused() {
             "/snapshot/create",
             r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#.into(),
             "snapshots are not supported",
-        ),
-        (
-            "PUT",
-            "/vsock",
-            r#"{"guest_cid":3,"uds_path":"/v"}"#.into(),
-            "/vsock is not supported yet",
         ),
         ("GET", "/mmds", String::new(), "/mmds is not supported yet"),
         (

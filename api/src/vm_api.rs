@@ -439,6 +439,38 @@ fn running_memory_hotplug(ctl: &VmController) -> Result<Arc<vmm::MemoryHotplug>,
         .ok_or_else(|| ApiError::bad_request(NO_MEMORY_HOTPLUG))
 }
 
+/// `vsock` body and the config file's `vsock` section (Firecracker's): a
+/// socket device whose host side is unix sockets at `uds_path`, as the
+/// VMM sees it (inside its jail, if any).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct VsockBody {
+    guest_cid: u32,
+    uds_path: PathBuf,
+    /// Firecracker's deprecated device id, which its older clients still
+    /// send: accepted and ignored, as there is one device. Not shown, as
+    /// Firecracker does not show it either.
+    #[serde(rename = "vsock_id", default, skip_serializing)]
+    _vsock_id: Option<String>,
+}
+
+impl VsockBody {
+    fn config(&self) -> vmm::VsockConfig {
+        vmm::VsockConfig {
+            guest_cid: self.guest_cid,
+            uds_path: self.uds_path.clone(),
+        }
+    }
+
+    /// The CID, checked when it is put; the socket is made at the start
+    /// (a path it cannot be made at fails the start).
+    fn validate(&self) -> Result<(), ApiError> {
+        self.config()
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
 /// `logger` body (Firecracker's): every field optional.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -623,6 +655,8 @@ struct FullConfig {
     )]
     memory_hotplug: Option<MemoryHotplugBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    vsock: Option<VsockBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     logger: Option<LoggerBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metrics: Option<MetricsBody>,
@@ -670,6 +704,7 @@ impl Default for FullConfig {
             network_interfaces: Vec::new(),
             balloon: None,
             memory_hotplug: None,
+            vsock: None,
             logger: None,
             metrics: None,
             entropy: None,
@@ -1044,6 +1079,7 @@ impl Instance {
             .memory_hotplug
             .as_ref()
             .map(MemoryHotplugBody::config);
+        config.vsock = self.config.vsock.as_ref().map(VsockBody::config);
         config.entropy = self
             .config
             .entropy
@@ -1263,6 +1299,10 @@ fn vm_thread(requests: Receiver<StartRequest>, filter: ThreadFilter, ending: End
         let _ = answer.send(Ok(ctl.clone()));
         filter.probe();
         let reason = vm.wait();
+        // `finish` exits the process, which runs no destructors: the VM
+        // goes first, and with it the files it made (the vsock device's
+        // socket), as when `strato run` returns.
+        drop(vm);
         let boot = ctl.boot_time().map(|t| t.as_micros() as u64);
         let sig = ending.signal.load(std::sync::atomic::Ordering::SeqCst);
         finish(
@@ -1522,6 +1562,16 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             ok
         }
+        (Method::Put, ["vsock"]) => {
+            let b: VsockBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            b.validate()?;
+            // As in Firecracker, a second PUT before the start replaces
+            // the first.
+            i.config.vsock = Some(b);
+            ok
+        }
         (Method::Put, ["network-interfaces", id]) => {
             let n: NetworkInterface = http::json_body(req)?;
             crate::lock(inst).put_net(id, n)?;
@@ -1573,9 +1623,9 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             ok
         }
         (_, ["snapshot", ..]) => Err(ApiError::bad_request("snapshots are not supported")),
-        (_, [what @ ("vsock" | "mmds" | "cpu-config" | "pmem"), ..]) => Err(ApiError::bad_request(
-            format!("/{what} is not supported yet"),
-        )),
+        (_, [what @ ("mmds" | "cpu-config" | "pmem"), ..]) => Err(ApiError::bad_request(format!(
+            "/{what} is not supported yet"
+        ))),
         _ => Err(ApiError::bad_request(format!(
             "Invalid request method and/or path: {method} {path}"
         ))),
@@ -1911,6 +1961,9 @@ fn check_config(config: FullConfig) -> Result<FullConfig, String> {
         h.validate()
             .map_err(|e| format!("memory-hotplug: {}", e.message))?;
     }
+    if let Some(v) = &config.vsock {
+        v.validate().map_err(|e| format!("vsock: {}", e.message))?;
+    }
     if let Some(l) = &config.logger {
         l.level().map_err(|e| format!("logger: {e}"))?;
     }
@@ -2042,6 +2095,31 @@ mod tests {
         let bad = br#"{"memory-hotplug": {"total_size_mib": 256, "block_size_mib": 3}}"#;
         let e = Unbooted::from_config(bad).err().unwrap();
         assert!(e.starts_with("memory-hotplug: block_size_mib 3"), "{e}");
+    }
+
+    /// As [`memory_hotplug_round_trips_through_the_config_file`]: the
+    /// deprecated `vsock_id` is taken but not kept, and the VM built at
+    /// the start gets the device.
+    #[test]
+    fn vsock_round_trips_through_the_config_file() {
+        let vm = Unbooted::new();
+        let put = br#"{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/v.sock"}"#.to_vec();
+        let resp = vm.handle(&Request::new("PUT", "/vsock", put));
+        assert_eq!(resp.status(), 204);
+        let shown = vm.handle(&Request::new("GET", "/vm/config", Vec::new()));
+        let mut cfg: Value = serde_json::from_slice(shown.body()).unwrap();
+        assert_eq!(cfg["vsock"], json!({"guest_cid": 3, "uds_path": "/v.sock"}));
+        cfg["boot-source"] = json!({"kernel_image_path": "/k"});
+        let again = Unbooted::from_config(cfg.to_string().as_bytes()).unwrap();
+        let built = crate::lock(&again.0).vm_config().unwrap();
+        let want = vmm::VsockConfig {
+            guest_cid: 3,
+            uds_path: "/v.sock".into(),
+        };
+        assert_eq!(built.vsock, Some(want));
+        let bad = br#"{"vsock": {"guest_cid": 2, "uds_path": "/v.sock"}}"#;
+        let e = Unbooted::from_config(bad).err().unwrap();
+        assert!(e.starts_with("vsock: guest_cid 2 is reserved"), "{e}");
     }
 
     #[test]

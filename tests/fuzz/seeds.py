@@ -245,6 +245,12 @@ def api_seeds():
         req(7, b""),
         req(8, dict(config, **{"memory-hotplug": hotplug})),
     ]))
+    vsock = {"guest_cid": 3, "uds_path": "/tmp/v.sock"}
+    write("api_bodies", "vsock", b"\xff".join([
+        req(11, dict(vsock, vsock_id="vsock0"), b"PUT /vsock"),
+        req(7, b""),
+        req(8, dict(config, vsock=vsock)),
+    ]))
     create = {
         "id": "web-1", "vcpus": 2, "memory_mib": 512, "kernel": "/k", "cmdline": "console=ttyS0",
         "drives": [{"id": "root", "path": "/r", "root": True}],

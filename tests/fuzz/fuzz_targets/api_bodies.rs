@@ -9,8 +9,8 @@
 //! /machine-config, 2 PUT /boot-source, 3 PUT /drives/{id}, 4 PUT
 //! /network-interfaces/{id}, 5 PUT /actions, 6 PATCH /vm, 7 GET
 //! /vm/config, 8 a `--config-file` replacing the microVM, 9 the daemon's
-//! create, 10 its resize, 11 any request line (PUT /cpu-config and the
-//! /hotplug/memory ones among them).
+//! create, 10 its resize, 11 any request line (PUT /cpu-config, PUT
+//! /vsock and the /hotplug/memory ones among them).
 #![no_main]
 
 use api::daemon::model::{check_size, CreateRequest, Limits, ResizeRequest};
