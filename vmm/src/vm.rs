@@ -503,7 +503,7 @@ pub struct Vm {
     shared: Arc<Shared>,
     events: EventLoop,
     /// The vsock device's listening socket, removed when the VM goes.
-    vsock_path: Option<std::path::PathBuf>,
+    _vsock_socket: Option<SocketFile>,
     // Last: guest RAM is unmapped only after everything above (the event
     // loop's devices, the VM fd) is gone.
     _ram: GuestRam,
@@ -538,7 +538,6 @@ impl Vm {
         let (ram, mem) = map_memory(memory_mib, config.memory_hotplug.as_ref())?;
         register_memory(&vm_fd, &mem.boot, memory_mib)?;
         debug!("start-up: VM and memory at {:?}", started.elapsed());
-        let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
         let mut built = Self::build(&kvm, &vm_fd, &mem, config, started)?;
         debug!(
             "start-up: devices, kernel, vCPUs configured at {:?}",
@@ -591,7 +590,7 @@ impl Vm {
             }),
             _vm_fd: vm_fd,
             events,
-            vsock_path,
+            _vsock_socket: built.vsock_socket,
             _ram: ram,
         })
     }
@@ -784,6 +783,7 @@ impl Vm {
             }
             _ => None,
         };
+        let mut vsock_socket = None;
         if let Some(cfg) = &config.vsock {
             let mut slot = dm.slot(3)?;
             let evts = std::mem::take(&mut slot.queue_evts);
@@ -792,6 +792,8 @@ impl Vm {
                 .map_err(|_| Error::Device("vsock: three queues expected".into()))?;
             let vsock = Vsock::new(cfg, evts, slot.signals.clone())
                 .map_err(|e| Error::Device(format!("vsock: {e}")))?;
+            // Made: ours to remove, also if the rest of the set-up fails.
+            vsock_socket = Some(SocketFile(cfg.uds_path.clone()));
             dm.add(&mut mmio, slot, vsock)?;
         }
         if let Some(limits) = &config.entropy {
@@ -871,6 +873,7 @@ impl Vm {
             hotplug,
             balloon,
             memory_hotplug,
+            vsock_socket,
             metrics,
             drives,
             nets,
@@ -941,12 +944,6 @@ impl Drop for Vm {
         if !devices::bus::lock(&self.shared.vcpus).is_empty() {
             self.shared.exit.request(ExitReason::Stopped);
             self.wait();
-        }
-        // The vsock device's unix socket is the VM's; here, not in the
-        // device, which may drop on the event loop's thread, whose seccomp
-        // filter has no unlink.
-        if let Some(path) = &self.vsock_path {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -1035,6 +1032,7 @@ struct Built {
     hotplug: Option<VcpuHotplug>,
     balloon: Option<Arc<BalloonShared>>,
     memory_hotplug: Option<Arc<MemShared>>,
+    vsock_socket: Option<SocketFile>,
     metrics: VmMetrics,
     drives: Vec<Arc<Mutex<Block>>>,
     nets: Vec<Arc<Mutex<Net>>>,
@@ -1044,6 +1042,17 @@ struct Built {
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Subscriber>,
     entry: arch::KernelEntry,
+}
+
+/// A unix socket file the VM made (the vsock device's), removed when it
+/// goes: by the thread that drops the VM, not by the device, which may
+/// drop on the event loop's thread, whose seccomp filter has no unlink.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Guest memory: the boot RAM, what the kernel is loaded into and told of,
