@@ -2651,6 +2651,30 @@ fn custom_cpu_template_sets_msrs_and_bad_ones_are_refused() {
     api.check_schema(&dir.0);
 }
 
+/// Starts Linux (`images`: the kernel's and the initramfs's image keys)
+/// on `strato vm` with 2 vCPUs, 256 MiB, the device that `device` (a path
+/// and a PUT body) configures, and init options `args`; the guest stays up
+/// (`strato_noreboot`).
+fn start_linux(dir: &Path, images: (&str, &str), device: (&str, &str), args: &str) -> (Vm, Api) {
+    let vm = Vm::start(dir, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count":2,"mem_size_mib":256}"#),
+        204,
+    );
+    api.expect("PUT", device.0, Some(device.1), 204);
+    let body = format!(
+        r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 strato_noreboot {args}"}}"#,
+        linux_image(images.0),
+        linux_image(images.1)
+    );
+    api.expect("PUT", "/boot-source", Some(&body), 204);
+    api.action("InstanceStart");
+    (vm, api)
+}
+
 /// The last MemTotal the guest's init printed (`strato_mem`), in KiB.
 fn guest_memtotal_kib(console: &str) -> Option<u64> {
     console
@@ -2677,27 +2701,12 @@ fn memory_hotplug_grows_and_shrinks_running_linux() {
         ("CLOUD_KERNEL", "CLOUD_INITRAMFS"),
     ] {
         let dir = Scratch::new("vm-api-linux-virtio-mem");
-        let mut vm = Vm::start(&dir.0, None, &[]);
-        let api = Api::new(&vm.sock, "vm");
-        api.expect(
-            "PUT",
-            "/machine-config",
-            Some(r#"{"vcpu_count":2,"mem_size_mib":256}"#),
-            204,
+        let (mut vm, api) = start_linux(
+            &dir.0,
+            images,
+            ("/hotplug/memory", r#"{"total_size_mib":1024}"#),
+            &format!("strato_mem strato_growfill={FILL}"),
         );
-        api.expect(
-            "PUT",
-            "/hotplug/memory",
-            Some(r#"{"total_size_mib":1024}"#),
-            204,
-        );
-        let body = format!(
-            r#"{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1 strato_noreboot strato_mem strato_growfill={FILL}"}}"#,
-            linux_image(images.0),
-            linux_image(images.1)
-        );
-        api.expect("PUT", "/boot-source", Some(&body), 204);
-        api.action("InstanceStart");
         vm.wait_console("STRATO_INIT_DONE");
         let memtotal = |vm: &Vm| guest_memtotal_kib(&vm.console_text());
         let base = wait_for("the guest's MemTotal", LONG, || memtotal(&vm));
@@ -2764,4 +2773,95 @@ fn memory_hotplug_grows_and_shrinks_running_linux() {
         assert_eq!(warnings.count(), 0, "{images:?}: {console}");
         api.check_schema(&dir.0);
     }
+}
+
+/// Byte `i` of what the guest's `strato-vsock send` sends.
+fn vsock_pattern(len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| (i * 7 + i / 4093) as u8).collect()
+}
+
+/// Reads one `\n`-ended line, byte by byte (what follows is the stream's).
+fn read_line(s: &mut std::os::unix::net::UnixStream) -> String {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).expect("read a line") == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// vsock between a running Linux and host programs, Firecracker's hybrid
+/// way: a host program connects to the device's unix socket, says
+/// `CONNECT 5000`, gets `OK <port>` and has 8 MiB echoed by the guest's
+/// server; the guest connects to the host's port 6000, which is the unix
+/// socket `<uds_path>_6000`, and sends 8 MiB that arrive intact.
+#[test]
+#[ignore = hardware_kvm!()]
+fn vsock_streams_go_both_ways_between_linux_and_host_programs() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    require_hardware_kvm();
+    const LEN: usize = 8 << 20;
+    let dir = Scratch::new("vm-api-linux-vsock");
+    let uds = dir.path("v.sock");
+    let listener = UnixListener::bind(format!("{uds}_6000")).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(format!("OK {}\n", got.len()).as_bytes())
+            .unwrap();
+        got
+    });
+    let (mut vm, api) = start_linux(
+        &dir.0,
+        ("VMLINUX", "INITRAMFS"),
+        (
+            "/vsock",
+            &format!(r#"{{"guest_cid":3,"uds_path":"{uds}"}}"#),
+        ),
+        &format!(
+            "strato_vsock_echo=5000 strato_vsock_send=6000:{}",
+            LEN >> 20
+        ),
+    );
+
+    vm.wait_console("STRATO_VSOCK_ECHO_READY=5000");
+    let mut s = UnixStream::connect(&uds).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(b"CONNECT 5000\n").unwrap();
+    let ok = read_line(&mut s);
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    let data = strato_tests::random_bytes(LEN, 7);
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::new();
+    s.read_to_end(&mut echoed).unwrap();
+    writer.join().unwrap();
+    assert_eq!(echoed.len(), LEN);
+    assert!(echoed == data, "the echo differs from what was sent");
+    vm.wait_console(&format!("STRATO_VSOCK_ECHOED={LEN}"));
+
+    let got = server.join().unwrap();
+    assert_eq!(got.len(), LEN);
+    assert!(
+        got == vsock_pattern(LEN),
+        "the guest's data arrived changed"
+    );
+    vm.wait_console(&format!("STRATO_VSOCK_SENT={LEN} REPLY=OK {LEN}"));
+    api.action("Shutdown");
+    let (code, err) = vm.wait_exit();
+    let console = vm.console_text();
+    assert_eq!(code, 0, "{err}\n{console}");
+    assert!(!console.contains("FAILED"), "{console}");
+    assert!(
+        !Path::new(&uds).exists(),
+        "the device's socket outlived the VM"
+    );
+    api.check_schema(&dir.0);
 }

@@ -111,10 +111,9 @@ def wait_for(what, deadline, poll, interval=0.02):
         time.sleep(interval)
 
 
-def one_run(key, args, scratch):
-    """Boots one VMM through its API and resizes its guest; returns
-    ({figure: value}, error or None)."""
-    scratch = Path(scratch)
+def spawn_vmm(key, args, scratch):
+    """Starts VMM `key` with its API on a unix socket in `scratch`; returns
+    (process, API socket, console file, its output file to close)."""
     sock = scratch / "api.sock"
     console = scratch / "console.log"
     if key == "strato":
@@ -130,14 +129,35 @@ def one_run(key, args, scratch):
         out = open(console, "wb")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, cwd=scratch, start_new_session=True)
-    figures, error = {}, None
-    deadline = time.monotonic() + args.timeout
+    return proc, sock, console, out
 
+
+def console_reader(console):
+    """A function that returns the console so far ("" before it exists)."""
     def text():
         try:
             return console.read_text(errors="replace")
         except OSError:
             return ""
+    return text
+
+
+def failure(key, error, scratch, console_text):
+    """A failed run's message: the error, the console's end and the ends
+    of the VMM's other logs."""
+    return (f"{key}: {error}; console ends:\n{console_text[-600:]}"
+            + "".join(f"\n{p.name} ends:\n" + p.read_text(errors="replace")[-600:]
+                      for p in sorted(scratch.glob("*.log")) if p.name != "console.log"))
+
+
+def one_run(key, args, scratch):
+    """Boots one VMM through its API and resizes its guest; returns
+    ({figure: value}, error or None)."""
+    scratch = Path(scratch)
+    proc, sock, console, out = spawn_vmm(key, args, scratch)
+    figures, error = {}, None
+    deadline = time.monotonic() + args.timeout
+    text = console_reader(console)
 
     try:
         wait_for("the API socket", deadline, sock.exists)
@@ -209,9 +229,7 @@ def one_run(key, args, scratch):
         figures[FIGURES[7]] = time.monotonic() - t0
         figures[FIGURES[8]] = before - rss_mib(proc.pid)
     except (RuntimeError, OSError) as e:
-        error = (f"{key}: {e}; console ends:\n{text()[-600:]}"
-                 + "".join(f"\n{p.name} ends:\n" + p.read_text(errors="replace")[-600:]
-                           for p in sorted(scratch.glob("*.log")) if p != console))
+        error = failure(key, e, scratch, text())
     finally:
         proc.kill()
         proc.wait()
@@ -227,13 +245,16 @@ def _ok(actual):
         return False
 
 
-def inside_main(args):
-    results = {k: {f: [] for f in FIGURES} for k in args.vmms.split(",")}
+def inside_main(args, run=None, figures=None):
+    """Runs each VMM of --vmms once (`run`, default the sizing run) and
+    prints the report for the host."""
+    run, figures = run or one_run, figures or FIGURES
+    results = {k: {f: [] for f in figures} for k in args.vmms.split(",")}
     failures = []
     for key in results:
         with tempfile.TemporaryDirectory() as scratch:
-            figures, error = one_run(key, args, scratch)
-        for fig, value in figures.items():
+            got, error = run(key, args, scratch)
+        for fig, value in got.items():
             results[key][fig].append(value)
         if error:
             failures.append(error)
@@ -245,20 +266,29 @@ def inside_main(args):
     return 1 if failures else 0
 
 
-def host_main(args):
+def host_main(args, script=None, figures=None, title=None, not_offered=None):
+    """Builds strato and the images, runs `script` (default this one)
+    inside the lane once per run and VMM, and prints the table of
+    `figures` under `title`; `not_offered` names figures Firecracker has
+    no feature for."""
+    script = script or Path(__file__).resolve()
+    figures = figures or FIGURES
+    title = title or (f"Sizing benchmark: {args.runs} runs, {MEM_MIB} MiB guest, "
+                      f"{FILL_MIB} MiB touched")
+    not_offered = not_offered if not_offered is not None else {FIGURES[4]}
     strato = Path(args.strato) if args.strato else bench.build_strato()
     images = subprocess.run(["bash", str(REPO / "resources/build.sh"), "all"],
                             check=True, capture_output=True, text=True).stdout
     env = dict(line.split("=", 1) for line in images.splitlines() if "=" in line)
     keys = ["strato"] + (["firecracker"] if args.firecracker else [])
-    argv = [sys.executable, str(Path(__file__).resolve()), "--inside",
+    argv = [sys.executable, str(script), "--inside",
             "--strato", str(strato.resolve()), "--vmlinux", env["VMLINUX"],
             "--initramfs", env["INITRAMFS"], "--timeout", str(args.timeout)]
     if args.firecracker:
         argv += ["--firecracker", str(bench.executable(args.firecracker, "--firecracker"))]
     lane = [sys.executable, str(REPO / "tests/lane/lane.py"), "run",
             "--timeout", str(args.timeout + 300), "--"]
-    results = {k: {f: [] for f in FIGURES} for k in keys}
+    results = {k: {f: [] for f in figures} for k in keys}
     failures = []
     for i in range(args.runs):
         for key in keys:
@@ -272,16 +302,15 @@ def host_main(args):
             got = {f: round(v[0], 2) for f, v in report["results"].get(key, {}).items() if v}
             log(f"run {i + 1} {key}: {json.dumps(got)}")
     labels = {"strato": "strato", "firecracker": "Firecracker"}
-    print(f"\nSizing benchmark: {args.runs} runs, {MEM_MIB} MiB guest, {FILL_MIB} MiB touched; "
-          "min / median / max (n: runs that produced the figure, when fewer)\n")
+    print(f"\n{title}; min / median / max (n: runs that produced the figure, when fewer)\n")
     print("| figure | " + " | ".join(labels[k] for k in keys) + " |")
     print("| --- |" + " --- |" * len(keys))
-    for fig in FIGURES:
+    for fig in figures:
         cells = []
         for key in keys:
             vals = results[key][fig]
             if not vals:
-                cells.append("not offered" if fig == FIGURES[4] and key == "firecracker"
+                cells.append("not offered" if fig in not_offered and key == "firecracker"
                              else "failed")
                 continue
             n = f" (n={len(vals)})" if len(vals) < args.runs else ""
@@ -293,8 +322,9 @@ def host_main(args):
     return 1 if failures else 0
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
+def parse_args(doc):
+    """The command line every lane benchmark of this kind takes."""
+    ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--firecracker", default=os.environ.get("STRATO_BENCH_FIRECRACKER"))
@@ -307,6 +337,11 @@ def main():
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    return args
+
+
+def main():
+    args = parse_args(__doc__)
     return inside_main(args) if args.inside else host_main(args)
 
 
