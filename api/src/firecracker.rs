@@ -176,7 +176,9 @@ fn run(fc: FirecrackerArgs) -> Result<i32, String> {
         None => None,
     };
     crate::logger::update(crate::logger::Update {
-        level: fc.level,
+        // Firecracker's default level is Info; its clients read the log
+        // for what the VMM did.
+        level: Some(fc.level.unwrap_or(log::LevelFilter::Info)),
         module: fc.module.clone(),
         file,
         show_level: Some(fc.show_level),

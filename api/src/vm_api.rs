@@ -1264,6 +1264,15 @@ fn start(inst: &Shared) -> Result<(), ApiError> {
         .map_err(|_| gone())?
         .map_err(ApiError::bad_request)?;
     guard.phase = Phase::Running(ctl);
+    let metrics = guard.metrics.is_some();
+    drop(guard);
+    // Firecracker writes a metrics line as the VM starts, then one a
+    // minute: its clients read the first to see the VMM running.
+    if metrics {
+        if let Err(e) = flush_metrics(inst) {
+            log::warn!("cannot write the metrics: {e}");
+        }
+    }
     Ok(())
 }
 

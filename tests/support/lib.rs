@@ -339,7 +339,7 @@ pub fn kvm_exits(pid: u32) -> String {
             d.flatten()
                 .filter(|e| {
                     let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-                    comm.starts_with("vcpu")
+                    comm.starts_with("fc_vcpu")
                 })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()

@@ -269,8 +269,10 @@ impl Vcpu {
     /// Starts the vCPU on its own thread, under `filter`.
     pub fn start(self, filter: &ThreadFilter) -> Result<JoinHandle<()>> {
         install_kick_handler();
+        // Firecracker's thread names: Kata finds a VMM's vCPU threads by
+        // them (to move them into the sandbox's cgroup).
         Ok(crate::seccomp::spawn(
-            format!("vcpu{}", self.id),
+            format!("fc_vcpu {}", self.id),
             filter.clone(),
             move || self.run(),
         )?)
