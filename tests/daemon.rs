@@ -1567,6 +1567,13 @@ fn memory_of_a_running_linux_instance_grows_to_its_maximum_and_back() {
         409,
     );
     assert!(r.fault().contains("room for 768 MiB"), "{}", r.fault());
+    let r = api.expect(
+        "PATCH",
+        "/v1/instances/grow",
+        Some(r#"{"memory_mib":513}"#),
+        400,
+    );
+    assert!(r.fault().contains("steps of 2 MiB"), "{}", r.fault());
 
     api.expect(
         "PATCH",

@@ -227,6 +227,14 @@ fn live_memory_allowed(id: &str, rec: &Record, memory: u64) -> Result<(), ApiErr
                 "instance {id} started with room for {most} MiB (max_memory_mib): stop it to give it {memory} MiB"
             )));
         }
+        // Plugged memory comes in whole blocks; a size between two would
+        // never be what the guest has.
+        let block = vmm::MemoryHotplugConfig::new(0).block_size_mib;
+        if memory > base && !(memory - base).is_multiple_of(block) {
+            return Err(ApiError::bad_request(format!(
+                "instance {id} grows above its boot size of {base} MiB in steps of {block} MiB: {memory} MiB is between two"
+            )));
+        }
         if memory >= base || rec.balloon_base_mib.is_some() {
             return Ok(());
         }
@@ -693,8 +701,7 @@ impl Daemon {
             // balloon; each goes to its part, the other to empty.
             let hotplug_base = rec.hotplug_base_mib;
             let base = hotplug_base.or(rec.balloon_base_mib).unwrap_or(memory);
-            let block = vmm::MemoryHotplugConfig::new(0).block_size_mib;
-            let plug = memory.saturating_sub(base).next_multiple_of(block);
+            let plug = memory.saturating_sub(base);
             let amount = base.saturating_sub(memory);
             if hotplug_base.is_some() && plug == 0 {
                 patch_vmm(
