@@ -59,6 +59,8 @@ pub const MAX_ACCEPTING: usize = 32;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const QUEUE_SIZE: u16 = 256;
+/// Most resets owed to the guest at once.
+const MAX_RESETS: usize = 1024;
 const RX: usize = 0;
 const TX: usize = 1;
 /// The most payload one packet carries (the guest's own limit is 64 KiB).
@@ -246,7 +248,7 @@ impl Vsock {
                 h.src_cid, h.dst_cid, h.type_
             ));
             if h.op != OP_RST {
-                self.resets.push_back(key);
+                self.queue_reset(key);
             }
             return;
         }
@@ -254,7 +256,7 @@ impl Vsock {
             match h.op {
                 OP_REQUEST => self.connect_to_host(key, &h, ops),
                 OP_RST => {}
-                _ => self.resets.push_back(key),
+                _ => self.queue_reset(key),
             }
             return;
         };
@@ -314,7 +316,7 @@ impl Vsock {
             self.host_error.warn(format_args!(
                 "virtio-vsock: {MAX_CONNECTIONS} connections open, refusing more"
             ));
-            self.resets.push_back(key);
+            self.queue_reset(key);
             return;
         }
         let mut path = self.uds_path.clone().into_os_string();
@@ -328,7 +330,7 @@ impl Vsock {
             }
             // Nobody listening, or too many waiting to be accepted: the
             // guest's connect is refused.
-            Err(_) => self.resets.push_back(key),
+            Err(_) => self.queue_reset(key),
         }
     }
 
@@ -642,7 +644,7 @@ impl Vsock {
             self.host_error.warn(format_args!(
                 "virtio-vsock: cannot watch a connection: {e:?}"
             ));
-            self.resets.push_back(key);
+            self.queue_reset(key);
             return;
         }
         self.by_fd.insert(fd, key);
@@ -655,7 +657,21 @@ impl Vsock {
     fn reset(&mut self, key: Key, ops: &mut EventOps) {
         if self.conns.contains_key(&key) {
             self.remove(key, ops);
+            self.queue_reset(key);
+        }
+    }
+
+    /// Owes the guest a reset for `key`. A guest that sends to ports
+    /// nobody has but posts no receive buffers would make the list grow
+    /// without end: past [`MAX_RESETS`] the new ones are dropped (the
+    /// guest's connects then time out instead of being refused).
+    fn queue_reset(&mut self, key: Key) {
+        if self.resets.len() < MAX_RESETS {
             self.resets.push_back(key);
+        } else {
+            self.bad_packet.warn(format_args!(
+                "virtio-vsock: {MAX_RESETS} resets waiting for receive buffers, dropping more"
+            ));
         }
     }
 

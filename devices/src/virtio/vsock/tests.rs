@@ -176,6 +176,13 @@ impl Rig {
     }
 
     fn send_typed(&mut self, p: &Pkt, type_: u16) {
+        self.queue_tx(p, type_);
+        self.kicks[TX].write(1).unwrap();
+        self.run();
+    }
+
+    /// Makes `p` available on the transmit queue without kicking it.
+    fn queue_tx(&mut self, p: &Pkt, type_: u16) {
         let i = self.tx_sent;
         let at = TX_BUFS + u64::from(i % 32) * 0x2_0000;
         let d = 2 * (i % 128);
@@ -193,8 +200,6 @@ impl Rig {
         }
         make_available(&self.mem, 1, &[d]);
         self.tx_sent += 1;
-        self.kicks[TX].write(1).unwrap();
-        self.run();
     }
 
     /// The packets the device put in the receive queue since last asked.
@@ -437,6 +442,27 @@ fn bad_connect_lines_are_closed_and_good_ones_still_work() {
     let mut good = UnixStream::connect(&r.uds).unwrap();
     good.write_all(b"CONNECT 1\n").unwrap();
     assert_eq!(ops(&r.received()), [OP_REQUEST]);
+}
+
+#[test]
+fn resets_owed_to_a_guest_without_receive_buffers_are_bounded() {
+    let mut r = Rig::new();
+    // Use up the posted receive buffers, then send to nobody's ports.
+    for port in 0..32 {
+        r.send(&Pkt::from_guest(port, 9999, OP_REQUEST));
+    }
+    assert_eq!(r.received().len(), 32);
+    // In batches of 100 (the transmit ring holds 128 chains of two).
+    for batch in 0..(MAX_RESETS as u32 / 100 + 1) {
+        for port in batch * 100..(batch + 1) * 100 {
+            r.queue_tx(&Pkt::from_guest(port, 9999, OP_CREDIT_UPDATE), TYPE_STREAM);
+        }
+        r.kicks[TX].write(1).unwrap();
+        r.run();
+    }
+    assert_eq!(r.dev.lock().unwrap().resets.len(), MAX_RESETS);
+    r.post_rx(16);
+    assert_eq!(r.received().len(), 16);
 }
 
 #[test]
