@@ -1612,6 +1612,22 @@ fn bad_requests_and_wrong_states_are_refused() {
         ),
         (
             "PUT",
+            "/drives/rootfs",
+            format!(
+                r#"{{"drive_id":"rootfs","path_on_host":"{junk}","is_root_device":true,"io_engine":"Fast"}}"#
+            ),
+            "io_engine \"Fast\" is not one of Sync, Async",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            format!(
+                r#"{{"drive_id":"rootfs","path_on_host":"{junk}","is_root_device":true,"cache_type":"None"}}"#
+            ),
+            "cache_type",
+        ),
+        (
+            "PUT",
             "/network-interfaces/eth0",
             r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"zz"}"#.into(),
             "MAC",
@@ -2054,7 +2070,7 @@ fn metrics_lines_follow_firecracker_s_format() {
         "PUT",
         "/drives/data",
         Some(&format!(
-            r#"{{"drive_id":"data","path_on_host":"{disk}","is_root_device":false}}"#
+            r#"{{"drive_id":"data","path_on_host":"{disk}","is_root_device":false,"io_engine":"Async","cache_type":"Writeback"}}"#
         )),
         204,
     );

@@ -283,12 +283,26 @@ struct Drive {
     partuuid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cache_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    io_engine: Option<String>,
     #[serde(
         default,
         deserialize_with = "object",
         skip_serializing_if = "Option::is_none"
     )]
     rate_limiter: Option<RateLimiterBody>,
+}
+
+/// Checks that an optional field holds one of Firecracker's `values` for
+/// it, as Firecracker's own parsing does.
+fn check_choice(field: &str, got: Option<&str>, values: &[&str]) -> Result<(), ApiError> {
+    match got {
+        Some(v) if !values.contains(&v) => Err(ApiError::bad_request(format!(
+            "{field} {v:?} is not one of {}",
+            values.join(", ")
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `PATCH /drives/{id}` body: a new image and/or new rate limits.
@@ -933,6 +947,15 @@ impl Instance {
             )));
         }
         check_file("drive", &d.path_on_host)?;
+        // Both are taken with Firecracker's values and change nothing
+        // here: strato's block device always honours flushes (Writeback)
+        // and serves requests on its event loop (Async is served as Sync).
+        check_choice(
+            "cache_type",
+            d.cache_type.as_deref(),
+            &["Unsafe", "Writeback"],
+        )?;
+        check_choice("io_engine", d.io_engine.as_deref(), &["Sync", "Async"])?;
         if d.is_root_device
             && self
                 .config
