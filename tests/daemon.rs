@@ -14,8 +14,8 @@ use api::{
     wait_state, Api, Daemon, Json, Netns,
 };
 use strato_tests::{
-    guest, hardware_kvm, linux_image, random_bytes, require_hardware_kvm, strato_bin, tiny_elf,
-    Scratch,
+    guest, hardware_kvm, linux_image, mem_total_kib, random_bytes, require_hardware_kvm,
+    strato_bin, tiny_elf, Scratch,
 };
 
 // Upper bounds, not expectations: a Linux boot in the emulated lane takes
@@ -1000,18 +1000,6 @@ fn three_linux_instances_serve_tcp_and_survive_a_neighbour_stopping() {
         api.expect("DELETE", &format!("/v1/instances/{id}"), None, 204);
     }
     api.check_schema(&dir.0);
-}
-
-/// The last MemTotal (KiB) a guest with `strato_mem` reported.
-fn mem_total_kib(console: &str) -> Option<u64> {
-    console
-        .rsplit("STRATO_MEMTOTAL_KIB=")
-        .next()
-        .filter(|_| console.contains("STRATO_MEMTOTAL_KIB="))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// A running Linux instance's memory shrinks through its balloon and grows

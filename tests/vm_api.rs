@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use api::{kill, wait_for, Api, Json, Netns};
 use strato_tests::{
-    guest, hardware_kvm, kill_and_reap, linux_image, require_hardware_kvm, strato_bin, vmm_report,
-    Scratch,
+    guest, hardware_kvm, kill_and_reap, linux_image, mem_total_kib, require_hardware_kvm,
+    strato_bin, vmm_report, Scratch,
 };
 
 // Upper bounds, not expectations: a Linux boot in the emulated lane takes
@@ -2692,16 +2692,6 @@ fn start_linux(dir: &Path, images: (&str, &str), device: (&str, &str), args: &st
     (vm, api)
 }
 
-/// The last MemTotal the guest's init printed (`strato_mem`), in KiB.
-fn guest_memtotal_kib(console: &str) -> Option<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.split("STRATO_MEMTOTAL_KIB=").nth(1))
-        .filter(|v| v.ends_with(" ."))
-        .filter_map(|v| v.trim_end_matches(" .").trim().parse().ok())
-        .next_back()
-}
-
 /// Memory hotplug (virtio-mem) on a running Linux: MemTotal grows by the
 /// 512 MiB the guest plugs; the guest fills 384 MiB of it, and when it
 /// unplugs it all again MemTotal is back where it was and the VMM's
@@ -2725,7 +2715,7 @@ fn memory_hotplug_grows_and_shrinks_running_linux() {
             &format!("strato_mem strato_growfill={FILL}"),
         );
         vm.wait_console("STRATO_INIT_DONE");
-        let memtotal = |vm: &Vm| guest_memtotal_kib(&vm.console_text());
+        let memtotal = |vm: &Vm| mem_total_kib(&vm.console_text());
         let base = wait_for("the guest's MemTotal", LONG, || memtotal(&vm));
         let status = || api.get("/hotplug/memory").json();
         assert_eq!(status()["plugged_size_mib"].as_u64(), Some(0));

@@ -771,3 +771,15 @@ pub fn tiny_elf(machine: u16, paddr: u64, memsz: u64) -> Vec<u8> {
     elf.extend_from_slice(&CODE);
     elf
 }
+
+/// The last MemTotal (KiB) the guest's init printed (`strato_mem`): a
+/// whole line only, one ending in " ." (a kernel message can cut a line in
+/// two on the console).
+pub fn mem_total_kib(console: &str) -> Option<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.split("STRATO_MEMTOTAL_KIB=").nth(1))
+        .filter(|v| v.ends_with(" ."))
+        .filter_map(|v| v.trim_end_matches(" .").trim().parse().ok())
+        .next_back()
+}
