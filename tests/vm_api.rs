@@ -2872,3 +2872,174 @@ fn vsock_streams_go_both_ways_between_linux_and_host_programs() {
     );
     api.check_schema(&dir.0);
 }
+
+/// MMDS through the API and the command line, Firecracker's: `--metadata`
+/// fills the store, `PUT`/`PATCH`/`GET /mmds` change and show it (also
+/// after the start), `PUT /mmds/config` is checked against the NICs and
+/// the address rules, and the store keeps to `--mmds-size-limit`.
+#[test]
+fn mmds_store_and_config_are_served_and_checked() {
+    let dir = Scratch::new("vm-api-mmds");
+    let meta = dir.file(
+        "meta.json",
+        br#"{"latest":{"meta-data":{"ami-id":"ami-1"}}}"#,
+    );
+    let vm = Vm::start(
+        &dir.0,
+        None,
+        &["--metadata", &meta, "--mmds-size-limit", "200"],
+    );
+    let api = Api::new(&vm.sock, "vm");
+    let data = api.expect("GET", "/mmds", None, 200).json();
+    assert_eq!(
+        data["latest"]["meta-data"]["ami-id"].as_str(),
+        Some("ami-1")
+    );
+    api.expect(
+        "PATCH",
+        "/mmds",
+        Some(r#"{"latest":{"meta-data":{"ami-id":null,"host":"h"}}}"#),
+        204,
+    );
+    let data = api.expect("GET", "/mmds", None, 200).json();
+    assert_eq!(data["latest"]["meta-data"]["host"].as_str(), Some("h"));
+    assert!(data["latest"]["meta-data"]["ami-id"].is_null());
+    let big = format!(r#"{{"k":"{}"}}"#, "v".repeat(300));
+    api.expect_fault("PUT", "/mmds", &big, 400, "limit of 200");
+    api.expect_fault("PATCH", "/mmds", &big, 400, "limit of 200");
+    // Nothing changed by the refused requests.
+    let after = api.expect("GET", "/mmds", None, 200).json();
+    assert_eq!(after["latest"]["meta-data"]["host"].as_str(), Some("h"));
+    api.expect_fault(
+        "PUT",
+        "/mmds/config",
+        r#"{"network_interfaces":[]}"#,
+        400,
+        "is empty",
+    );
+    api.expect_fault(
+        "PUT",
+        "/mmds/config",
+        r#"{"network_interfaces":["eth0"]}"#,
+        400,
+        "\"eth0\"",
+    );
+    api.expect(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#),
+        204,
+    );
+    for (body, needle) in [
+        (
+            r#"{"network_interfaces":["eth0"],"ipv4_address":"10.0.0.1"}"#,
+            "not link local",
+        ),
+        (
+            r#"{"network_interfaces":["eth0"],"ipv4_address":"169.254.0.9"}"#,
+            "not link local",
+        ),
+        (r#"{"network_interfaces":["eth0"],"version":"V3"}"#, "V3"),
+        (r#"{"network_interfaces":["eth0"],"bogus":1}"#, "bogus"),
+    ] {
+        api.expect_fault("PUT", "/mmds/config", body, 400, needle);
+    }
+    api.expect(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"network_interfaces":["eth0"],"version":"V2","ipv4_address":"169.254.170.2"}"#),
+        204,
+    );
+    let config = api.expect("GET", "/vm/config", None, 200).json();
+    assert_eq!(config["mmds-config"]["version"].as_str(), Some("V2"));
+    assert_eq!(
+        config["mmds-config"]["ipv4_address"].as_str(),
+        Some("169.254.170.2")
+    );
+    api.expect_fault("DELETE", "/mmds", "{}", 400, "Invalid request");
+    api.check_schema(&dir.0);
+
+    // Bad --metadata files: one line, status 1.
+    for (name, text, needle) in [
+        ("bad.json", &b"{"[..], "--metadata"),
+        ("huge.json", &[b' '; 300][..], "larger than"),
+    ] {
+        let file = dir.file(name, text);
+        let run = dir.0.join(name.trim_end_matches(".json"));
+        std::fs::create_dir_all(&run).unwrap();
+        let mut vm = Vm::start(
+            &run,
+            None,
+            &["--metadata", &file, "--mmds-size-limit", "200"],
+        );
+        let (code, err) = vm.wait_exit();
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    // The config file's section is checked as the API's body is.
+    config_is_refused(
+        &dir,
+        r#"{"mmds-config":{"network_interfaces":["eth9"]}}"#,
+        "mmds-config",
+    );
+}
+
+/// MMDS from inside Linux, as an EC2-style client reads it: the guest
+/// routes the service's address to eth0, takes a V2 session token with a
+/// `PUT` (busybox nc), reads its `ami-id` with it (busybox wget), and is
+/// refused without one; a `PATCH /mmds` while it runs shows up in its next
+/// read. The service's frames never reach the host's tap.
+#[test]
+#[ignore = hardware_kvm!()]
+fn linux_reads_mmds_v2_with_a_session_token() {
+    require_hardware_kvm();
+    let dir = Scratch::new("vm-api-linux-mmds");
+    let ns = Netns::new("vmapi-mmds", &["tap0"]);
+    let meta = dir.file(
+        "meta.json",
+        br#"{"latest":{"meta-data":{"ami-id":"ami-1"}}}"#,
+    );
+    let mut vm = Vm::start(&dir.0, Some(&ns), &["--metadata", &meta]);
+    let api = Api::new(&vm.sock, "vm");
+    api.expect(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:ac:10:00:02"}"#),
+        204,
+    );
+    api.expect(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"network_interfaces":["eth0"],"version":"V2"}"#),
+        204,
+    );
+    boot_linux(
+        &api,
+        "ip=172.31.9.2::172.31.9.1:255.255.255.0::eth0:off strato_mmds=169.254.169.254 strato_noreboot",
+        false,
+    );
+    let tap_rx = || {
+        let out = ns.exec(&["cat", "/sys/class/net/tap0/statistics/rx_bytes"]);
+        out.trim().parse::<u64>().unwrap_or(0)
+    };
+    vm.wait_console("STRATO_MMDS=ami-1 TOKEN=64 NOTOKEN=1");
+    let before = tap_rx();
+    api.expect(
+        "PATCH",
+        "/mmds",
+        Some(r#"{"latest":{"meta-data":{"ami-id":"ami-2"}}}"#),
+        204,
+    );
+    vm.wait_console("STRATO_MMDS=ami-2 TOKEN=64 NOTOKEN=1");
+    // Several sessions went by in between, none of it through the tap.
+    let after = tap_rx();
+    assert!(
+        after - before < 1000,
+        "{} bytes reached the tap while the guest read MMDS",
+        after - before
+    );
+    api.action("Shutdown");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}\n{}", vm.console_text());
+    api.check_schema(&dir.0);
+}

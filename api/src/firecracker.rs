@@ -49,7 +49,7 @@ struct FirecrackerArgs {
     /// Boot at once from this JSON configuration.
     #[arg(long)]
     config_file: Option<PathBuf>,
-    /// MMDS contents: refused, strato has no MMDS yet.
+    /// Fill the metadata store (MMDS) from this JSON file.
     #[arg(long)]
     metadata: Option<PathBuf>,
     /// Serve no API (needs --config-file).
@@ -89,7 +89,7 @@ struct FirecrackerArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_PAYLOAD,
           value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
     http_api_max_payload_size: u64,
-    /// Accepted: the MMDS store limit; there is no MMDS yet.
+    /// The most the metadata store may hold, in bytes.
     #[arg(long)]
     mmds_size_limit: Option<u64>,
     /// Accepted: strato has no PCI; its devices stay on virtio-mmio,
@@ -166,9 +166,6 @@ fn run(fc: FirecrackerArgs) -> Result<i32, String> {
     if fc.snapshot_version || fc.describe_snapshot.is_some() {
         return Err("snapshots are not supported".into());
     }
-    if fc.metadata.is_some() {
-        return Err("--metadata: MMDS is not supported yet".into());
-    }
     let file = match &fc.log_path {
         Some(path) => Some(
             crate::logger::open(path).map_err(|e| format!("--log-path {}: {e}", path.display()))?,
@@ -211,6 +208,14 @@ fn run(fc: FirecrackerArgs) -> Result<i32, String> {
     if let Some(m) = fc.metrics_path {
         vm.push("--metrics-path".into());
         vm.push(m.into());
+    }
+    if let Some(m) = fc.metadata {
+        vm.push("--metadata".into());
+        vm.push(m.into());
+    }
+    if let Some(l) = fc.mmds_size_limit {
+        vm.push("--mmds-size-limit".into());
+        vm.push(l.to_string().into());
     }
     vm.push("--http-api-max-payload-size".into());
     vm.push(fc.http_api_max_payload_size.to_string().into());

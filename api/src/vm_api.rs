@@ -35,6 +35,84 @@ const RESPONSE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500
 /// loaded host.
 const SHUTDOWN_ACK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// `PUT /mmds/config` and the config file's `mmds-config`: which NICs
+/// lead to the metadata service, at which address, read how.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MmdsConfigBody {
+    #[serde(default)]
+    version: MmdsVersionBody,
+    network_interfaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv4_address: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    imds_compat: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+enum MmdsVersionBody {
+    #[default]
+    V1,
+    V2,
+}
+
+impl MmdsConfigBody {
+    fn validate(&self, nets: &[NetworkInterface]) -> Result<(), ApiError> {
+        if self.network_interfaces.is_empty() {
+            return Err(ApiError::bad_request(
+                "The list of network interface IDs that allow forwarding MMDS requests is empty.",
+            ));
+        }
+        if let Some(id) = self
+            .network_interfaces
+            .iter()
+            .find(|id| !nets.iter().any(|n| &n.iface_id == *id))
+        {
+            return Err(ApiError::bad_request(format!(
+                "The list of network interface IDs that allow forwarding MMDS requests names \
+                 {id:?}, which is not a configured network interface."
+            )));
+        }
+        // RFC 3927 keeps the first and last 256 addresses of 169.254/16.
+        if let Some(ip) = self.ipv4_address {
+            if !matches!(ip.octets(), [169, 254, 1..=254, _]) {
+                return Err(ApiError::bad_request(format!(
+                    "The MMDS IPv4 address {ip} is not link local (169.254.1.0 to \
+                     169.254.254.255)."
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the store's version from this configuration.
+    fn apply(&self, store: &Mutex<vmm::mmds::Mmds>) {
+        let version = match self.version {
+            MmdsVersionBody::V1 => vmm::mmds::MmdsVersion::V1,
+            MmdsVersionBody::V2 => vmm::mmds::MmdsVersion::V2,
+        };
+        crate::lock(store).configure(version, self.imds_compat);
+    }
+}
+
+/// Reads `--metadata`: at most `limit` bytes of JSON.
+fn read_metadata(path: &Path, limit: usize) -> Result<Value, String> {
+    use std::io::Read;
+    let name = || format!("--metadata {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", name()))?;
+    let mut text = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("{}: {e}", name()))?;
+    if text.len() > limit {
+        return Err(format!(
+            "{}: larger than the MMDS limit of {limit} bytes (--mmds-size-limit)",
+            name()
+        ));
+    }
+    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", name()))
+}
+
 /// The version of Firecracker's API that `strato vm` serves: what
 /// `GET /version` and `firecracker --version` report to Firecracker's
 /// clients, which check it.
@@ -91,6 +169,14 @@ pub struct VmArgs {
     /// it instead of attaching itself. Repeat for more.
     #[arg(long = "tap-fd", value_name = "NAME:FD", value_parser = parse_tap_fd)]
     tap_fds: Vec<(String, i32)>,
+    /// Fill the metadata store (MMDS) from this JSON file before
+    /// anything else (Firecracker's `--metadata`).
+    #[arg(long, value_name = "FILE")]
+    metadata: Option<PathBuf>,
+    /// The most the metadata store may hold, in bytes of JSON text
+    /// (default: --http-api-max-payload-size, as in Firecracker).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
+    mmds_size_limit: Option<u64>,
     #[command(flatten)]
     jail: crate::jail::JailArgs,
 }
@@ -676,6 +762,12 @@ struct FullConfig {
     metrics: Option<MetricsBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     entropy: Option<EntropyBody>,
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    mmds_config: Option<MmdsConfigBody>,
     /// The custom CPU template. Firecracker's config file names a file
     /// holding it; [`load_config_file`] reads that in, so here (and in
     /// `GET /vm/config`) it is the template itself.
@@ -722,6 +814,7 @@ impl Default for FullConfig {
             logger: None,
             metrics: None,
             entropy: None,
+            mmds_config: None,
             cpu_config: None,
         }
     }
@@ -748,6 +841,8 @@ struct Instance {
     metrics: Option<crate::metrics::Shared>,
     /// The VM thread, which boots a configuration when sent one.
     vm_thread: SyncSender<StartRequest>,
+    /// The metadata store: the API writes it, the guest's NICs serve it.
+    mmds: Arc<Mutex<vmm::mmds::Mmds>>,
 }
 
 /// A configuration to boot and where the VM thread answers: the running
@@ -1137,6 +1232,17 @@ impl Instance {
             .enumerate()
             .map(|(i, n)| net_config(n, i))
             .collect::<Result<_, _>>()?;
+        if let Some(m) = &self.config.mmds_config {
+            let service = vmm::mmds::MmdsNet {
+                store: self.mmds.clone(),
+                ipv4: m.ipv4_address.unwrap_or(vmm::mmds::DEFAULT_IPV4),
+            };
+            for (nic, n) in config.nets.iter_mut().zip(&self.config.network_interfaces) {
+                if m.network_interfaces.contains(&n.iface_id) {
+                    nic.mmds = Some(service.clone());
+                }
+            }
+        }
         config.serial_out = match &self.console_log {
             Some((path, max)) => SerialOutput::Writer(Box::new(
                 RotatingLog::open(path, *max)
@@ -1654,8 +1760,38 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
             ok
         }
+        (Method::Put, ["mmds", "config"]) => {
+            let m: MmdsConfigBody = http::json_body(req)?;
+            let mut i = crate::lock(inst);
+            i.before_start()?;
+            m.validate(&i.config.network_interfaces)?;
+            m.apply(&i.mmds);
+            i.config.mmds_config = Some(m);
+            ok
+        }
+        (Method::Put, ["mmds"]) => {
+            let v: Value = http::json_body(req)?;
+            let store = crate::lock(inst).mmds.clone();
+            crate::lock(&store)
+                .put(v)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            ok
+        }
+        (Method::Patch, ["mmds"]) => {
+            let v: Value = http::json_body(req)?;
+            let store = crate::lock(inst).mmds.clone();
+            crate::lock(&store)
+                .patch(&v)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            ok
+        }
+        (Method::Get, ["mmds"]) => {
+            let store = crate::lock(inst).mmds.clone();
+            let data = crate::lock(&store).data();
+            Ok(Reply::Json(200, data))
+        }
         (_, ["snapshot", ..]) => Err(ApiError::bad_request("snapshots are not supported")),
-        (_, [what @ ("mmds" | "cpu-config" | "pmem"), ..]) => Err(ApiError::bad_request(format!(
+        (_, [what @ ("cpu-config" | "pmem"), ..]) => Err(ApiError::bad_request(format!(
             "/{what} is not supported yet"
         ))),
         _ => Err(ApiError::bad_request(format!(
@@ -1702,6 +1838,26 @@ pub fn main(mut args: VmArgs) -> i32 {
         },
         None => FullConfig::default(),
     };
+    // The store is filled from --metadata before the config file's VM
+    // could start, so the guest never sees it empty (Firecracker's order).
+    let mmds_limit = args
+        .mmds_size_limit
+        .unwrap_or(args.http_api_max_payload_size) as usize;
+    let mmds = Arc::new(Mutex::new(vmm::mmds::Mmds::new(mmds_limit)));
+    if let Some(m) = &config.mmds_config {
+        m.apply(&mmds);
+    }
+    if let Some(path) = &args.metadata {
+        let filled = read_metadata(path, mmds_limit).and_then(|v| {
+            crate::lock(&mmds)
+                .put(v)
+                .map_err(|e| format!("--metadata: {e}"))
+        });
+        if let Err(e) = filled {
+            eprintln!("strato: {e}");
+            return crate::run::EXIT_VMM_ERROR;
+        }
+    }
     if let Some(l) = &config.logger {
         if let Err(e) = l.apply() {
             eprintln!("strato: config file logger: {e}");
@@ -1803,6 +1959,7 @@ pub fn main(mut args: VmArgs) -> i32 {
         live_logger: true,
         metrics: None,
         vm_thread: requests,
+        mmds,
     }));
 
     // Metrics from the config file or the command line: opened before the
@@ -1999,6 +2156,10 @@ fn check_config(config: FullConfig) -> Result<FullConfig, String> {
     if let Some(l) = &config.logger {
         l.level().map_err(|e| format!("logger: {e}"))?;
     }
+    if let Some(m) = &config.mmds_config {
+        m.validate(&config.network_interfaces)
+            .map_err(|e| format!("mmds-config: {}", e.message))?;
+    }
     Ok(config)
 }
 
@@ -2032,6 +2193,7 @@ impl Unbooted {
             metrics: None,
             // Never used: `handle` below boots nothing.
             vm_thread: std::sync::mpsc::sync_channel(0).0,
+            mmds: Arc::new(Mutex::new(vmm::mmds::Mmds::default())),
         })))
     }
 

@@ -5,6 +5,7 @@ pub mod bus;
 pub mod fd_path;
 pub mod legacy;
 pub mod metrics;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod virtio;
 

@@ -251,6 +251,14 @@ def api_seeds():
         req(7, b""),
         req(8, dict(config, vsock=vsock)),
     ]))
+    mmds = {"network_interfaces": ["n"], "version": "V2", "ipv4_address": "169.254.170.2"}
+    write("api_bodies", "mmds", b"\xff".join([
+        req(11, {"latest": {"meta-data": {"ami-id": "ami-1"}}}, b"PUT /mmds"),
+        req(11, {"latest": {"meta-data": {"ami-id": None}}}, b"PATCH /mmds"),
+        req(11, b"", b"GET /mmds"),
+        req(11, mmds, b"PUT /mmds/config"),
+        req(8, dict(config, **{"mmds-config": mmds})),
+    ]))
     create = {
         "id": "web-1", "vcpus": 2, "memory_mib": 512, "kernel": "/k", "cmdline": "console=ttyS0",
         "drives": [{"id": "root", "path": "/r", "root": True}],

@@ -342,6 +342,7 @@ pub fn net_config(
         mac,
         rx_rate_limiter: Default::default(),
         tx_rate_limiter: Default::default(),
+        mmds: None,
     })
 }
 

@@ -23,6 +23,7 @@ pub use config::{
 /// Guest files handed over as inherited descriptors (`/proc/self/fd/N`).
 pub use devices::fd_path;
 pub use devices::metrics::Counters;
+pub use devices::mmds;
 pub use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 /// The memory balloon's configuration, controls and guest statistics.
 pub use devices::virtio::balloon::{

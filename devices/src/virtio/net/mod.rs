@@ -5,7 +5,9 @@
 //! buffers the tap leaves the interest list, so there is no busy polling
 //! and no frame larger than the posted buffers is written. TX: each chain
 //! is one frame written to the tap. Offloads the driver accepts are set on
-//! the tap.
+//! the tap. With MMDS enabled, frames for the metadata address go to the
+//! VMM's own stack instead of the tap, and its answers are received ahead
+//! of the tap's frames.
 
 mod tap;
 
@@ -20,9 +22,10 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::mmds::{MmdsNet, MmdsStack};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 
 pub use tap::{Error as TapError, Tap};
@@ -61,6 +64,8 @@ pub struct NetConfig {
     pub rx_rate_limiter: RateLimiterConfig,
     /// Limits on the frames the guest sends.
     pub tx_rate_limiter: RateLimiterConfig,
+    /// The metadata service, if the guest may reach it through this NIC.
+    pub mmds: Option<MmdsNet>,
 }
 
 struct Active {
@@ -116,6 +121,7 @@ pub struct Net {
     tx_limiter: Option<RateLimiter>,
     /// The pending frame already passed the receive limiter.
     rx_paid: bool,
+    mmds: Option<MmdsStack>,
 }
 
 impl Net {
@@ -137,6 +143,9 @@ impl Net {
         let mut net = Self::with_tap(tap, cfg.mac, queue_evts, signals);
         net.set_rate_limits(&cfg.rx_rate_limiter, &cfg.tx_rate_limiter)
             .map_err(TapError::Timer)?;
+        if let Some(m) = &cfg.mmds {
+            net.enable_mmds(m).map_err(TapError::Timer)?;
+        }
         Ok(net)
     }
 
@@ -166,7 +175,41 @@ impl Net {
             rx_limiter: None,
             tx_limiter: None,
             rx_paid: false,
+            mmds: None,
         }
+    }
+
+    /// Serves MMDS to the guest through this NIC (before the event loop
+    /// watches the device).
+    pub fn enable_mmds(&mut self, net: &MmdsNet) -> std::io::Result<()> {
+        self.mmds = Some(MmdsStack::new(net)?);
+        Ok(())
+    }
+
+    /// Hands the frame of `parts` (guest buffers, the virtio-net header
+    /// first) to the MMDS stack if it is for it; false leaves it to the tap.
+    fn detour(
+        mmds: &mut Option<MmdsStack>,
+        mem: &GuestMemoryMmap,
+        parts: &[(vm_memory::GuestAddress, usize)],
+        len: usize,
+    ) -> bool {
+        let Some(stack) = mmds.as_mut() else {
+            return false;
+        };
+        // Enough of the frame to see its Ethernet, ARP or IPv4 header.
+        let mut head = [0u8; 42];
+        let want = head.len().min(len - VNET_HDR_LEN);
+        if read_parts(mem, parts, VNET_HDR_LEN, &mut head[..want]) != want
+            || !stack.wants(&head[..want])
+        {
+            return false;
+        }
+        let mut frame = vec![0u8; len - VNET_HDR_LEN];
+        if read_parts(mem, parts, VNET_HDR_LEN, &mut frame) == frame.len() {
+            stack.receive(frame);
+        }
+        true
     }
 
     /// Limits what the guest receives and sends (before the event loop
@@ -216,6 +259,7 @@ impl Net {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 }; TX_IOVECS];
+                let mut parts = [(vm_memory::GuestAddress(0), 0usize); TX_IOVECS];
                 let (mut n, mut len, mut ok) = (0usize, 0usize, true);
                 for d in chain {
                     let dlen = d.len() as usize;
@@ -235,6 +279,7 @@ impl Net {
                         iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
                         iov_len: dlen,
                     };
+                    parts[n] = (d.addr(), dlen);
                     n += 1;
                     len += dlen;
                 }
@@ -246,20 +291,24 @@ impl Net {
                             break;
                         }
                     }
-                    // SAFETY: each iovec is a bounds-checked slice of guest
-                    // RAM, which `mem` keeps mapped (plain mmap regions: the
-                    // pointer guard is a no-op) until after this call.
-                    match unsafe { self.tap.write_iovecs(&iovs[..n]) } {
-                        Ok(_) => {
-                            self.stats.tx_packets_count.inc();
-                            self.stats.tx_bytes_count.add((len - VNET_HDR_LEN) as u64);
-                        }
-                        Err(e) => {
-                            self.stats.tx_fails.inc();
-                            self.host_error.warn(format_args!(
-                                "virtio-net: frame to {} lost: {e}",
-                                self.tap.name()
-                            ));
+                    if Self::detour(&mut self.mmds, mem, &parts[..n], len) {
+                        // Answered by the VMM's stack: not sent to the host.
+                    } else {
+                        // SAFETY: each iovec is a bounds-checked slice of guest
+                        // RAM, which `mem` keeps mapped (plain mmap regions: the
+                        // pointer guard is a no-op) until after this call.
+                        match unsafe { self.tap.write_iovecs(&iovs[..n]) } {
+                            Ok(_) => {
+                                self.stats.tx_packets_count.inc();
+                                self.stats.tx_bytes_count.add((len - VNET_HDR_LEN) as u64);
+                            }
+                            Err(e) => {
+                                self.stats.tx_fails.inc();
+                                self.host_error.warn(format_args!(
+                                    "virtio-net: frame to {} lost: {e}",
+                                    self.tap.name()
+                                ));
+                            }
                         }
                     }
                 } else {
@@ -405,20 +454,30 @@ impl Net {
         loop {
             if self.rx_len == 0 {
                 self.rx_paid = false;
-                match self.tap.read_frame(&mut self.rx_frame) {
-                    Ok(n) if n > VNET_HDR_LEN && self.active.is_none() => {
-                        // The link is down until the driver runs: the frame
-                        // is dropped, and costs the guest none of its rate.
-                        self.stats.rx_fails.inc();
-                        continue;
-                    }
-                    Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                    Err(e) => {
-                        self.host_error
-                            .warn(format_args!("virtio-net: reading {}: {e}", self.tap.name()));
-                        return;
+                if let Some(frame) = self.mmds.as_mut().and_then(MmdsStack::next_frame) {
+                    // The metadata service's answers come first and are not
+                    // charged to the guest's receive rate.
+                    let end = VNET_HDR_LEN + frame.len();
+                    self.rx_frame[..VNET_HDR_LEN].fill(0);
+                    self.rx_frame[VNET_HDR_LEN..end].copy_from_slice(&frame);
+                    self.rx_len = end;
+                    self.rx_paid = true;
+                } else {
+                    match self.tap.read_frame(&mut self.rx_frame) {
+                        Ok(n) if n > VNET_HDR_LEN && self.active.is_none() => {
+                            // The link is down until the driver runs: the frame
+                            // is dropped, and costs the guest none of its rate.
+                            self.stats.rx_fails.inc();
+                            continue;
+                        }
+                        Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                        Err(e) => {
+                            self.host_error
+                                .warn(format_args!("virtio-net: reading {}: {e}", self.tap.name()));
+                            return;
+                        }
                     }
                 }
             }
@@ -427,22 +486,24 @@ impl Net {
                     if !limiter.consume((self.rx_len - VNET_HDR_LEN) as u64) {
                         // The frame waits, and the tap with it, for the
                         // limiter's timer.
-                        if !self.tap_paused {
-                            let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
-                            self.tap_paused = true;
-                        }
+                        self.pause_tap(ops);
                         return;
                     }
                 }
                 self.rx_paid = true;
             }
             if !self.deliver() {
-                if !self.tap_paused {
-                    let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
-                    self.tap_paused = true;
-                }
+                self.pause_tap(ops);
                 return;
             }
+        }
+    }
+
+    /// Stops reading the tap until [`Self::resume_rx`].
+    fn pause_tap(&mut self, ops: &mut EventOps) {
+        if !self.tap_paused {
+            let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
+            self.tap_paused = true;
         }
     }
 
@@ -459,6 +520,36 @@ impl Net {
 }
 
 /// Tap offload flags for the features the driver accepted.
+/// Copies bytes of the frame in `parts`, from `skip` on, into `out`;
+/// returns how many it could.
+fn read_parts(
+    mem: &GuestMemoryMmap,
+    parts: &[(vm_memory::GuestAddress, usize)],
+    mut skip: usize,
+    out: &mut [u8],
+) -> usize {
+    let mut done = 0;
+    for &(addr, len) in parts {
+        if done == out.len() {
+            break;
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(out.len() - done);
+        let Some(at) = addr.checked_add(skip as u64) else {
+            break;
+        };
+        if mem.read_slice(&mut out[done..done + n], at).is_err() {
+            break;
+        }
+        done += n;
+        skip = 0;
+    }
+    done
+}
+
 fn tap_offloads(features: u64) -> u32 {
     let mut flags = 0;
     if features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0 {
@@ -552,12 +643,24 @@ impl MutEventSubscriber for Net {
         if let Err(e) = ops.add(Events::new(&self.tap, EventSet::IN)) {
             error!("virtio-net: cannot watch {}: {e:?}", self.tap.name());
         }
+        if let Some(m) = &self.mmds {
+            if let Err(e) = ops.add(Events::new(m.timer(), EventSet::IN)) {
+                error!("virtio-net: cannot watch the MMDS timer: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
         if fd == self.tap.as_raw_fd() {
             self.process_rx(ops);
+            return;
+        }
+        if let Some(m) = self.mmds.as_mut().filter(|m| m.timer().as_raw_fd() == fd) {
+            m.on_timer();
+            if m.has_frames() {
+                self.process_rx(ops);
+            }
             return;
         }
         let tx = queue_wake(
@@ -580,6 +683,9 @@ impl MutEventSubscriber for Net {
                 .warn(format_args!("virtio-net: queue notified while not running"));
         } else if tx == QueueWake::Serve {
             self.process_tx();
+            if self.mmds.as_ref().is_some_and(MmdsStack::has_frames) {
+                self.process_rx(ops);
+            }
         } else if rx == QueueWake::Serve {
             // New buffers, or the limiter lets the waiting frame go.
             self.resume_rx(ops);
@@ -761,6 +867,11 @@ mod device_tests {
     /// A device whose "tap" is one end of a SOCK_SEQPACKET pair, activated
     /// with queues of 16 entries; `features` as acked by the driver.
     fn rig(features: u64) -> Rig {
+        rig_with(features, None)
+    }
+
+    /// [`rig`] with MMDS served on the NIC.
+    fn rig_with(features: u64, mmds: Option<&MmdsNet>) -> Rig {
         let mut fds = [0; 2];
         // SAFETY: socketpair fills two fds we then own.
         let rc = unsafe {
@@ -787,6 +898,9 @@ mod device_tests {
             [evts[0].try_clone().unwrap(), evts[1].try_clone().unwrap()],
             signals,
         )));
+        if let Some(m) = mmds {
+            net.lock().unwrap().enable_mmds(m).unwrap();
+        }
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(net.clone());
         let m = mem();
@@ -854,6 +968,49 @@ mod device_tests {
         let f = r.recv().expect("a frame");
         assert_eq!(&f[VNET_HDR_LEN..], b"hello, tap");
         assert_eq!(used_idx(&r.mem, 1), 1);
+    }
+
+    /// An ARP request for the metadata address is answered on the receive
+    /// queue and never reaches the tap; other frames still do.
+    #[test]
+    fn frames_for_mmds_are_answered_by_the_vmm_not_the_tap() {
+        let store = Arc::new(Mutex::new(crate::mmds::Mmds::default()));
+        let ip = crate::mmds::DEFAULT_IPV4;
+        let mut r = rig_with(0, Some(&MmdsNet { store, ipv4: ip }));
+        let guest_mac = [6, 0, 0, 0, 0, 1];
+        let mut arp = vec![0u8; VNET_HDR_LEN];
+        arp.extend_from_slice(&[0xff; 6]);
+        arp.extend_from_slice(&guest_mac);
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&guest_mac);
+        arp.extend_from_slice(&[10, 0, 0, 2]);
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&ip.octets());
+        r.mem.write_slice(&arp, GuestAddress(0x4000)).unwrap();
+        r.mem
+            .write_slice(&rx_frame(60), GuestAddress(0x5000))
+            .unwrap();
+        write_desc(&r.mem, 1, 0, (0x4000, arp.len() as u32, 0, 0));
+        write_desc(&r.mem, 1, 1, (0x5000, 60, 0, 0));
+        make_available(&r.mem, 1, &[0, 1]);
+        write_desc(&r.mem, 0, 0, (0x8000, 2048, W, 0));
+        make_available(&r.mem, 0, &[0]);
+        r.evts[TX].write(1).unwrap();
+        r.run();
+        assert_eq!(used_idx(&r.mem, 1), 2);
+        // Only the second frame went out.
+        let f = r.recv().expect("the other frame");
+        assert_eq!(f, rx_frame(60));
+        assert!(r.recv().is_none(), "the ARP request reached the tap");
+        let (_, len) = used_entry(&r.mem, 0, 0);
+        let mut reply = vec![0u8; len as usize];
+        r.mem.read_slice(&mut reply, GuestAddress(0x8000)).unwrap();
+        let eth = &reply[VNET_HDR_LEN..];
+        assert_eq!(&eth[0..6], &guest_mac, "to the guest");
+        assert_eq!(&eth[12..14], &[0x08, 0x06], "ARP");
+        assert_eq!(&eth[20..22], &[0, 2], "a reply");
+        assert_eq!(&eth[22..28], &[0x06, 0x01, 0x23, 0x45, 0x67, 0x01]);
+        assert_eq!(&eth[28..32], &ip.octets(), "for the service's address");
     }
 
     #[test]
