@@ -914,3 +914,94 @@ fn firecracker_python_creates_pauses_and_deletes_a_microvm() {
     );
     api.check_schema(&dir.0);
 }
+
+// ---------------------------------------------------------------------
+// flintlock
+
+/// flintlock's Firecracker provider (`infrastructure/firecracker`): the
+/// VM's state directory with its log and metrics files made empty first;
+/// the config file it writes (the root volume with `cache_type` Unsafe and
+/// `partuuid` left out, a NIC allowed to reach MMDS, `mmds-config` V2
+/// naming it, the logger at Debug with level and origin, the metrics file,
+/// SMT off, the boot arguments carrying cloud-init's `network-config`);
+/// the metadata file (`latest` holding cloud-init's meta-data, user-data
+/// and vendor-data as strings); then `firecracker --id UID --boot-timer
+/// --no-api --config-file C --metadata M`, stdin empty and its output in
+/// files, as flintlock runs it. The guest is the ticker, which has no
+/// cloud-init; the Linux lane test
+/// `linux_reads_mmds_v2_with_a_session_token` reads a `--metadata` store
+/// from a guest. SIGTERM then ends the VMM, and a metadata file that is
+/// not JSON stops the next launch with one line.
+#[test]
+fn flintlock_boots_from_its_config_and_metadata_files() {
+    let dir = Scratch::new("flint");
+    let ns = Netns::new("flint", &["fltap0"]);
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fc = firecracker_in(&bin);
+    let state = dir.0.join("vm/ns1/mvm1/01HQ8");
+    std::fs::create_dir_all(&state).unwrap();
+    let (log, metrics) = (
+        state.join("firecracker.log"),
+        state.join("firecracker.metrics"),
+    );
+    for f in [&log, &metrics] {
+        File::create(f).unwrap();
+    }
+    let root = state.join("root.img");
+    std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
+    let network_config = "dmVyc2lvbjogMgpldGhlcm5ldHM6CiAgZXRoMDoKICAgIGRoY3A0OiB0cnVlCg==";
+    let config = format!(
+        r#"{{"drives":[{{"drive_id":"root","path_on_host":{},"is_root_device":true,"is_read_only":false,"cache_type":"Unsafe"}}],"boot-source":{{"kernel_image_path":{},"boot_args":"console=ttyS0 reboot=k panic=1 network-config={network_config}"}},"logger":{{"log_path":{},"level":"Debug","show_level":true,"show_log_origin":true}},"machine-config":{{"vcpu_count":2,"mem_size_mib":64,"smt":false,"track_dirty_pages":false}},"metrics":{{"metrics_path":{}}},"mmds-config":{{"version":"V2","network_interfaces":["eth0"]}},"network-interfaces":[{{"iface_id":"eth0","host_dev_name":"fltap0","guest_mac":"02:00:00:00:00:01"}}]}}"#,
+        quote(&text(&root)),
+        quote(&text(&guest("ticker"))),
+        quote(&text(&log)),
+        quote(&text(&metrics)),
+    );
+    let config_path = state.join("firecracker.cfg");
+    std::fs::write(&config_path, config).unwrap();
+    let metadata = r##"{"latest":{"meta-data":"instance_id: ns1/mvm1\nlocal_hostname: mvm1\nplatform: liquid_metal\n","user-data":"#cloud-config\nhostname: mvm1\n","vendor-data":"#cloud-config\n"}}"##;
+    let metadata_path = state.join("metadata.json");
+    std::fs::write(&metadata_path, metadata).unwrap();
+    let args = [
+        "--id",
+        "01HQ8",
+        "--boot-timer",
+        "--no-api",
+        "--config-file",
+        &text(&config_path),
+        "--metadata",
+        &text(&metadata_path),
+    ]
+    .map(String::from);
+    let mut vmm = Vmm::launch(&fc, &args, &[], state.join("firecracker.stdout"), Some(&ns));
+    vmm.wait_console("tick 3");
+    // The log at Debug, each line with its level and origin; the metrics
+    // file's first line, written as the VM started.
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("started 2 vCPU(s)"), "{log_text}");
+    assert!(log_text.contains(" DEBUG "), "no Debug line: {log_text}");
+    let first = std::fs::read_to_string(&metrics).unwrap();
+    let first = first.lines().next().unwrap_or_default();
+    let first = api::Json::parse(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert!(first["utc_timestamp_ms"].as_u64().is_some());
+    // No API socket anywhere in the state directory.
+    let sockets = std::fs::read_dir(&state)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        })
+        .count();
+    assert_eq!(sockets, 0, "--no-api made a socket");
+    kill(vmm.pid(), libc::SIGTERM);
+    vmm.wait_exit(Duration::from_secs(15));
+
+    // A metadata file that is not JSON stops it at once, saying why.
+    std::fs::write(&metadata_path, "instance_id: x").unwrap();
+    let mut bad = Vmm::launch(&fc, &args, &[], state.join("bad.stdout"), Some(&ns));
+    let status = bad.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1));
+    let said = bad.console_text();
+    assert!(said.contains("--metadata"), "{said}");
+}
