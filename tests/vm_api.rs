@@ -1535,14 +1535,17 @@ fn bad_requests_and_wrong_states_are_refused() {
         (
             "PUT",
             "/machine-config",
-            r#"{"vcpu_count":1,"mem_size_mib":64,"cpu_template":"T2"}"#.into(),
-            "cpu_template T2 is not supported",
+            format!(
+                r#"{{"vcpu_count":1,"mem_size_mib":64,"cpu_template":"{}"}}"#,
+                host_templates().foreign
+            ),
+            "CPU vendor mismatch",
         ),
         (
             "PATCH",
             "/machine-config",
             r#"{"cpu_template":"T3"}"#.into(),
-            "unknown cpu_template \"T3\"",
+            "unknown cpu_template \"T3\" (C3, T2, T2S, T2CL, T2A or None)",
         ),
         (
             "PUT",
@@ -2491,40 +2494,53 @@ fn a_forbidden_system_call_on_an_api_thread_kills_the_vmm_with_sigsys() {
 /// What the `cpuid` guest printed: leaf 1 ECX and EDX, leaf 7 EBX and
 /// IA32_MISC_ENABLE.
 fn cpuid_report(console: &str) -> (u32, u32, u32, u64) {
-    let field = |prefix: &str, name: &str| -> u64 {
-        let line = console
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{console}"));
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let i = words.iter().position(|w| *w == name).expect("field") + 1;
-        u64::from_str_radix(words[i], 16).expect("hex")
-    };
     (
-        field("cpuid: 1 ", "ecx") as u32,
-        field("cpuid: 1 ", "edx") as u32,
-        field("cpuid: 7 ", "ebx") as u32,
-        field("cpuid: msr ", "1a0"),
+        cpuid_field(console, "cpuid: 1 ", "ecx") as u32,
+        cpuid_field(console, "cpuid: 1 ", "edx") as u32,
+        cpuid_field(console, "cpuid: 7 ", "ebx") as u32,
+        cpuid_field(console, "cpuid: msr ", "1a0"),
     )
+}
+
+/// The hex value after `name` on the `cpuid` guest's line that starts
+/// with `prefix`.
+fn cpuid_field(console: &str, prefix: &str, name: &str) -> u64 {
+    let line = console
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{console}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == name).expect("field") + 1;
+    u64::from_str_radix(words[i], 16).expect("hex")
 }
 
 /// Boots the `cpuid` guest from a config file in a directory of its own
 /// under `dir` and returns what it printed.
 fn cpuid_boot(dir: &Scratch, name: &str, extra: &str) -> (u32, u32, u32, u64) {
-    let cfg = dir.file(
-        &format!("{name}.json"),
-        format!(
-            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}{extra}}}"#,
-            guest("cpuid").display()
-        )
-        .as_bytes(),
+    cpuid_report(&cpuid_console(dir, name, "", extra))
+}
+
+/// [`cpuid_boot`]'s console, with `machine` added to the machine config.
+fn cpuid_console(dir: &Scratch, name: &str, machine: &str, extra: &str) -> String {
+    let config = format!(
+        r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32{machine}}}{extra}}}"#,
+        guest("cpuid").display()
     );
+    let (vm, code, err) = run_config_file(dir, name, &config);
+    assert_eq!(code, 0, "{err}");
+    vm.console_text()
+}
+
+/// Runs strato without the API on the config file `config`, in a
+/// directory `name` of its own under `dir`, until it exits: the VM, its
+/// exit status and its stderr.
+fn run_config_file(dir: &Scratch, name: &str, config: &str) -> (Vm, i32, String) {
+    let cfg = dir.file(&format!("{name}.json"), config.as_bytes());
     let run = dir.0.join(name);
     std::fs::create_dir_all(&run).unwrap();
     let mut vm = Vm::start(&run, None, &["--config-file", &cfg, "--no-api"]);
     let (code, err) = vm.wait_exit();
-    assert_eq!(code, 0, "{err}");
-    cpuid_report(&vm.console_text())
+    (vm, code, err)
 }
 
 /// The template of the CPU template tests: clears leaf 1 EDX bit 0 (FPU),
@@ -2582,18 +2598,11 @@ fn custom_cpu_template_sets_msrs_and_bad_ones_are_refused() {
         ("/dev/null", "not a regular file"),
         (&dir.file("x.json", b"[]"), "not a JSON object"),
     ] {
-        let cfg = dir.file(
-            "bad.json",
-            format!(
-                r#"{{"boot-source":{{"kernel_image_path":"{}"}},"cpu-config":"{path}"}}"#,
-                guest("cpuid").display()
-            )
-            .as_bytes(),
+        let config = format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"cpu-config":"{path}"}}"#,
+            guest("cpuid").display()
         );
-        let run = dir.0.join("bad");
-        std::fs::create_dir_all(&run).unwrap();
-        let mut vm = Vm::start(&run, None, &["--config-file", &cfg, "--no-api"]);
-        let (code, err) = vm.wait_exit();
+        let (_, code, err) = run_config_file(&dir, "bad", &config);
         assert_ne!(code, 0, "{err}");
         assert!(err.contains(needle) && err.contains("cpu-config"), "{err}");
     }
@@ -3044,5 +3053,160 @@ fn linux_reads_mmds_v2_with_a_session_token() {
     api.action("Shutdown");
     let (code, err) = vm.wait_exit();
     assert_eq!(code, 0, "{err}\n{}", vm.console_text());
+    api.check_schema(&dir.0);
+}
+
+/// Firecracker's static templates as they fit this host's CPU.
+struct HostTemplates {
+    /// The host's CPUID vendor string.
+    vendor: String,
+    /// The template for it: T2A on AMD, T2 on Intel.
+    native: &'static str,
+    /// One for the other vendor.
+    foreign: &'static str,
+    /// The vendor that one is for.
+    foreign_vendor: &'static str,
+}
+
+fn host_templates() -> HostTemplates {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let vendor = info
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id"))
+        .and_then(|v| v.split(':').nth(1))
+        .expect("vendor_id in /proc/cpuinfo")
+        .trim()
+        .to_string();
+    let amd = vendor == "AuthenticAMD";
+    HostTemplates {
+        vendor,
+        native: if amd { "T2A" } else { "T2" },
+        foreign: if amd { "T2" } else { "T2A" },
+        foreign_vendor: if amd { "GenuineIntel" } else { "AuthenticAMD" },
+    }
+}
+
+/// The static template for this host's vendor (T2A on AMD hosts, T2 on
+/// Intel ones; the two change leaves 1 and 7 alike) shows the guest a T2
+/// instance's CPU: each register the `cpuid` guest prints is the one it
+/// reads without a template with Firecracker's bits applied, and the
+/// signature is family 6, model 0x3f. Hardware-style KVM only: software
+/// KVM here runs the guest's CPUID instruction on the host CPU, unseen.
+#[test]
+#[ignore = hardware_kvm!()]
+fn static_cpu_template_changes_the_guest_s_cpuid() {
+    require_hardware_kvm();
+    let host = host_templates();
+    let dir = Scratch::new("vm-api-static-cpuid");
+    let plain = cpuid_console(&dir, "plain", "", "");
+    let machine = format!(r#","cpu_template":"{}""#, host.native);
+    let masked = cpuid_console(&dir, "masked", &machine, "");
+    eprintln!("{} on {}:\n{plain}\n{masked}", host.native, host.vendor);
+    // (line, register, the template's filter, its value), from
+    // Firecracker's T2 and T2A.
+    let bits = [
+        ("cpuid: 1 ", "eax", 0x0fff_3fff, 0x0003_06f2),
+        ("cpuid: 1 ", "ecx", 0x0004_cdfc, 0),
+        ("cpuid: 1 ", "edx", 0xe864_1080, 0x0000_1080),
+        ("cpuid: 7 ", "ebx", 0xffef_da14, 0x0000_0200),
+        ("cpuid: msr ", "1a0", 0, 0),
+    ];
+    for (line, reg, filter, value) in bits {
+        let before = cpuid_field(&plain, line, reg);
+        assert_eq!(
+            cpuid_field(&masked, line, reg),
+            (before & !filter) | value,
+            "{line}{reg}: {before:#x} without the template"
+        );
+    }
+    let eax = cpuid_field(&masked, "cpuid: 1 ", "eax");
+    assert_eq!((eax >> 8) & 0xf, 6, "family");
+    assert_eq!((eax >> 12) & 0xf0 | (eax >> 4) & 0xf, 0x3f, "model");
+    assert_ne!(cpuid_field(&plain, "cpuid: 1 ", "eax"), eax);
+}
+
+/// Static templates through the config file and the API: the one for this
+/// host's vendor is taken, shown back as set and boots, its guest reading
+/// the template's leaf 1 signature; one for the other vendor, or the other
+/// architecture, is refused with 400 naming why; the template set last
+/// applies, static or custom.
+#[test]
+fn static_cpu_templates_fit_the_host_s_vendor() {
+    let host = host_templates();
+    let dir = Scratch::new("vm-api-static-template");
+    let plain = cpuid_console(&dir, "plain", "", "");
+    let native = format!(r#","cpu_template":"{}""#, host.native);
+    let console = cpuid_console(&dir, "native", &native, "");
+    // Leaf 1 EAX is the vCPU's here too (software KVM passes leaf 1 from
+    // the vCPU's CPUID, leaf 7 from the host's): a T2's family 6, model
+    // 0x3f, stepping 2 in place of the host's.
+    let eax = |console: &str| cpuid_field(console, "cpuid: 1 ", "eax");
+    assert_eq!(
+        eax(&console),
+        eax(&plain) & !0x0fff_3fff | 0x0003_06f2,
+        "{plain}\n{console}"
+    );
+    assert_ne!(eax(&plain) & 0x0fff_3fff, 0x0003_06f2, "{plain}");
+
+    // The other vendor's: refused before anything starts.
+    let config = format!(
+        r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32,"cpu_template":"{}"}}}}"#,
+        guest("cpuid").display(),
+        host.foreign
+    );
+    let (_, code, err) = run_config_file(&dir, "foreign", &config);
+    assert_ne!(code, 0, "{err}");
+    for needle in [host.foreign, host.foreign_vendor, host.vendor.as_str()] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+
+    let run = dir.0.join("api");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut vm = Vm::start(&run, None, &[]);
+    let api = Api::new(&vm.sock, "vm");
+    let machine = |template: &str| {
+        format!(r#"{{"vcpu_count":1,"mem_size_mib":32,"cpu_template":"{template}"}}"#)
+    };
+    api.expect("PUT", "/machine-config", Some(&machine(host.native)), 204);
+    let m = api.expect("GET", "/machine-config", None, 200).json();
+    assert_eq!(m["cpu_template"], host.native);
+    let foreign = machine(host.foreign);
+    for needle in [
+        format!(
+            "cpu_template {} is for {}",
+            host.foreign, host.foreign_vendor
+        ),
+        format!("this host's CPU is {}", host.vendor),
+    ] {
+        api.expect_fault("PUT", "/machine-config", &foreign, 400, &needle);
+    }
+    api.expect_fault(
+        "PATCH",
+        "/machine-config",
+        r#"{"cpu_template":"V1N1"}"#,
+        400,
+        "cpu_template V1N1 is for aarch64",
+    );
+    let m = api.expect("GET", "/machine-config", None, 200).json();
+    assert_eq!(
+        m["cpu_template"], host.native,
+        "refused ones change nothing"
+    );
+    // A custom template replaces it, and it replaces a custom one.
+    api.expect("PUT", "/cpu-config", Some(&cpuid_template(31)), 204);
+    let cfg = api.expect("GET", "/vm/config", None, 200).json();
+    assert!(cfg["machine-config"]["cpu_template"].is_null(), "{cfg:?}");
+    let patch = format!(r#"{{"cpu_template":"{}"}}"#, host.native);
+    api.expect("PATCH", "/machine-config", Some(&patch), 204);
+    let cfg = api.expect("GET", "/vm/config", None, 200).json();
+    assert!(cfg["cpu-config"].is_null(), "{cfg:?}");
+    assert_eq!(cfg["machine-config"]["cpu_template"], host.native);
+    let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, guest("cpuid").display());
+    api.expect("PUT", "/boot-source", Some(&boot), 204);
+    api.action("InstanceStart");
+    let (code, err) = vm.wait_exit();
+    assert_eq!(code, 0, "{err}");
+    // The custom template's MSR bit is gone with it.
+    assert_eq!(cpuid_report(&vm.console_text()).3 & (1 << 22), 0);
     api.check_schema(&dir.0);
 }

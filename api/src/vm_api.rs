@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmm::config::parse_mac;
+use vmm::cpu_template::CpuTemplate;
 use vmm::seccomp::{ThreadFilter, ThreadKind};
 use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
 
@@ -799,6 +800,22 @@ impl FullConfig {
         drives.sort_by_key(|d| !d.is_root_device);
         drives
     }
+
+    /// The CPU template the VM starts with: the custom one, or the one the
+    /// static name stands for. Both are checked when they are put, and
+    /// again here, as this may not fail. Both are set only from a config
+    /// file, where the custom template comes after the machine's, so it
+    /// applies (as in Firecracker).
+    fn cpu_template(&self) -> Result<Option<CpuTemplate>, ApiError> {
+        match (&self.cpu_config, &self.machine_config.cpu_template) {
+            (Some(c), _) => c
+                .template()
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("cpu-config: {e}"))),
+            (None, Some(name)) => static_cpu_template(name),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl Default for FullConfig {
@@ -883,6 +900,13 @@ fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The template a `cpu_template` name stands for here (None for "None"),
+/// or a 400 saying why it cannot be used on this host.
+fn static_cpu_template(name: &str) -> Result<Option<CpuTemplate>, ApiError> {
+    vmm::static_templates::static_cpu_template(name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 /// A custom CPU template that parses and is for this architecture.
 fn check_cpu_config(c: &CpuConfig) -> Result<(), ApiError> {
     let t = c
@@ -927,22 +951,11 @@ fn check_machine(m: &MachineConfig) -> Result<(), ApiError> {
     if m.track_dirty_pages {
         return Err(ApiError::bad_request("track_dirty_pages is not supported"));
     }
-    // Firecracker's names; a guest that asked for one of its templates
-    // expects a CPU it does not get here, so they are refused, not ignored.
-    match m.cpu_template.as_deref() {
-        None | Some("None") => {}
-        Some(t @ ("C3" | "T2" | "T2S" | "T2CL" | "T2A")) => {
-            return Err(ApiError::bad_request(format!(
-                "cpu_template {t} is not supported: the guest sees the host's CPU as KVM \
-                 offers it (cpu_template \"None\"), or as a custom template from PUT \
-                 /cpu-config changes it"
-            )))
-        }
-        Some(t) => {
-            return Err(ApiError::bad_request(format!(
-                "unknown cpu_template {t:?} (C3, T2, T2S, T2CL, T2A or None)"
-            )))
-        }
+    // Firecracker's static templates: refused here already when they are
+    // for another architecture or another vendor's CPU, so that the client
+    // hears of it from the request that set it.
+    if let Some(name) = &m.cpu_template {
+        static_cpu_template(name)?;
     }
     if let Some(max) = m.max_vcpus {
         if max < m.vcpu_count || max > vmm::config::MAX_VCPUS {
@@ -1182,14 +1195,7 @@ impl Instance {
         let mut config = VmConfig::new(&boot.kernel_image_path, m.vcpu_count, m.mem_size_mib);
         config.max_vcpus = m.max_vcpus;
         config.smt = m.smt;
-        config.cpu_template = match &self.config.cpu_config {
-            // Checked when it was put; checked again, as it may not fail.
-            Some(c) => Some(
-                c.template()
-                    .map_err(|e| ApiError::bad_request(format!("cpu-config: {e}")))?,
-            ),
-            None => None,
-        };
+        config.cpu_template = self.config.cpu_template()?;
         config.initrd = boot.initrd_path.clone();
         config.balloon = self.config.balloon.as_ref().map(BalloonBody::config);
         config.memory_hotplug = self
@@ -1491,7 +1497,7 @@ fn handle(req: &Request, inst: &Shared, start: Starter) -> Result<Reply, ApiErro
             i.before_start()?;
             check_machine(&m)?;
             // As in Firecracker, the template set last applies: a static
-            // one ("None" is the only one here) replaces a custom one.
+            // one (or "None") replaces a custom one.
             if m.cpu_template.is_some() {
                 i.config.cpu_config = None;
             }
@@ -2340,15 +2346,72 @@ mod tests {
         assert!(check_machine(&m).is_err());
         m.vcpu_count = 4;
         assert_eq!(check_machine(&m).is_ok(), vmm::config::SMT_SUPPORTED);
+        // Firecracker's static templates are taken where the host's CPU is
+        // the vendor they are for, refused with the vendor named elsewhere.
         let mut m = default_machine();
-        for (template, ok) in [
-            ("None", true),
-            ("T2", false),
-            ("T2A", false),
-            ("none", false),
-        ] {
+        let vendor = vmm::static_templates::STATIC_TEMPLATES
+            .iter()
+            .map(|t| (t.name, t.arch, t.vendor));
+        let host = arch_host_vendor();
+        for (name, arch, wants) in vendor {
+            m.cpu_template = Some(name.into());
+            let got = check_machine(&m);
+            let fits =
+                arch == vmm::config::ARCH_NAME && (wants.is_none() || wants == host.as_deref());
+            match got {
+                Ok(()) => assert!(fits, "{name} taken"),
+                Err(e) => {
+                    assert!(!fits, "{name}: {}", e.message);
+                    let why = if arch != vmm::config::ARCH_NAME {
+                        arch
+                    } else {
+                        host.as_deref().unwrap()
+                    };
+                    assert!(e.message.contains(why), "{name}: {}", e.message);
+                }
+            }
+        }
+        for (template, ok) in [("None", true), ("none", false), ("T3", false)] {
             m.cpu_template = Some(template.into());
             assert_eq!(check_machine(&m).is_ok(), ok, "{template}");
         }
+        m.cpu_template = Some("t2a".into());
+        assert!(check_machine(&m)
+            .unwrap_err()
+            .message
+            .starts_with("unknown cpu_template \"t2a\""));
+    }
+
+    /// The host's CPU vendor, as the static templates are checked against.
+    fn arch_host_vendor() -> Option<String> {
+        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("vendor_id"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+    }
+
+    /// The template a static name stands for is the one the VM starts
+    /// with; a custom one from the same config file applies instead.
+    #[test]
+    fn static_templates_reach_the_vm_config() {
+        let Some(name) = vmm::static_templates::STATIC_TEMPLATES
+            .iter()
+            .map(|t| t.name)
+            .find(|n| static_cpu_template(n).is_ok())
+        else {
+            return; // No template fits this host's CPU.
+        };
+        let mut config = FullConfig::default();
+        assert_eq!(config.cpu_template().unwrap(), None);
+        config.machine_config.cpu_template = Some(name.into());
+        let want = static_cpu_template(name).unwrap();
+        assert!(want
+            .as_ref()
+            .is_some_and(|t| !t.cpuid.is_empty() || !t.regs.is_empty()));
+        assert_eq!(config.cpu_template().unwrap(), want);
+        config.cpu_config = Some(CpuConfig::default());
+        assert_eq!(config.cpu_template().unwrap(), Some(CpuTemplate::default()));
     }
 }

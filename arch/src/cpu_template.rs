@@ -61,6 +61,37 @@ pub enum TemplateError {
     /// A KVM capability the template requires and the host lacks.
     #[error("the CPU template requires KVM capability {0}, which this host's KVM lacks")]
     Capability(u32),
+    /// A `cpu_template` name that is none of Firecracker's static templates
+    /// for this architecture.
+    #[error("unknown cpu_template {name:?} ({known} or None)")]
+    UnknownStatic {
+        /// The name as given.
+        name: String,
+        /// The names there are, joined.
+        known: String,
+    },
+    /// A static template of the other architecture.
+    #[error("cpu_template {name} is for {arch}, and this host is {host}")]
+    StaticArch {
+        /// The template.
+        name: &'static str,
+        /// Its architecture.
+        arch: &'static str,
+        /// This one.
+        host: &'static str,
+    },
+    /// A static template made for another vendor's CPUs than the host's
+    /// (Firecracker refuses it too: one vendor cannot be shown as the
+    /// other).
+    #[error("cpu_template {name} is for {wants} CPUs, and this host's CPU is {host} (CPU vendor mismatch)")]
+    Vendor {
+        /// The template.
+        name: &'static str,
+        /// The CPUID vendor string it is for.
+        wants: &'static str,
+        /// The host's.
+        host: String,
+    },
 }
 
 /// Bits to change in a register: where `filter` has a one, the register's
@@ -158,7 +189,7 @@ pub fn parse_capability(text: &str) -> Result<Option<u32>, TemplateError> {
 }
 
 /// A CPUID output register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CpuidRegister {
     /// EAX.
     Eax,

@@ -15,6 +15,7 @@
 //!   device's irqfd; on aarch64 with the vCPUs it is sized for) and
 //!   `create_vcpus` (called last, right before the vCPUs are configured);
 //! - the vCPUs: `VcpuSetup` (per-VM data), `configure_vcpu`,
+//!   `host_cpu_vendor` (for the static CPU templates),
 //!   `program_counter` and `faulting_instruction` for exit reports;
 //! - the kernel: `load_kernel` into a `LoadedKernel`, `initrd_range`, and
 //!   `configure_boot`, which writes what the kernel reads at entry (zero
@@ -41,6 +42,7 @@ pub use crate::aarch64::*;
 pub mod acpi_regs;
 pub mod cpu_template;
 pub mod kernel;
+pub mod static_templates;
 
 pub use cpu_template::{CpuTemplate, TemplateError};
 pub use kernel::{KernelFormat, LoadError};

@@ -1,6 +1,6 @@
 /*
  * cpuid: prints what the vCPU tells the guest of itself, for the CPU
- * template tests: "cpuid: 1 ecx <hex> edx <hex>", "cpuid: 7 ebx <hex>"
+ * template tests: "cpuid: 1 eax <hex> ecx <hex> edx <hex>", "cpuid: 7 ebx <hex>"
  * and "cpuid: msr 1a0 <hex>" (IA32_MISC_ENABLE).
  */
 #include "lib.h"
@@ -23,7 +23,7 @@ void guest_main(void)
 {
     uint32_t r[4];
     cpuid2(1, 0, r);
-    print("cpuid: 1 ecx %x edx %x\n", r[2], r[3]);
+    print("cpuid: 1 eax %x ecx %x edx %x\n", r[0], r[2], r[3]);
     cpuid2(7, 0, r);
     print("cpuid: 7 ebx %x\n", r[1]);
     print("cpuid: msr 1a0 %lx\n", rdmsr(0x1a0));

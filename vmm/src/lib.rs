@@ -17,6 +17,7 @@ mod vm;
 
 /// Custom CPU templates (Firecracker's `/cpu-config`), parsed.
 pub use arch::cpu_template;
+pub use arch::static_templates;
 pub use config::{
     BlockConfig, ConsoleKind, NetConfig, SerialInput, SerialOutput, VmConfig, DEFAULT_CMDLINE,
 };

@@ -60,6 +60,13 @@ pub const ELF_MACHINE: u16 = crate::kernel::EM_AARCH64;
 #[cfg(target_arch = "aarch64")]
 pub const ARCH_NAME: &str = "aarch64";
 
+/// The host CPU's vendor, for the static CPU templates: None, as the one
+/// for aarch64 (V1N1) is checked against no vendor.
+#[cfg(target_arch = "aarch64")]
+pub fn host_cpu_vendor() -> Option<String> {
+    None
+}
+
 /// Whether vCPUs can be two threads to a core: not here (the FDT's cpu
 /// map would have to say it; Firecracker has no SMT on arm64 either).
 pub const SMT: bool = false;

@@ -20,6 +20,22 @@ const EDX_HTT: u32 = 1 << 28;
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
+/// The host CPU's vendor string (CPUID leaf 0: EBX, EDX, ECX), which
+/// the static CPU templates are checked against.
+pub fn host_cpu_vendor() -> Option<String> {
+    // The intrinsic is unsafe in older toolchains (such as the workspace's
+    // rust-version) and safe in newer ones, hence the allowance.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and only writes the four
+    // registers the intrinsic returns.
+    let r = unsafe { std::arch::x86_64::__cpuid(0) };
+    let bytes: Vec<u8> = [r.ebx, r.edx, r.ecx]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    String::from_utf8(bytes).ok()
+}
+
 /// Bits needed to hold `n` distinct ids.
 fn id_bits(n: u32) -> u32 {
     if n <= 1 {

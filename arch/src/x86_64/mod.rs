@@ -13,6 +13,8 @@ pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 
+pub use cpuid::host_cpu_vendor;
+
 use crate::{Placement, Platform, Window};
 
 /// The ELF `e_machine` of kernels this platform boots (EM_X86_64).

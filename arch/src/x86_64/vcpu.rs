@@ -255,4 +255,64 @@ mod tests {
             })
         );
     }
+
+    /// T2A through the path every template takes, on the CPUID of an AMD
+    /// EPYC host as KVM reported it (leaves 1, 7, 0xd and 0x8000000x).
+    #[test]
+    fn t2a_on_an_amd_host_s_cpuid() {
+        let entry = |function, index, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        };
+        let host = [
+            entry(0x1, 0, 0x00a1_0f11, 0x0001_0800, 0xf6fa_3203, 0x178b_fbff),
+            entry(0x7, 0, 0, 0xf1bf_07ab, 0x0040_069c, 0x0000_0010),
+            entry(0xd, 0, 0x0000_00e7, 0x0000_0988, 0x0000_0988, 0),
+            entry(0xd, 1, 0x0000_000f, 0, 0, 0),
+            entry(0x8000_0001, 0, 0x00a1_0f11, 0, 0x0000_0121, 0x2fd3_fbff),
+            entry(0x8000_0008, 0, 0x0000_3030, 0x0100_d205, 0, 0),
+        ];
+        let mut cpuid = CpuId::from_entries(&host).unwrap();
+        let t2a = crate::static_templates::find_static_template(
+            "T2A",
+            "x86_64",
+            Some(crate::static_templates::VENDOR_AMD),
+        )
+        .unwrap()
+        .unwrap();
+        apply_cpuid(&mut cpuid, &t2a.cpuid).unwrap();
+        let got = cpuid.as_slice();
+        // Family 6, model 0x3f, stepping 2, as on a T2 instance.
+        assert_eq!(got[0].eax, 0x0003_06f2);
+        // MONITOR (ECX 3) cleared, SSE3 (0) and AVX (28) kept, EDX untouched
+        // where the template has no say, and MCE/MTRR left set.
+        assert_eq!(got[0].ecx & (1 << 3), 0);
+        assert_eq!(got[0].ecx & (1 << 28 | 1), 1 << 28 | 1);
+        assert_eq!(got[0].edx, 0x178b_fbff);
+        // Leaf 7 EBX: AVX2 (5) kept; SHA (29), ADX (19), RDSEED (18) gone;
+        // ERMS (9) set.
+        assert_eq!(got[1].ebx & (1 << 5), 1 << 5);
+        assert_eq!(got[1].ebx & (1 << 29 | 1 << 19 | 1 << 18), 0);
+        assert_ne!(got[1].ebx & (1 << 9), 0);
+        // Leaf 7 ECX: UMIP (2), PKU (3), OSPKE (4) and VAES (9) gone.
+        assert_eq!(got[1].ecx & 0x21c, 0);
+        // XSAVEC/XGETBV1/XSAVES (0xd.1 EAX 1-3) gone, XSAVEOPT (0) kept.
+        assert_eq!(got[3].eax, 1);
+        // 0x80000001 ECX: LAHF (0) and ABM (5) kept, prefetch (8) gone;
+        // EDX: 1 GiB pages (26) gone.
+        assert_eq!(got[4].ecx, 0x0000_0021);
+        assert_eq!(got[4].edx & (1 << 26), 0);
+        // 0x80000008 EBX: CLZERO (0) gone, bits 2 and 18-20 set, IBPB (12)
+        // and the rest kept.
+        assert_eq!(got[5].ebx, 0x0100_d004 | 0x001c_0000);
+        // XSAVE state: x87, SSE, AVX kept, the AVX-512 ones (5-7) gone;
+        // the sizes in EBX/ECX are KVM's.
+        assert_eq!(got[2].eax, 0x7);
+        assert_eq!((got[2].ebx, got[2].ecx), (host[2].ebx, host[2].ecx));
+    }
 }
