@@ -555,10 +555,18 @@ struct VsockBody {
     _vsock_id: Option<String>,
 }
 
+/// The CID a guest gets when the client sent 0: Go clients that leave the
+/// CID unset send 0 (firecracker-containerd does), which Firecracker takes;
+/// 0 is the hypervisor's, so the guest gets the first CID it may have.
+const UNSET_CID_GIVES: u32 = 3;
+
 impl VsockBody {
     fn config(&self) -> vmm::VsockConfig {
         vmm::VsockConfig {
-            guest_cid: self.guest_cid,
+            guest_cid: match self.guest_cid {
+                0 => UNSET_CID_GIVES,
+                cid => cid,
+            },
             uds_path: self.uds_path.clone(),
         }
     }
@@ -2317,6 +2325,11 @@ mod tests {
             uds_path: "/v.sock".into(),
         };
         assert_eq!(built.vsock, Some(want));
+        // A CID left unset by a Go client (0) gives the guest CID 3.
+        let unset = br#"{"vsock": {"guest_cid": 0, "uds_path": "/v.sock"}, "boot-source": {"kernel_image_path": "/k"}}"#;
+        let vm = Unbooted::from_config(unset).unwrap();
+        let built = crate::lock(&vm.0).vm_config().unwrap();
+        assert_eq!(built.vsock.map(|v| v.guest_cid), Some(3));
         let bad = br#"{"vsock": {"guest_cid": 2, "uds_path": "/v.sock"}}"#;
         let e = Unbooted::from_config(bad).err().unwrap();
         assert!(e.starts_with("vsock: guest_cid 2 is reserved"), "{e}");
