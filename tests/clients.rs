@@ -1005,3 +1005,158 @@ fn flintlock_boots_from_its_config_and_metadata_files() {
     let said = bad.console_text();
     assert!(said.contains("--metadata"), "{said}");
 }
+
+// ---------------------------------------------------------------------
+// firecracker-containerd
+
+/// firecracker-containerd's runtime shim (`runtime/service.go`, its noop
+/// jailer, the Go SDK's default handlers): the shim directory
+/// `<shim_base_dir>/<namespace>/<vmID>` as the working directory, with the
+/// log and metrics FIFOs it makes (0700) and nobody reading them, and one
+/// container stub drive (`ctrstub0`: the stub's magic bytes, its length and
+/// name, padded to 512 bytes; its drive id the base32 of the name);
+/// `<firecracker_binary_path> --api-sock firecracker.sock`, a path relative
+/// to that directory; then the SDK's requests in order with the shim's
+/// defaults (1 vCPU, 128 MiB; `cpu_template` T2 only on an Intel host, as
+/// the shim clears it elsewhere; the root drive read-only; the vsock
+/// `agent_api` on the relative `firecracker.vsock` with the CID left
+/// unset, 0), InstanceStart; a container's rootfs patched onto the stub
+/// drive and, when the task goes, the stub put back by its relative name;
+/// and the forced stop (SIGKILL) the shim falls back on. The guest is the
+/// ticker; the shim's agent (over the vsock) is not there.
+#[test]
+fn firecracker_containerd_runs_a_vm_and_swaps_a_container_drive() {
+    let dir = Scratch::new("fcctr");
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fc = firecracker_in(&bin);
+    let vm_id = "7f3c9a1e";
+    let shim = dir.0.join("shim-base/default").join(vm_id);
+    std::fs::create_dir_all(&shim).unwrap();
+    let (log_fifo, metrics_fifo) = (shim.join("fc-logs.fifo"), shim.join("fc-metrics.fifo"));
+    mkfifo(&log_fifo, 0o700);
+    mkfifo(&metrics_fifo, 0o700);
+    // The stub: magic, the name's length, the name, zeros to 512 bytes.
+    let stub_name = "ctrstub0";
+    let mut stub = vec![
+        214u8,
+        244,
+        216,
+        245,
+        215,
+        177,
+        177,
+        177,
+        stub_name.len() as u8,
+    ];
+    stub.extend_from_slice(stub_name.as_bytes());
+    stub.resize(512, 0);
+    std::fs::write(shim.join(stub_name), &stub).unwrap();
+    let stub_id = "MN2HE43UOVRDA"; // base32("ctrstub0"), no padding
+    let root = dir.file("default-rootfs.img", &vec![0u8; 1 << 20]);
+    let container = dir.file("container.img", &vec![0u8; 256 << 10]);
+
+    let console = dir.0.join("console");
+    let out = File::create(&console).unwrap();
+    let child = Command::new(&fc)
+        .args(["--api-sock", "firecracker.sock"])
+        .current_dir(&shim)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("launch firecracker");
+    let mut vmm = Vmm { child, console };
+    let sock = shim.join("firecracker.sock");
+    wait_for("the socket to answer", Duration::from_secs(3), || {
+        raw_request(
+            &sock,
+            "GET",
+            "/machine-config",
+            None,
+            Duration::from_millis(500),
+        )
+        .is_ok_and(|r| r.status == 200)
+        .then_some(())
+    });
+    let sdk = GoClient(Api::new(&sock, "vm"));
+    // The shim sets the log level only when asked (log_levels); the SDK
+    // then leaves `level` out.
+    let logger = format!(
+        r#"{{"log_path":{},"show_level":true,"show_log_origin":false}}"#,
+        quote(&text(&log_fifo))
+    );
+    sdk.call("PUT", "/logger", Some(&logger), 204);
+    let body = format!(r#"{{"metrics_path":{}}}"#, quote(&text(&metrics_fifo)));
+    sdk.call("PUT", "/metrics", Some(&body), 204);
+    let intel = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .contains("GenuineIntel");
+    let template = if intel { r#""cpu_template":"T2","# } else { "" };
+    let machine = format!(r#"{{{template}"mem_size_mib":128,"smt":false,"vcpu_count":1}}"#);
+    sdk.call("PUT", "/machine-config", Some(&machine), 204);
+    let got = sdk.call("GET", "/machine-config", None, 200).json();
+    assert_eq!(got["mem_size_mib"].as_u64(), Some(128), "{got:?}");
+    let boot = format!(
+        r#"{{"boot_args":"console=ttyS0 noapic reboot=k panic=1 pci=off nomodules rw ","kernel_image_path":{}}}"#,
+        quote(&text(&guest("ticker")))
+    );
+    sdk.call("PUT", "/boot-source", Some(&boot), 204);
+    let root_drive = format!(
+        r#"{{"drive_id":"root_drive","is_read_only":true,"is_root_device":true,"path_on_host":{}}}"#,
+        quote(&root)
+    );
+    sdk.call("PUT", "/drives/root_drive", Some(&root_drive), 204);
+    let stub_drive = format!(
+        r#"{{"drive_id":"{stub_id}","is_read_only":false,"is_root_device":false,"path_on_host":{}}}"#,
+        quote(&text(&shim.join(stub_name)))
+    );
+    sdk.call("PUT", &format!("/drives/{stub_id}"), Some(&stub_drive), 204);
+    let vsock = r#"{"guest_cid":0,"uds_path":"firecracker.vsock","vsock_id":"agent_api"}"#;
+    sdk.call("PUT", "/vsock", Some(vsock), 204);
+    sdk.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+        204,
+    );
+    vmm.wait_console("tick 2");
+    // The vsock's socket, where the shim dials its agent, is in the shim
+    // directory.
+    assert!(
+        shim.join("firecracker.vsock").exists(),
+        "no vsock socket in the shim directory"
+    );
+    // A container's rootfs onto the stub, then the stub back by the
+    // relative name the shim uses when the task is deleted.
+    let patch = |path: &str| {
+        let body = format!(
+            r#"{{"drive_id":"{stub_id}","path_on_host":{}}}"#,
+            quote(path)
+        );
+        sdk.call("PATCH", &format!("/drives/{stub_id}"), Some(&body), 204);
+    };
+    patch(&container);
+    let open = open_files(vmm.pid());
+    assert!(
+        open.contains(&file_id(Path::new(&container))),
+        "the container's disk is not open"
+    );
+    patch(stub_name);
+    let open = open_files(vmm.pid());
+    assert!(
+        open.contains(&file_id(&shim.join(stub_name))),
+        "the stub is not back"
+    );
+    assert!(
+        !open.contains(&file_id(Path::new(&container))),
+        "the container's disk is still open"
+    );
+    vmm.wait_console("tick 4");
+    // terminate: GET / says Running; the agent's Shutdown is not there, so
+    // the forced stop: SIGKILL.
+    let state = sdk.call("GET", "/", None, 200).json();
+    assert_eq!(state["state"].as_str(), Some("Running"), "{state:?}");
+    kill(vmm.pid(), libc::SIGKILL);
+    vmm.wait_exit(Duration::from_secs(5));
+}
