@@ -257,16 +257,13 @@ def build_helpers(scratch):
     return out
 
 
-def run_once(argv, expect, timeout, scratch, ok_status=(0,)):
-    """Boot once; time the first byte of `expect` (bytes or a compiled bytes
-    regex) on stdout and the exit."""
-    scratch = Path(scratch)
-    errpath, rusage = scratch / "stderr.txt", scratch / "rusage.txt"
-    rusage.unlink(missing_ok=True)
-    with open(errpath, "wb") as err:
+def spawn_with_deadline(argv, scratch, timeout):
+    """Starts argv in a session of its own in `scratch`, stdout piped,
+    stderr to scratch/stderr.txt; its process group is killed after
+    `timeout` s. Returns (process, spawn time, timed-out event, timer)."""
+    with open(Path(scratch) / "stderr.txt", "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(scratch / "spawn"), str(rusage)] + argv,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err, cwd=scratch, start_new_session=True)
     timed_out = threading.Event()
 
@@ -279,6 +276,17 @@ def run_once(argv, expect, timeout, scratch, ok_status=(0,)):
 
     timer = threading.Timer(timeout, kill)
     timer.start()
+    return proc, t0, timed_out, timer
+
+
+def run_once(argv, expect, timeout, scratch, ok_status=(0,)):
+    """Boot once; time the first byte of `expect` (bytes or a compiled bytes
+    regex) on stdout and the exit."""
+    scratch = Path(scratch)
+    errpath, rusage = scratch / "stderr.txt", scratch / "rusage.txt"
+    rusage.unlink(missing_ok=True)
+    proc, t0, timed_out, timer = spawn_with_deadline(
+        [str(scratch / "spawn"), str(rusage)] + argv, scratch, timeout)
     buf = bytearray()
     chunks = []  # (offset in buf, arrival time)
     fd = proc.stdout.fileno()
