@@ -220,11 +220,7 @@ fn imds_text(v: &Value) -> Option<String> {
 /// A token the guest cannot guess: 32 bytes from the kernel's generator.
 fn new_token() -> Option<String> {
     let mut bytes = [0u8; 32];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if usize::try_from(n).ok() != Some(bytes.len()) {
-        return None;
-    }
+    crate::virtio::rng::fill(&mut bytes).ok()?;
     Some(bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

@@ -134,8 +134,8 @@ impl Rng {
 }
 
 /// Fills `buf` from the kernel's random generator (never blocks once the
-/// host has booted).
-fn fill(buf: &mut [u8]) -> std::io::Result<()> {
+/// host has booted). Also the metadata service's tokens and seeds.
+pub(crate) fn fill(buf: &mut [u8]) -> std::io::Result<()> {
     let mut at = 0;
     while at < buf.len() {
         // SAFETY: writes at most `buf.len() - at` bytes into `buf` from `at`.
