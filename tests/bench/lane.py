@@ -3,8 +3,9 @@
 for strato, Firecracker and QEMU microvm in the same x86 lane VM (hardware-
 style KVM), same run, same kernel, same root disk.
 
-    python3 tests/bench/lane.py [--runs N] [--mib N] [--firecracker PATH]
-                                [--vmms strato,firecracker,qemu] [--timeout S]
+    python3 tests/bench/lane.py [--runs N] [--mib N] [--tcp-conns N]
+                                [--firecracker PATH] [--timeout S]
+                                [--vmms strato,firecracker,qemu]
 
 On the host it builds strato (release) and the guest images, then runs
 itself inside the lane (tests/lane/lane.py) with --inside, once per run and
@@ -22,7 +23,11 @@ Figures:
   start -> /init   VMM spawn to init's first line (STRATO_INIT_OK)
   read/write 1M    MIB MiB in 1 MiB O_DIRECT requests on vdb (MiB/s)
   read/write 4K    MIB/4 MiB in 4 KiB O_DIRECT requests (requests/s)
-  TCP tx / rx      MIB*1 MiB guest -> host and host -> guest over busybox nc
+  TCP tx / rx      guest -> host and host -> guest over busybox nc: N
+                   connections of MIB MiB one after another (--tcp-conns,
+                   default 5), total MiB / total time; one connection's
+                   rate varies 2-4 times from one to the next in the lane,
+                   for every VMM, so one connection per run compares little
   RSS overhead     VMM resident memory beyond its guest-RAM mapping(s),
                    after the I/O (smaps)
   stock kernel     VMM spawn to init's first line for Debian's stock cloud
@@ -90,7 +95,8 @@ def host_main(args):
     argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--json",
             "--strato", str(strato), "--vmlinux", env["VMLINUX"], "--rootfs", env["ROOTFS"],
             "--cloud-kernel", env["CLOUD_KERNEL"], "--cloud-initrd", env["CLOUD_INITRAMFS"],
-            "--runs", "1", "--mib", str(args.mib), "--timeout", str(args.timeout)]
+            "--runs", "1", "--mib", str(args.mib), "--tcp-conns", str(args.tcp_conns),
+            "--timeout", str(args.timeout)]
     if args.firecracker:
         argv += ["--firecracker", str(bench.executable(args.firecracker, "--firecracker"))]
     # A lane VM holds one run: its two boots and the lane's own start-up.
@@ -150,7 +156,8 @@ def lane_run(cmd):
 
 def print_table(args, vmms, results, versions, failures):
     """The Markdown table: min / median / max of each figure per VMM."""
-    print(f"\nLane benchmark: {args.runs} runs, {args.mib} MiB, 2 vCPUs, 256 MiB guest; "
+    print(f"\nLane benchmark: {args.runs} runs, {args.mib} MiB, TCP {args.tcp_conns} x {args.mib} MiB "
+          "each way, 2 vCPUs, 256 MiB guest; "
           "min / median / max (n: runs that produced the figure, when fewer)\n")
     print("| figure | " + " | ".join(label for _, label in vmms) + " |")
     print("| --- |" + " --- |" * len(vmms))
@@ -175,10 +182,12 @@ def print_table(args, vmms, results, versions, failures):
 
 class Peer:
     """The host end of the TCP steps, in the benchmark's namespace: drains
-    PORT, and sends `size` bytes to whoever connects to PORT + 1."""
+    `conns` connections to PORT one after another, and sends `size` bytes
+    on each of `conns` connections to PORT + 1."""
 
-    def __init__(self, size):
+    def __init__(self, size, conns):
         self.size = size
+        self.conns = conns
         self.received = 0
         self.rx_sock = socket.create_server((HOST_IP, PORT), reuse_port=True)
         self.tx_sock = socket.create_server((HOST_IP, PORT + 1), reuse_port=True)
@@ -188,25 +197,27 @@ class Peer:
 
     def drain(self):
         try:
-            conn, _ = self.rx_sock.accept()
-            with conn:
-                while data := conn.recv(1 << 20):
-                    self.received += len(data)
+            for _ in range(self.conns):
+                conn, _ = self.rx_sock.accept()
+                with conn:
+                    while data := conn.recv(1 << 20):
+                        self.received += len(data)
         except OSError as e:
             self.errors.append(e)
 
     def send(self):
+        chunk = bytes(1 << 20)
         try:
-            conn, _ = self.tx_sock.accept()
-            with conn:
-                chunk = bytes(1 << 20)
-                left = self.size
-                while left:
-                    n = conn.send(chunk[:min(left, len(chunk))])
-                    left -= n
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(65536):
-                    pass
+            for _ in range(self.conns):
+                conn, _ = self.tx_sock.accept()
+                with conn:
+                    left = self.size
+                    while left:
+                        n = conn.send(chunk[:min(left, len(chunk))])
+                        left -= n
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(65536):
+                        pass
         except OSError as e:
             self.errors.append(e)
 
@@ -270,10 +281,10 @@ def one_run(vmm, args, scratch):
         f.truncate(args.mib << 20)
     cmdline = (f"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet "
                f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off "
-               f"strato_bench={HOST_IP}:{PORT}:{args.mib}")
+               f"strato_bench={HOST_IP}:{PORT}:{args.mib}:{args.tcp_conns}")
     argv = vmm.argv(args.vmlinux, cmdline, scratch,
                     drives=[(root, False), (disk, False)], nic=(bench.NET_TAP, bench.GUEST_MAC))
-    peer = Peer(args.mib << 20)
+    peer = Peer(args.mib << 20, args.tcp_conns)
     marks = {}
     overhead = None
     boot = Boot(argv, scratch, args.timeout)
@@ -303,6 +314,8 @@ def one_run(vmm, args, scratch):
     if "INIT_OK" in marks:
         figures["start -> /init (ms)"] = marks["INIT_OK"] * 1000
     for step, name, scale in STEP_FIGURES:
+        if step in ("tx", "rx"):
+            scale *= args.tcp_conns
         if step in dur:
             figures[name] = mib * scale / dur[step]
     if overhead is not None:
@@ -387,7 +400,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--mib", type=int, default=64, help="MiB per disk and TCP step")
+    ap.add_argument("--mib", type=int, default=64, help="MiB per disk step and TCP connection")
+    ap.add_argument("--tcp-conns", type=int, default=5,
+                    help="TCP connections each way, one after another (default 5)")
     ap.add_argument("--vmms", default="strato,firecracker,qemu")
     ap.add_argument("--firecracker", default=os.environ.get("STRATO_BENCH_FIRECRACKER"))
     ap.add_argument("--strato")
@@ -401,6 +416,8 @@ def main():
     ap.add_argument("--cloud-kernel", help=argparse.SUPPRESS)
     ap.add_argument("--cloud-initrd", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.runs < 1 or args.mib < 1 or args.tcp_conns < 1:
+        ap.error("--runs, --mib and --tcp-conns must be at least 1")
     return inside_main(args) if args.inside else host_main(args)
 
 

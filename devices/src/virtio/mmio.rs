@@ -180,6 +180,18 @@ impl MmioTransport {
             self.status |= VIRTIO_CONFIG_S_DRIVER_OK;
             return;
         }
+        // Where the rings are, for reading a stuck queue's state out of
+        // guest memory when debugging a driver or the device.
+        for (i, q) in ready.iter().enumerate() {
+            debug!(
+                "virtio-mmio: device type {} queue {i}: size {} desc {:#x} avail {:#x} used {:#x}",
+                self.device_type,
+                q.size(),
+                q.desc_table(),
+                q.avail_ring(),
+                q.used_ring()
+            );
+        }
         let result = lock(&self.device).activate(self.mem.clone(), self.driver_features, ready);
         self.status |= VIRTIO_CONFIG_S_DRIVER_OK;
         if let Err(e) = result {
