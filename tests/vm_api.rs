@@ -1767,17 +1767,11 @@ fn hostile_http_clients_are_refused_and_block_nobody() {
 #[test]
 fn config_file_boots_without_api_calls() {
     let dir = Scratch::new("vm-api-config");
-    let config = |name: &str| {
-        format!(
-            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}}}"#,
-            guest(name).display()
-        )
-    };
 
     // With the API: the VM runs at once and is controllable.
     let run1 = dir.0.join("run1");
     std::fs::create_dir_all(&run1).unwrap();
-    let idle_cfg = dir.file("idle.json", config("idle").as_bytes());
+    let idle_cfg = tiny_config_file(&dir, "idle");
     let mut vm = Vm::start(&run1, None, &["--config-file", &idle_cfg]);
     let api = Api::new(&vm.sock, "vm");
     assert_eq!(state(&api), "Running");
@@ -1792,7 +1786,7 @@ fn config_file_boots_without_api_calls() {
     // A guest that resets: the process ends by itself, status 0.
     let run2 = dir.0.join("run2");
     std::fs::create_dir_all(&run2).unwrap();
-    let hello_cfg = dir.file("hello.json", config("hello").as_bytes());
+    let hello_cfg = tiny_config_file(&dir, "hello");
     let mut vm = Vm::start(&run2, None, &["--config-file", &hello_cfg]);
     assert_eq!(vm.wait_exit().0, 0);
     assert!(vm.console_text().contains("Hello from strato test guest"));
@@ -1825,6 +1819,39 @@ fn config_file_boots_without_api_calls() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A config file in `dir` (`GUEST.json`) that boots the tiny test guest
+/// `guest` with 1 vCPU and 32 MiB; returns its path.
+fn tiny_config_file(dir: &Scratch, guest_name: &str) -> String {
+    dir.file(
+        &format!("{guest_name}.json"),
+        format!(
+            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}}}"#,
+            guest(guest_name).display()
+        )
+        .as_bytes(),
+    )
+}
+
+/// As under Firecracker, what is typed on the process's stdin reaches the
+/// guest's serial console when the console is the process's own: the echo
+/// guest answers the line and resets.
+#[test]
+fn firecracker_command_line_types_stdin_into_the_serial_console() {
+    let dir = Scratch::new("vm-api-stdin");
+    let cfg = tiny_config_file(&dir, "echo");
+    let r = strato_tests::strato(
+        &["--no-api", "--config-file", &cfg],
+        Some(b"typed at the console\n"),
+        Duration::from_secs(60),
+    );
+    r.assert_ok();
+    assert!(r.stdout.contains("echo: ready"), "{r:#?}");
+    assert!(
+        r.stdout.contains("echo: typed at the console"),
+        "stdin did not reach the guest: {r:#?}"
+    );
 }
 
 /// Firecracker's command line, as its clients give it: called through a
@@ -2454,14 +2481,7 @@ fn a_nic_s_rate_limiter_holds_the_guest_to_its_rate() {
 fn a_forbidden_system_call_on_an_api_thread_kills_the_vmm_with_sigsys() {
     use std::os::unix::process::ExitStatusExt;
     let dir = Scratch::new("vm-api-seccomp");
-    let cfg = dir.file(
-        "idle.json",
-        format!(
-            r#"{{"boot-source":{{"kernel_image_path":"{}"}},"machine-config":{{"vcpu_count":1,"mem_size_mib":32}}}}"#,
-            guest("idle").display()
-        )
-        .as_bytes(),
-    );
+    let cfg = tiny_config_file(&dir, "idle");
     // The self-test makes the API thread that serves the first request
     // after the start open an IPv4 socket, which its filter forbids.
     let probe = [("STRATO_SECCOMP_PROBE", "api")];

@@ -101,12 +101,12 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(path) = args.serial_log {
         config.serial_out = SerialOutput::File(path);
     }
-    config.serial_in = if args.no_stdin {
-        SerialInput::None
-    } else {
+    let interactive = !args.no_stdin && crate::terminal::stdin_is_ours();
+    config.serial_in = if interactive {
         SerialInput::Stdin
+    } else {
+        SerialInput::None
     };
-    let interactive = !args.no_stdin;
     config.console = match args.console {
         ConsoleArg::Serial => ConsoleKind::Serial,
         ConsoleArg::Virtio => ConsoleKind::Virtio,

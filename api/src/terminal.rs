@@ -9,10 +9,34 @@ pub struct RawTerminal {
     saved: libc::termios,
 }
 
+/// Whether strato may read its stdin for the guest's console: it is not a
+/// terminal (a pipe, a file), or it is one and strato runs in its
+/// foreground. Reading (or setting) a terminal from a background job
+/// (`strato vm ... &` in a shell) stops the whole process with SIGTTIN or
+/// SIGTTOU, so such a VM gets no console input instead.
+pub fn stdin_is_ours() -> bool {
+    let fd = std::io::stdin().as_raw_fd();
+    // SAFETY: isatty, tcgetpgrp and getpgrp only inspect the descriptor
+    // and the process.
+    unsafe { libc::isatty(fd) != 1 || libc::tcgetpgrp(fd) == libc::getpgrp() }
+}
+
 impl RawTerminal {
     /// Raw mode on stdin if it is a terminal; keeps ISIG so Ctrl-C still
     /// reaches strato, which then stops the VM cleanly.
     pub fn stdin() -> Option<RawTerminal> {
+        Self::raw_stdin(true)
+    }
+
+    /// Raw mode on stdin if it is a terminal, Ctrl-C and Ctrl-Z included,
+    /// as Firecracker sets it: every key goes to the guest's console (a
+    /// shell there can be interrupted), and the VM is stopped through its
+    /// API or a signal from elsewhere.
+    pub fn stdin_every_key() -> Option<RawTerminal> {
+        Self::raw_stdin(false)
+    }
+
+    fn raw_stdin(keep_signals: bool) -> Option<RawTerminal> {
         let fd = std::io::stdin().as_raw_fd();
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } != 1 {
@@ -27,7 +51,9 @@ impl RawTerminal {
         let mut raw = saved;
         // SAFETY: cfmakeraw only edits the struct it is given.
         unsafe { libc::cfmakeraw(&mut raw) };
-        raw.c_lflag |= libc::ISIG;
+        if keep_signals {
+            raw.c_lflag |= libc::ISIG;
+        }
         // Keep output post-processing so the host side's newlines stay sane.
         raw.c_oflag |= libc::OPOST;
         // SAFETY: fd is a terminal and `raw` a complete termios.

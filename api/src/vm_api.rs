@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use vmm::config::parse_mac;
 use vmm::cpu_template::CpuTemplate;
 use vmm::seccomp::{ThreadFilter, ThreadKind};
-use vmm::{BlockConfig, ExitReason, NetConfig, SerialOutput, Vm, VmConfig, VmController};
+use vmm::{
+    BlockConfig, ExitReason, NetConfig, SerialInput, SerialOutput, Vm, VmConfig, VmController,
+};
 
 use crate::cpu_config::CpuConfig;
 use crate::http::{self, ApiError, Method, Reply, Request};
@@ -1257,12 +1259,20 @@ impl Instance {
                 }
             }
         }
-        config.serial_out = match &self.console_log {
-            Some((path, max)) => SerialOutput::Writer(Box::new(
-                RotatingLog::open(path, *max)
-                    .map_err(|e| ApiError::bad_request(format!("console log: {e}")))?,
-            )),
-            None => SerialOutput::Stdout,
+        // As Firecracker: the console is the process's own terminal (stdin
+        // typed into the guest's ttyS0, its output on stdout) unless it goes
+        // to a log file. A stdin that cannot be polled (/dev/null, as the
+        // daemon starts instances) gives no input, nor does the terminal
+        // of a background job (see `vm_thread`).
+        (config.serial_out, config.serial_in) = match &self.console_log {
+            Some((path, max)) => (
+                SerialOutput::Writer(Box::new(
+                    RotatingLog::open(path, *max)
+                        .map_err(|e| ApiError::bad_request(format!("console log: {e}")))?,
+                )),
+                SerialInput::None,
+            ),
+            None => (SerialOutput::Stdout, SerialInput::Stdin),
         };
         Ok(config)
     }
@@ -1433,7 +1443,14 @@ struct Ending {
 /// never need the system calls of building a VM (opening /dev/kvm,
 /// images and taps, mapping memory).
 fn vm_thread(requests: Receiver<StartRequest>, filter: ThreadFilter, ending: Ending) {
-    for (config, answer) in requests {
+    for (mut config, answer) in requests {
+        // Here, not on the API thread, whose filter allows no terminal
+        // calls.
+        let mut interactive = matches!(config.serial_in, SerialInput::Stdin);
+        if interactive && !crate::terminal::stdin_is_ours() {
+            config.serial_in = SerialInput::None;
+            interactive = false;
+        }
         let mut vm = match Vm::start(config) {
             Ok(vm) => vm,
             Err(e) => {
@@ -1441,6 +1458,11 @@ fn vm_thread(requests: Receiver<StartRequest>, filter: ThreadFilter, ending: End
                 continue;
             }
         };
+        // Firecracker's terminal while the guest runs: raw, every key to
+        // the guest's console.
+        let raw = interactive
+            .then(crate::terminal::RawTerminal::stdin_every_key)
+            .flatten();
         if let Err(e) = filter.install() {
             vm.stop();
             vm.wait();
@@ -1451,9 +1473,10 @@ fn vm_thread(requests: Receiver<StartRequest>, filter: ThreadFilter, ending: End
         let _ = answer.send(Ok(ctl.clone()));
         filter.probe();
         let reason = vm.wait();
-        // `finish` exits the process, which runs no destructors: the VM
-        // goes first, and with it the files it made (the vsock device's
-        // socket), as when `strato run` returns.
+        // `finish` exits the process, which runs no destructors: the
+        // terminal is put back and the VM goes first, and with it the files
+        // it made (the vsock device's socket), as when `strato run` returns.
+        drop(raw);
         drop(vm);
         let boot = ctl.boot_time().map(|t| t.as_micros() as u64);
         let sig = ending.signal.load(std::sync::atomic::Ordering::SeqCst);
