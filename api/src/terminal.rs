@@ -9,16 +9,23 @@ pub struct RawTerminal {
     saved: libc::termios,
 }
 
-/// Whether strato may read its stdin for the guest's console: it is not a
-/// terminal (a pipe, a file), or it is one and strato runs in its
-/// foreground. Reading (or setting) a terminal from a background job
-/// (`strato vm ... &` in a shell) stops the whole process with SIGTTIN or
-/// SIGTTOU, so such a VM gets no console input instead.
+/// Whether strato may read its stdin for the guest's console: unless it is
+/// its controlling terminal with another process group in the foreground.
+/// Reading (or setting) that from a background job (`strato vm ... &` in a
+/// shell) stops the whole process with SIGTTIN or SIGTTOU, so such a VM
+/// gets no console input instead. A terminal that is not the controlling
+/// one (tcgetpgrp fails: /dev/console under an init) sends no such signal.
 pub fn stdin_is_ours() -> bool {
     let fd = std::io::stdin().as_raw_fd();
     // SAFETY: isatty, tcgetpgrp and getpgrp only inspect the descriptor
     // and the process.
-    unsafe { libc::isatty(fd) != 1 || libc::tcgetpgrp(fd) == libc::getpgrp() }
+    unsafe {
+        if libc::isatty(fd) != 1 {
+            return true;
+        }
+        let foreground = libc::tcgetpgrp(fd);
+        foreground < 0 || foreground == libc::getpgrp()
+    }
 }
 
 impl RawTerminal {
