@@ -124,12 +124,19 @@ LOCKUP = re.compile(r"watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ detected sta
 # (docs/testing.md). A command that fails after it is counted as the lane
 # breaking, not as the test failing, and `test` runs that binary again.
 RESET_VECTOR_FAULT = re.compile(r"triple fault on vCPU \d+ at RIP 0xfff0\b")
-# A process that lives on after SIGKILL: user space cannot resist SIGKILL,
-# so only a stuck kernel (the lane's, under the emulator) does this. The
-# tests print this (strato_tests::UNKILLABLE) when a process they killed
-# does not end, and the hang report marks such a task "SIGKILL pending":
-# either way the lane VM has broken, and the test is not to blame.
-UNKILLABLE = re.compile(r"did not end within 60 s of SIGKILL|SIGKILL pending")
+# The lane's kernel stuck, as the tests see it: a process that lives on
+# after SIGKILL (user space cannot resist SIGKILL; strato_tests::UNKILLABLE),
+# or a minute without an answer to reading /proc and enabling a trace event
+# (strato_tests::KERNEL_STUCK), or the lane kernel's own report of a task
+# blocked in the kernel for minutes (its hung-task check). The hang report
+# marks a task with SIGKILL pending too. Seen 2026-12-07: a nested guest's vCPU thread runnable
+# ("R") for minutes while both lane CPUs idled, as if the emulator had lost
+# the interrupt that wakes an idle CPU, and the test's report then waiting
+# for good on that CPU. The lane VM has broken then, not the test: the
+# runner kills it at once and runs the binary again.
+UNKILLABLE = re.compile(r"did not end within 60 s of SIGKILL|SIGKILL pending|"
+                        r"the kernel did not answer within 60 s|"
+                        r"INFO: task .* blocked for more than \d+ seconds")
 # kvm_amd's parameters in the x86 lane (STRATO_LANE_KVM_ARGS replaces
 # them): shadow paging, since the emulator's nested paging (NPT) fails
 # nested guests in streaks. On 2026-12-07 the TCP test of linux_user
@@ -147,8 +154,11 @@ HEARTBEAT_SILENCE = 120
 # guest mode that the emulator gets wrong; on 2026-12-07 the lane kernel
 # locked up in khugepaged waiting on a CPU that ran the TCP test's guest
 # (docs/testing.md). Guest memory is plain pages then, as a VMM without
-# huge pages has it anyway.
-X86_LANE_ARGS = "transparent_hugepage=never"
+# huge pages has it anyway. And a tick on idle CPUs too (nohz=off): the
+# same day a nested guest's vCPU thread stayed runnable for minutes while
+# both lane CPUs idled, as if the interrupt that wakes an idle CPU for it
+# had been lost; with the tick, an idle CPU looks again 250 times a second.
+X86_LANE_ARGS = "transparent_hugepage=never nohz=off"
 # A test that runs this long in the lane has hung: the slowest took 93 s
 # in the full lane run of 2026-12-07 (TCP both ways over Linux), and every
 # wait in the tests has a deadline of 180 s or less.
@@ -617,7 +627,6 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
         tail = deque(maxlen=80)
         locked_up = threading.Event()
         reset_vector = threading.Event()
-        unkillable = threading.Event()
         proc = subprocess.Popen(
             qemu,
             stdin=subprocess.DEVNULL,
@@ -642,8 +651,10 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                     tail.append(line + "\n")
                     if RESET_VECTOR_FAULT.search(line):
                         reset_vector.set()
-                    if UNKILLABLE.search(line):
-                        unkillable.set()
+                    if UNKILLABLE.search(line) and not locked_up.is_set():
+                        sys.stdout.write("\nlane: the lane's kernel is stuck (see UNKILLABLE)\n")
+                        locked_up.set()
+                        os.killpg(proc.pid, signal.SIGKILL)
                     if LOCKUP.search(line) and not locked_up.is_set():
                         locked_up.set()
                         os.killpg(proc.pid, signal.SIGKILL)
@@ -763,12 +774,7 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                 "breaking\n"
             )
             return LANE_BROKE
-        if rc != 0 and unkillable.is_set():
-            sys.stdout.write(
-                "\nlane: the command failed after a process outlived SIGKILL (the lane's "
-                "kernel stuck, docs/testing.md): counted as the lane breaking\n"
-            )
-            return LANE_BROKE
+
         return rc
     finally:
         if results is not None and logfile.exists():

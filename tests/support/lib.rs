@@ -265,8 +265,17 @@ pub fn require_hardware_kvm() {
 }
 
 /// What a VMM whose guest stalled is doing: [`threads`] and [`kvm_exits`].
+/// Taken on a thread of its own and waited for at most a minute: both wait
+/// on the kernel (reading /proc, resizing the trace buffer on every CPU),
+/// and a stuck kernel would hang the test here (seen in the test lane: a
+/// lane CPU that no longer woke up left the buffer resize waiting for good).
 pub fn vmm_report(pid: u32) -> String {
-    threads(pid) + &kvm_exits(pid)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(threads(pid) + &kvm_exits(pid));
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| format!("(no report: {KERNEL_STUCK})\n"))
 }
 
 /// What each thread of process `pid` is doing: name, scheduler state,
@@ -343,6 +352,10 @@ pub fn kill_and_reap(child: &mut std::process::Child) -> Option<ExitStatus> {
 /// kernel does that (SIGKILL cannot be caught or blocked), so the lane
 /// runner (tests/lane/lane.py) counts it as the lane VM breaking.
 pub const UNKILLABLE: &str = "did not end within 60 s of SIGKILL";
+
+/// What [`vmm_report`] says when the kernel did not answer it within a
+/// minute; the lane runner takes it as [`UNKILLABLE`].
+pub const KERNEL_STUCK: &str = "the kernel did not answer within 60 s";
 
 /// Where the guest of VMM process `pid` runs: one second of its vCPU
 /// threads' KVM exits from the kernel's trace buffer (root only; tracefs
