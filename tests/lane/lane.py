@@ -33,8 +33,9 @@ The exit status is the command's; 124 if the lane hit --timeout (the lane
 VM is killed and the tail of its console printed); 125 if the lane itself
 could not run (a missing package is named in one line); 126 if the lane VM
 broke (its kernel reported a soft lockup or an RCU stall, its heartbeat
-stopped for 120 s, it died without the command's status, or the command
-failed after a nested vCPU restarted at the reset vector). `test` runs
+stopped for 120 s, it died without the command's status, its kernel
+stopped answering the tests (see UNKILLABLE), or the command failed after
+a nested vCPU restarted at the reset vector). `test` runs
 each test binary in a lane VM of its own, runs a binary whose lane VM broke
 again without the tests that passed, runs a failed test once more in a
 fresh lane VM (see lane_test), and exits 0 only if every binary passed;
