@@ -130,11 +130,12 @@ RESET_VECTOR_FAULT = re.compile(r"triple fault on vCPU \d+ at RIP 0xfff0\b")
 # or a minute without an answer to reading /proc and enabling a trace event
 # (strato_tests::KERNEL_STUCK), or the lane kernel's own report of a task
 # blocked in the kernel for minutes (its hung-task check). The hang report
-# marks a task with SIGKILL pending too. Seen 2026-12-07: a nested guest's vCPU thread runnable
-# ("R") for minutes while both lane CPUs idled, as if the emulator had lost
-# the interrupt that wakes an idle CPU, and the test's report then waiting
-# for good on that CPU. The lane VM has broken then, not the test: the
-# runner kills it at once and runs the binary again.
+# marks a task with SIGKILL pending too. Seen 2026-12-07: a nested guest's
+# vCPU thread runnable ("R") for minutes while both lane CPUs idled, as if
+# the emulator had lost the interrupt that wakes an idle CPU, and the
+# test's report then waiting for good on that CPU. The lane VM has broken
+# then, not the test: the runner kills it at once and runs the binary
+# again.
 UNKILLABLE = re.compile(r"did not end within 60 s of SIGKILL|SIGKILL pending|"
                         r"the kernel did not answer within 60 s|"
                         r"INFO: task .* blocked for more than \d+ seconds")
@@ -775,7 +776,6 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                 "breaking\n"
             )
             return LANE_BROKE
-
         return rc
     finally:
         if results is not None and logfile.exists():
