@@ -1821,8 +1821,8 @@ fn config_file_boots_without_api_calls() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A config file in `dir` (`GUEST.json`) that boots the tiny test guest
-/// `guest` with 1 vCPU and 32 MiB; returns its path.
+/// A config file in `dir` (`<guest_name>.json`) that boots the tiny test
+/// guest `guest_name` with 1 vCPU and 32 MiB; returns its path.
 fn tiny_config_file(dir: &Scratch, guest_name: &str) -> String {
     dir.file(
         &format!("{guest_name}.json"),

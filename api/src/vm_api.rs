@@ -1446,11 +1446,10 @@ fn vm_thread(requests: Receiver<StartRequest>, filter: ThreadFilter, ending: End
     for (mut config, answer) in requests {
         // Here, not on the API thread, whose filter allows no terminal
         // calls.
-        let mut interactive = matches!(config.serial_in, SerialInput::Stdin);
-        if interactive && !crate::terminal::stdin_is_ours() {
+        if matches!(config.serial_in, SerialInput::Stdin) && !crate::terminal::stdin_is_ours() {
             config.serial_in = SerialInput::None;
-            interactive = false;
         }
+        let interactive = matches!(config.serial_in, SerialInput::Stdin);
         let mut vm = match Vm::start(config) {
             Ok(vm) => vm,
             Err(e) => {
