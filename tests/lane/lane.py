@@ -187,6 +187,10 @@ HEARTBEAT = r"""report() {
         st=$(sed 's/.*) \([A-Z]\).*/\1/' $t/stat 2>/dev/null)
         # /proc's files say size 0: a kernel thread's command line is empty.
         cmd=$(tr '\0' ' ' <${t%/task/*}/cmdline 2>/dev/null | cut -c1-200)
+        # A process whose threads are still exiting has no command line
+        # left either, but unlike a kernel thread (PF_KTHREAD) it counts.
+        fl=$(sed 's/.*) //' $t/stat 2>/dev/null | cut -d' ' -f7)
+        [ -n "$cmd" ] || [ -z "$fl" ] || [ $((fl & 0x200000)) != 0 ] || cmd="(exiting)"
         [ -n "$cmd" ] || [ "$st" = D ] || continue
         pid=${t#$P/}
         # SIGKILL (bit 8 of the pending sets) still pending: see UNKILLABLE.
