@@ -343,6 +343,7 @@ pub fn net_config(
         rx_rate_limiter: Default::default(),
         tx_rate_limiter: Default::default(),
         mmds: None,
+        tx_irq_delay: devices::virtio::net::TX_IRQ_DELAY,
     })
 }
 

@@ -4,15 +4,17 @@
 //! buffers (several with VIRTIO_NET_F_MRG_RXBUF); while the guest has no
 //! buffers the tap leaves the interest list, so there is no busy polling
 //! and no frame larger than the posted buffers is written. TX: each chain
-//! is one frame written to the tap. Offloads the driver accepts are set on
-//! the tap. With MMDS enabled, frames for the metadata address go to the
-//! VMM's own stack instead of the tap, and its answers are received ahead
-//! of the tap's frames.
+//! is one frame written to the tap; the interrupt that hands the chains
+//! back waits up to [`TX_IRQ_DELAY`] for one that covers received frames
+//! too. Offloads the driver accepts are set on the tap. With MMDS enabled,
+//! frames for the metadata address go to the VMM's own stack instead of
+//! the tap, and its answers are received ahead of the tap's frames.
 
 mod tap;
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::error;
@@ -24,6 +26,7 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::mmds::{MmdsNet, MmdsStack};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
@@ -48,6 +51,16 @@ const TX: usize = 1;
 const TX_IOVECS: usize = 64;
 /// Offset of num_buffers in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
+/// How long the interrupt for sent frames may wait (transmit interrupt
+/// moderation, as NICs do). The frames are already on the tap: the wait
+/// only delays when the driver frees their buffers, and an interrupt for
+/// received frames (an ACK, an answer) in the meantime covers them. A
+/// sender whose TCP waits for those frees (small queues, autocorking)
+/// meanwhile gathers its writes into fewer, larger frames, so it spends
+/// less CPU per byte; a guest short of CPU sends faster. Short enough not
+/// to limit a fast one: TCP's 1 MiB of queued bytes per 100 us is about
+/// 10 GiB/s. docs/benchmarks.md has the measurements.
+pub const TX_IRQ_DELAY: Duration = Duration::from_micros(100);
 
 const fn bit(b: u32) -> u64 {
     1 << b
@@ -66,6 +79,10 @@ pub struct NetConfig {
     pub tx_rate_limiter: RateLimiterConfig,
     /// The metadata service, if the guest may reach it through this NIC.
     pub mmds: Option<MmdsNet>,
+    /// How long the interrupt for sent frames may wait for one that covers
+    /// received frames too ([`TX_IRQ_DELAY`] by default; zero raises it at
+    /// once).
+    pub tx_irq_delay: Duration,
 }
 
 struct Active {
@@ -122,6 +139,40 @@ pub struct Net {
     /// The pending frame already passed the receive limiter.
     rx_paid: bool,
     mmds: Option<MmdsStack>,
+    /// Transmit interrupt moderation ([`TX_IRQ_DELAY`]): the driver is
+    /// owed an interrupt for sent frames, and the timer that will raise it.
+    tx_irq: TxIrq,
+}
+
+/// The deferred interrupt for sent frames.
+struct TxIrq {
+    /// None without a timer (it could not be made): no deferral then.
+    timer: Option<TimerFd>,
+    delay: Duration,
+    /// The driver is owed an interrupt for used transmit buffers.
+    owed: bool,
+    /// The timer is set and has not fired yet. It is never disarmed or set
+    /// again early, so that an expiry epoll already reported is never lost
+    /// to a rearming (a read of it would then find nothing).
+    armed: bool,
+}
+
+impl TxIrq {
+    fn new(delay: Duration) -> TxIrq {
+        let timer = TimerFd::new().ok().filter(|t| {
+            // Non-blocking, so a read after a spurious wake cannot stall
+            // the event loop.
+            // SAFETY: F_SETFL on a descriptor this function owns; no
+            // memory is passed.
+            unsafe { libc::fcntl(t.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) == 0 }
+        });
+        TxIrq {
+            timer,
+            delay,
+            owed: false,
+            armed: false,
+        }
+    }
 }
 
 impl Net {
@@ -141,6 +192,7 @@ impl Net {
         // No offloads until the driver accepts them.
         tap.set_offload(0)?;
         let mut net = Self::with_tap(tap, cfg.mac, queue_evts, signals);
+        net.set_tx_irq_delay(cfg.tx_irq_delay);
         net.set_rate_limits(&cfg.rx_rate_limiter, &cfg.tx_rate_limiter)
             .map_err(TapError::Timer)?;
         if let Some(m) = &cfg.mmds {
@@ -176,7 +228,50 @@ impl Net {
             tx_limiter: None,
             rx_paid: false,
             mmds: None,
+            tx_irq: TxIrq::new(TX_IRQ_DELAY),
         }
+    }
+
+    /// Changes how long the interrupt for sent frames may wait (zero: it
+    /// is raised at once), before the event loop watches the device.
+    pub fn set_tx_irq_delay(&mut self, delay: Duration) {
+        self.tx_irq.delay = delay;
+    }
+
+    /// The driver is owed an interrupt for sent frames: raised when the
+    /// moderation timer fires, unless one for received frames comes first.
+    fn signal_tx_used(&mut self) {
+        let irq = &mut self.tx_irq;
+        let Some(timer) = irq.timer.as_mut().filter(|_| !irq.delay.is_zero()) else {
+            self.signals.signal_used_queue();
+            return;
+        };
+        if !irq.armed {
+            if timer.reset(irq.delay, None).is_err() {
+                self.signals.signal_used_queue();
+                return;
+            }
+            irq.armed = true;
+        }
+        irq.owed = true;
+    }
+
+    /// Raises the interrupt for used buffers of either queue; it covers
+    /// the sent frames' too (the driver looks at every queue).
+    fn signal_used(&mut self) {
+        self.tx_irq.owed = false;
+        self.signals.signal_used_queue();
+    }
+
+    fn tx_irq_timer_fired(&mut self) {
+        if let Some(t) = self.tx_irq.timer.as_mut() {
+            let _ = t.wait();
+        }
+        self.tx_irq.armed = false;
+        if self.tx_irq.owed && self.active.is_some() {
+            self.signal_used();
+        }
+        self.tx_irq.owed = false;
     }
 
     /// Serves MMDS to the guest through this NIC (before the event loop
@@ -331,10 +426,11 @@ impl Net {
                 break;
             }
         }
-        if used && should_notify(queue, mem) {
-            self.signals.signal_used_queue();
-        }
+        let notify = used && should_notify(queue, mem);
         budget.resume(&self.queue_evts[TX]);
+        if notify {
+            self.signal_tx_used();
+        }
     }
 
     /// Writes the pending frame into receive buffers. Returns false when
@@ -444,7 +540,7 @@ impl Net {
         if std::mem::take(&mut self.rx_used) {
             if let Some(a) = self.active.as_mut() {
                 if should_notify(&mut a.queues[RX], &a.mem) {
-                    self.signals.signal_used_queue();
+                    self.signal_used();
                 }
             }
         }
@@ -630,8 +726,12 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
+        // The moderation timer is left alone (this runs on a vCPU thread,
+        // whose seccomp filter has no timerfd_settime): it fires once more
+        // and finds nothing owed.
         self.active = None;
         self.rx_len = 0;
+        self.tx_irq.owed = false;
     }
 }
 
@@ -648,12 +748,28 @@ impl MutEventSubscriber for Net {
                 error!("virtio-net: cannot watch the MMDS timer: {e:?}");
             }
         }
+        if let Some(t) = &self.tx_irq.timer {
+            if let Err(e) = ops.add(Events::new(t, EventSet::IN)) {
+                error!("virtio-net: cannot watch the transmit interrupt timer: {e:?}");
+                // Unwatched, it would never raise what it owes.
+                self.tx_irq.timer = None;
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
         if fd == self.tap.as_raw_fd() {
             self.process_rx(ops);
+            return;
+        }
+        if self
+            .tx_irq
+            .timer
+            .as_ref()
+            .is_some_and(|t| t.as_raw_fd() == fd)
+        {
+            self.tx_irq_timer_fired();
             return;
         }
         if let Some(m) = self.mmds.as_mut().filter(|m| m.timer().as_raw_fd() == fd) {
@@ -862,6 +978,8 @@ mod device_tests {
         peer: OwnedFd,
         mem: GuestMemoryMmap,
         evts: [EventFd; 2],
+        /// The device's interrupt (the irqfd's stand-in).
+        irq: EventFd,
     }
 
     /// A device whose "tap" is one end of a SOCK_SEQPACKET pair, activated
@@ -889,9 +1007,8 @@ mod device_tests {
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ];
-        let signals = Arc::new(DeviceSignals::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let signals = Arc::new(DeviceSignals::new(irq.try_clone().unwrap()));
         let net = Arc::new(Mutex::new(Net::with_tap(
             Tap::from_fd(ours, "test0"),
             [6, 0, 0, 0, 0, 1],
@@ -918,6 +1035,7 @@ mod device_tests {
             peer,
             mem: m,
             evts,
+            irq,
         }
     }
 
@@ -942,6 +1060,28 @@ mod device_tests {
 
         fn run(&mut self) {
             while self.em.run_with_timeout(10).unwrap() > 0 {}
+        }
+
+        /// Interrupts raised since the last look.
+        fn interrupts(&self) -> u64 {
+            self.irq.read().unwrap_or(0)
+        }
+
+        /// Puts a frame in transmit descriptor `d` and kicks; `step` serves
+        /// only what is ready now (not the moderation timer to come).
+        fn transmit(&mut self, d: u16) {
+            let at = 0x4000 + u64::from(d) * 0x100;
+            self.mem
+                .write_slice(&rx_frame(60), GuestAddress(at))
+                .unwrap();
+            write_desc(&self.mem, 1, d, (at, 60, 0, 0));
+            make_available(&self.mem, 1, &[d]);
+            self.evts[TX].write(1).unwrap();
+            self.step();
+        }
+
+        fn step(&mut self) {
+            self.em.run_with_timeout(0).unwrap();
         }
     }
 
@@ -1136,5 +1276,57 @@ mod device_tests {
                 prop_assert!(f.len() <= MAX_FRAME);
             }
         }
+    }
+    /// A sent frame is on the tap at once; the interrupt that hands its
+    /// buffer back waits for the moderation timer.
+    #[test]
+    fn the_interrupt_for_sent_frames_waits_for_the_moderation_timer() {
+        let mut r = rig(0);
+        r.transmit(0);
+        assert_eq!(r.recv().expect("the frame, at once"), rx_frame(60));
+        assert_eq!(used_idx(&r.mem, 1), 1, "the buffer is used at once");
+        assert_eq!(r.interrupts(), 0, "no interrupt before the timer");
+        r.run();
+        assert_eq!(r.interrupts(), 1, "the timer raised it");
+        // A second frame arms the timer again.
+        r.transmit(1);
+        assert_eq!(r.interrupts(), 0);
+        r.run();
+        assert_eq!(r.interrupts(), 1);
+    }
+
+    /// An interrupt for a received frame covers the sent frames' owed one:
+    /// the driver gets one interrupt, not two.
+    #[test]
+    fn an_interrupt_for_received_frames_covers_sent_ones() {
+        let mut r = rig(0);
+        let wait = Duration::from_millis(50);
+        r.net.lock().unwrap().set_tx_irq_delay(wait);
+        r.transmit(0);
+        assert_eq!(r.interrupts(), 0);
+        write_desc(&r.mem, 0, 0, (0x8000, 2048, W, 0));
+        make_available(&r.mem, 0, &[0]);
+        r.send(&rx_frame(100));
+        r.step();
+        assert_eq!(used_idx(&r.mem, 0), 1, "the frame was received");
+        assert_eq!(r.interrupts(), 1, "one interrupt for both queues");
+        std::thread::sleep(wait * 2);
+        r.run();
+        assert_eq!(r.interrupts(), 0, "the timer found nothing owed");
+    }
+
+    /// Without moderation the interrupt comes with the pass that used the
+    /// buffer; a device reset drops what the timer owed.
+    #[test]
+    fn zero_moderation_interrupts_at_once_and_a_reset_drops_what_is_owed() {
+        let mut r = rig(0);
+        r.net.lock().unwrap().set_tx_irq_delay(Duration::ZERO);
+        r.transmit(0);
+        assert_eq!(r.interrupts(), 1);
+        r.net.lock().unwrap().set_tx_irq_delay(TX_IRQ_DELAY);
+        r.transmit(1);
+        r.net.lock().unwrap().reset();
+        r.run();
+        assert_eq!(r.interrupts(), 0, "no interrupt for a reset device");
     }
 }
