@@ -6,6 +6,7 @@ speed drifts between lane VMs more than the VMMs differ).
     python3 tests/bench/lane_tcp.py --firecracker PATH [--rounds N]
                                     [--conns N] [--mib N] [--strato PATH]
                                     [--first VMM] [--guest-args ARGS ...]
+                                    [--also NAME=PATH ...]
 
 Builds strato (release) and the guest images on the host, then runs itself
 inside one lane VM (tests/lane/lane.py run). There each round boots strato
@@ -15,7 +16,9 @@ write Firecracker's metrics), with the project kernel, 2 vCPUs, 256 MiB,
 the ext4 root, a 1 MiB scratch disk and a NIC on a tap in a network
 namespace; the guest's init (strato_bench=HOST:PORT:MIB:N) sends N
 connections of MIB MiB to the host. Each --guest-args boots both again with
-ARGS added to the guest's command line ("" is the plain one). Per boot it
+ARGS added to the guest's command line ("" is the plain one). Each --also
+NAME=PATH boots another strato build (or a script that runs one) in every
+round too, under NAME, after the two. Per boot it
 prints each connection's rate, their total over the step's time and, over
 the step, the CPU time of each of the VMM's threads (user time of a vCPU
 thread is its guest running), KVM's counters of the VM (exits by kind,
@@ -190,6 +193,7 @@ def boot(key, path, args, drain, scratch, extra=""):
 def inside(args):
     bench.VCPUS, bench.MEM_MIB = 2, 256
     vmms = [("strato", args.strato), ("firecracker", args.firecracker)]
+    vmms += [tuple(also.split("=", 1)) for also in args.also or []]
     if args.first == "firecracker":
         vmms.reverse()
     # KVM's per-VM counters (exits by kind, halts, page faults).
@@ -228,8 +232,12 @@ def host(args):
     for extra in args.guest_args or []:
         argv += ["--guest-args", extra]
     argv += ["--first", args.first]
+    for also in args.also or []:
+        name, path = also.split("=", 1)
+        argv += ["--also", f"{name}={bench.executable(path, '--also')}"]
     variants = max(1, len(args.guest_args or []))
-    lane_timeout = args.rounds * variants * 2 * (args.timeout + 30) + 300
+    lane_timeout = (args.rounds * variants * (2 + len(args.also or []))
+                    * (args.timeout + 30) + 300)
     return subprocess.run([sys.executable, str(REPO / "tests/lane/lane.py"), "run",
                            "--timeout", str(lane_timeout), "--"] + argv).returncode
 
@@ -248,6 +256,9 @@ def main():
     ap.add_argument("--guest-args", action="append", metavar="ARGS",
                     help="boot both VMMs again with ARGS added to the guest's command "
                          "line (repeatable; \"\" is the plain command line)")
+    ap.add_argument("--also", action="append", metavar="NAME=PATH",
+                    help="boot another strato build (or a script that runs one) in every "
+                         "round too, under NAME (repeatable)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--vmlinux", help=argparse.SUPPRESS)
     ap.add_argument("--rootfs", help=argparse.SUPPRESS)
@@ -256,6 +267,11 @@ def main():
         ap.error("--firecracker PATH is needed (Firecracker built from source)")
     if min(args.rounds, args.conns, args.mib, args.timeout) < 1:
         ap.error("--rounds, --conns, --mib and --timeout must be at least 1")
+    for also in args.also or []:
+        name, _, path = also.partition("=")
+        if not name or not path or name in ("strato", "firecracker") or " " in name:
+            ap.error(f"--also {also!r}: NAME=PATH, NAME one word other than "
+                     "strato and firecracker")
     return inside(args) if args.inside else host(args)
 
 
