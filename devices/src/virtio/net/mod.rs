@@ -233,7 +233,7 @@ impl Net {
     }
 
     /// Changes how long the interrupt for sent frames may wait (zero: it
-    /// is raised at once), before the event loop watches the device.
+    /// is raised at once), from the next frame sent on.
     pub fn set_tx_irq_delay(&mut self, delay: Duration) {
         self.tx_irq.delay = delay;
     }
