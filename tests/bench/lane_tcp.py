@@ -18,7 +18,7 @@ namespace; the guest's init (strato_bench=HOST:PORT:MIB:N) sends N
 connections of MIB MiB to the host. Each --guest-args boots both again with
 ARGS added to the guest's command line ("" is the plain one). Each --also
 NAME=PATH boots another strato build (or a script that runs one) in every
-round too, under NAME, after the two. Per boot it
+round too, under NAME. Per boot it
 prints each connection's rate, their total over the step's time and, over
 the step, the CPU time of each of the VMM's threads (user time of a vCPU
 thread is its guest running), KVM's counters of the VM (exits by kind,

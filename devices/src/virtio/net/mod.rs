@@ -268,10 +268,9 @@ impl Net {
             let _ = t.wait();
         }
         self.tx_irq.armed = false;
-        if self.tx_irq.owed && self.active.is_some() {
-            self.signal_used();
+        if std::mem::take(&mut self.tx_irq.owed) && self.active.is_some() {
+            self.signals.signal_used_queue();
         }
-        self.tx_irq.owed = false;
     }
 
     /// Serves MMDS to the guest through this NIC (before the event loop
@@ -1277,6 +1276,7 @@ mod device_tests {
             }
         }
     }
+
     /// A sent frame is on the tap at once; the interrupt that hands its
     /// buffer back waits for the moderation timer.
     #[test]
