@@ -151,9 +151,7 @@ struct TxIrq {
     delay: Duration,
     /// The driver is owed an interrupt for used transmit buffers.
     owed: bool,
-    /// The timer is set and has not fired yet. It is never disarmed or set
-    /// again early, so that an expiry epoll already reported is never lost
-    /// to a rearming (a read of it would then find nothing).
+    /// The timer is set and has not fired yet.
     armed: bool,
 }
 
@@ -259,16 +257,33 @@ impl Net {
     /// Raises the interrupt for used buffers of either queue; it covers
     /// the sent frames' too (the driver looks at every queue).
     fn signal_used(&mut self) {
-        self.tx_irq.owed = false;
+        let irq = &mut self.tx_irq;
+        irq.owed = false;
+        if irq.armed {
+            // Nothing left for it to raise: an expiry would only wake the
+            // event loop (under steady receive traffic, every 100 us).
+            if let Some(t) = irq.timer.as_mut() {
+                if t.clear().is_ok() {
+                    irq.armed = false;
+                }
+            }
+        }
         self.signals.signal_used_queue();
     }
 
     fn tx_irq_timer_fired(&mut self) {
-        if let Some(t) = self.tx_irq.timer.as_mut() {
-            let _ = t.wait();
+        let irq = &mut self.tx_irq;
+        let Some(t) = irq.timer.as_mut() else {
+            return;
+        };
+        // Non-blocking: nothing to read means the expiry epoll reported was
+        // cleared (above) before it was served; the timer may be armed
+        // again since, for what is owed now.
+        if t.wait().is_err() {
+            return;
         }
-        self.tx_irq.armed = false;
-        if std::mem::take(&mut self.tx_irq.owed) && self.active.is_some() {
+        irq.armed = false;
+        if std::mem::take(&mut irq.owed) && self.active.is_some() {
             self.signals.signal_used_queue();
         }
     }
@@ -1310,9 +1325,36 @@ mod device_tests {
         r.step();
         assert_eq!(used_idx(&r.mem, 0), 1, "the frame was received");
         assert_eq!(r.interrupts(), 1, "one interrupt for both queues");
+        {
+            let net = r.net.lock().unwrap();
+            let timer = net.tx_irq.timer.as_ref().unwrap();
+            assert!(!timer.is_armed().unwrap(), "the timer was disarmed");
+        }
         std::thread::sleep(wait * 2);
         r.run();
         assert_eq!(r.interrupts(), 0, "the timer found nothing owed");
+    }
+
+    /// An expiry that epoll reported but a covering interrupt cleared
+    /// before it was served raises nothing, and leaves a timer armed since
+    /// for newly owed frames to raise their interrupt later.
+    #[test]
+    fn a_cleared_expiry_served_late_raises_nothing() {
+        let r = rig(0);
+        let mut net = r.net.lock().unwrap();
+        net.set_tx_irq_delay(Duration::from_millis(1));
+        net.signal_tx_used();
+        std::thread::sleep(Duration::from_millis(20));
+        net.signal_used();
+        assert_eq!(r.interrupts(), 1);
+        net.set_tx_irq_delay(Duration::from_secs(60));
+        net.signal_tx_used();
+        net.tx_irq_timer_fired();
+        assert_eq!(r.interrupts(), 0, "nothing raised early");
+        assert!(
+            net.tx_irq.owed && net.tx_irq.armed,
+            "still owed, still timed"
+        );
     }
 
     /// Without moderation the interrupt comes with the pass that used the
