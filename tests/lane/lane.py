@@ -160,6 +160,11 @@ HEARTBEAT_SILENCE = 120
 # same day a nested guest's vCPU thread stayed runnable for minutes while
 # both lane CPUs idled, as if the interrupt that wakes an idle CPU for it
 # had been lost; with the tick, an idle CPU looks again 250 times a second.
+# That did not end such stalls: on 2026-12-08 they came back with a lane
+# CPU that took no interrupt at all, its own timers included (two threads'
+# 1 s and 240 s timeouts never fired while the heartbeat went on), and
+# neither scheduler wake-ups without TTWU_QUEUE nor idle=poll prevented
+# them (docs/testing.md).
 X86_LANE_ARGS = "transparent_hugepage=never nohz=off"
 # A test that runs this long in the lane has hung: the slowest took 93 s
 # in the full lane run of 2026-12-07 (TCP both ways over Linux), and every
