@@ -259,14 +259,10 @@ impl Net {
     fn signal_used(&mut self) {
         let irq = &mut self.tx_irq;
         irq.owed = false;
-        if irq.armed {
-            // Nothing left for it to raise: an expiry would only wake the
-            // event loop (under steady receive traffic, every 100 us).
-            if let Some(t) = irq.timer.as_mut() {
-                if t.clear().is_ok() {
-                    irq.armed = false;
-                }
-            }
+        // Nothing left for the timer to raise: an expiry would only wake
+        // the event loop (under steady receive traffic, every 100 us).
+        if irq.armed && irq.timer.as_mut().is_some_and(|t| t.clear().is_ok()) {
+            irq.armed = false;
         }
         self.signals.signal_used_queue();
     }
