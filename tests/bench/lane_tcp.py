@@ -1,37 +1,53 @@
 #!/usr/bin/env python3
-"""TCP guest -> host in the x86 lane, the VMMs booted alternately in ONE
-lane VM, so that every pair of boots sees the same emulator (the lane's
-speed drifts between lane VMs more than the VMMs differ).
+"""One step of the lane benchmark (TCP guest -> host by default) in the x86
+lane, the VMMs booted alternately in ONE lane VM, so that every pair of
+boots sees the same emulator (the lane's speed drifts between lane VMs more
+than the VMMs differ).
 
     python3 tests/bench/lane_tcp.py --firecracker PATH [--rounds N]
-                                    [--conns N] [--mib N] [--strato PATH]
-                                    [--first VMM] [--guest-args ARGS ...]
+                                    [--step STEP] [--conns N] [--mib N]
+                                    [--strato PATH] [--first VMM]
+                                    [--guest-args ARGS ...]
                                     [--also NAME=PATH ...]
 
 Builds strato (release) and the guest images on the host, then runs itself
-inside one lane VM (tests/lane/lane.py run). There each round boots strato
+inside the lane (tests/lane/lane.py run), one lane VM a round. There each
+round boots strato
 and Firecracker, which one first alternating from round to round (round 1:
 --first, default strato), both through Firecracker's command line (so both
 write Firecracker's metrics), with the project kernel, 2 vCPUs, 256 MiB,
-the ext4 root, a 1 MiB scratch disk and a NIC on a tap in a network
-namespace; the guest's init (strato_bench=HOST:PORT:MIB:N) sends N
-connections of MIB MiB to the host. Each --guest-args boots both again with
-ARGS added to the guest's command line ("" is the plain one). Each --also
-NAME=PATH boots another strato build (or a script that runs one) in every
-round too, under NAME. Per boot it
-prints each connection's rate, their total over the step's time and, over
+the ext4 root, a scratch disk and a NIC on a tap in a network namespace;
+the guest's init (strato_bench=HOST:PORT:MIB:N) runs the lane benchmark's
+steps (tests/bench/lane.py), of which --step is timed, from its mark on the
+console to the next:
+
+  tx, rx           N connections of MIB MiB guest -> host or host -> guest
+                   (MiB/s; the scratch disk is 1 MiB, so the disk steps
+                   before them take little time)
+  read1m, write1m  MIB MiB in 1 MiB O_DIRECT requests on vdb (MiB/s)
+  read4k, write4k  MIB/4 MiB in 4 KiB O_DIRECT requests (requests/s)
+
+Each --guest-args boots both again with ARGS added to the guest's command
+line ("" is the plain one). Each --also NAME=PATH boots another strato
+build (or a script that runs one) in every round too, under NAME. Per boot
+it prints the step's figure (for TCP each connection's rate too) and, over
 the step, the CPU time of each of the VMM's threads (user time of a vCPU
 thread is its guest running), KVM's counters of the VM (exits by kind,
-halts, injected interrupts) and the VMM's `net` and `vcpu` metrics
-(frames, kicks, MMIO exits: two per interrupt). A lane VM that breaks ends
-the run: its output so far stands.
+halts, injected interrupts) and the VMM's `net` or `block` metrics and
+`vcpu` metrics (frames or requests, kicks, MMIO exits: two per
+interrupt). A round whose lane VM breaks is run again in a new one (twice
+at most); a lane VM counts as broken also when its console has been quiet
+for --timeout + 120 s, as a boot prints within --timeout (a lane CPU that
+takes no interrupt stops the boot's own deadline, docs/testing.md).
 """
 
 import argparse
 import json
 import os
+import re
 import select
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,16 +59,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (the host benchmark's VMM launchers)
 
 REPO = Path(__file__).resolve().parents[2]
+# The lane runner's status for a lane VM that broke, and how often a round
+# is run again for it.
+LANE_BROKE = 126
+LANE_RETRIES = 2
 HOST_IP, GUEST_IP, PORT = "172.31.9.1", "172.31.9.2", 6000
 
 
-class Drain:
-    """Takes connections to PORT one after another and records each one's
-    rate in MiB/s."""
+class Peer:
+    """The host end of a TCP step on `port`: takes connections one after
+    another, drains each (`size` None) or sends it `size` bytes, and
+    records each one's rate in MiB/s."""
 
-    def __init__(self):
+    def __init__(self, port, size=None):
+        self.size = size
         self.rates = []
-        self.sock = socket.create_server((HOST_IP, PORT), reuse_port=True)
+        self.sock = socket.create_server((HOST_IP, port), reuse_port=True)
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
@@ -62,10 +84,33 @@ class Drain:
             except OSError:
                 return
             with conn:
-                t0, n = time.perf_counter(), 0
-                while data := conn.recv(1 << 20):
-                    n += len(data)
-                self.rates.append(n / (1 << 20) / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                try:
+                    moved = self.drain(conn) if self.size is None else self.send(conn)
+                except OSError:
+                    continue
+                self.rates.append(moved / (1 << 20) / (time.perf_counter() - t0))
+
+    @staticmethod
+    def drain(conn):
+        n = 0
+        while data := conn.recv(1 << 20):
+            n += len(data)
+        return n
+
+    def send(self, conn):
+        chunk, left = bytes(1 << 20), self.size
+        while left:
+            left -= conn.send(chunk[:min(left, len(chunk))])
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+        return self.size
+
+
+# Each step's units per MiB of --mib and what they are.
+STEPS = {"read1m": (1, "MiB/s"), "write1m": (1, "MiB/s"), "read4k": (64, "requests/s"),
+         "write4k": (64, "requests/s"), "tx": (1, "MiB/s"), "rx": (1, "MiB/s")}
 
 
 def kvm_stats(pid):
@@ -100,14 +145,16 @@ def thread_ticks(pid):
     return got
 
 
-def boot(key, path, args, drain, scratch, extra=""):
+def boot(key, path, args, peers, scratch, extra=""):
     """One boot of the VMM at `path`, `extra` added to the guest's command
     line; prints its figures."""
-    drain.rates.clear()
+    tcp = args.step in ("tx", "rx")
+    for peer in peers:
+        peer.rates.clear()
     root, disk = Path(scratch) / "rootfs.ext4", Path(scratch) / "vdb.img"
     subprocess.run(["cp", "--sparse=always", args.rootfs, str(root)], check=True)
     with open(disk, "wb") as f:
-        f.truncate(1 << 20)
+        f.truncate((1 if tcp else args.mib) << 20)
     cmdline = (f"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet "
                f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off "
                f"strato_bench={HOST_IP}:{PORT}:{args.mib}:{args.conns} {extra}").strip()
@@ -124,11 +171,19 @@ def boot(key, path, args, drain, scratch, extra=""):
 
     def flush():
         # Each metrics line holds the growth since the line before; both
-        # VMMs also write one a minute by themselves.
-        subprocess.run(["curl", "-s", "-m", "5", "--unix-socket", str(sock), "-X", "PUT",
-                        "http://localhost/actions", "-H", "Content-Type: application/json",
-                        "-d", '{"action_type":"FlushMetrics"}'],
-                       capture_output=True)
+        # VMMs also write one a minute by themselves. Straight on the
+        # socket: a curl process takes seconds to start in the lane.
+        body = b'{"action_type":"FlushMetrics"}'
+        try:
+            with socket.socket(socket.AF_UNIX) as api:
+                api.settimeout(5)
+                api.connect(str(sock))
+                api.sendall(b"PUT /actions HTTP/1.1\r\nHost: localhost\r\n"
+                            b"Content-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                api.recv(4096)
+        except OSError:
+            pass
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=scratch)
@@ -144,18 +199,25 @@ def boot(key, path, args, drain, scratch, extra=""):
                 break
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
-                if b"STRATO_BENCH tx" in line:
+                mark = line.rstrip()
+                if mark.endswith(f"STRATO_BENCH {args.step}".encode()):
+                    # The step runs from its mark on: reading the counters
+                    # is in its time, for every VMM.
+                    start = time.monotonic()
                     flush()
                     first = len(metric_lines())
                     ticks, kvm = thread_ticks(proc.pid), kvm_stats(proc.pid)
-                    start = time.monotonic()
-                elif b"STRATO_BENCH rx" in line and start is not None:
+                elif b"STRATO_BENCH_FAILED" in line and start is not None and took is None:
+                    print(f"{key}: the guest failed the step", flush=True)
+                    deadline = 0
+                elif b"STRATO_BENCH " in mark and start is not None and took is None:
                     took = time.monotonic() - start
                     ticks = {k: [u - ticks.get(k, [0, 0])[0], s - ticks.get(k, [0, 0])[1]]
                              for k, (u, s) in thread_ticks(proc.pid).items()}
                     kvm = {k: v - kvm.get(k, 0) for k, v in kvm_stats(proc.pid).items()}
                     flush()
-                elif b"STRATO_BENCH end" in line:
+                    last = len(metric_lines())
+                if b"STRATO_BENCH end" in line:
                     deadline = 0
     finally:
         proc.kill()
@@ -165,27 +227,30 @@ def boot(key, path, args, drain, scratch, extra=""):
             # Seen in the lane: a vCPU thread that the lane's kernel never
             # runs again (docs/testing.md); this lane VM is done for.
             print(f"{key}: did not end within 60 s of SIGKILL", flush=True)
-            sys.exit(1)
-    rates = " ".join(f"{r:.2f}" for r in drain.rates)
+            sys.exit(LANE_BROKE)
+    rates = " ".join(f"{r:.2f}" for peer in peers for r in peer.rates)
+    conns = f"; connections {rates}" if tcp else ""
     if took is None:
-        print(f"{key}: no figure (the guest did not finish its sends in {args.timeout} s; "
-              f"connections {rates})", flush=True)
+        print(f"{key}: no figure (the guest did not finish {args.step} in {args.timeout} s"
+              f"{conns})", flush=True)
         return
-    print(f"{key}: {args.conns * args.mib / took:.2f} MiB/s over the step; "
-          f"connections {rates}", flush=True)
+    scale, unit = STEPS[args.step]
+    units = args.mib * scale * (args.conns if tcp else 1)
+    print(f"{key}: {units / took:.2f} {unit} over {args.step}{conns}", flush=True)
     busy = {k: v for k, v in sorted(ticks.items()) if any(v)}
     print(f"{key}: CPU ticks per thread [user, system] {json.dumps(busy)}", flush=True)
     print(f"{key}: kvm {json.dumps({k: v for k, v in sorted(kvm.items()) if v})}", flush=True)
-    # The step's metrics: every line written from its first flush on.
+    # The step's metrics: the lines its two flushes delimit.
     step = {}
-    for line in metric_lines()[first:]:
+    for line in metric_lines()[first:last]:
         for group, counters in json.loads(line).items():
             if isinstance(counters, dict):
                 got = step.setdefault(group, {})
                 for k, v in counters.items():
                     if isinstance(v, int):
                         got[k] = got.get(k, 0) + v
-    for group in ("net", "vcpu"):
+    device = "net" if tcp else "block"
+    for group in (device, "vcpu"):
         got = {k: v for k, v in sorted(step.get(group, {}).items()) if v}
         print(f"{key}: {group} {json.dumps(got)}", flush=True)
 
@@ -204,8 +269,8 @@ def inside(args):
         subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{HOST_IP}/24", "dev",
                         bench.NET_TAP], check=True)
         ns.enter()
-        drain = Drain()
-        for r in range(args.rounds):
+        peers = [Peer(PORT), Peer(PORT + 1, args.mib << 20)]
+        for r in range(args.round_no, args.round_no + args.rounds):
             print(f"round {r + 1}", flush=True)
             # Which VMM boots first alternates, so that neither always
             # gets the lane right after a boot or right after the other's.
@@ -214,7 +279,7 @@ def inside(args):
                 for key, path in order:
                     label = f"{key} [{extra}]" if extra else key
                     with tempfile.TemporaryDirectory() as scratch:
-                        boot(label, path, args, drain, scratch, extra)
+                        boot(label, path, args, peers, scratch, extra)
     return 0
 
 
@@ -227,8 +292,8 @@ def host(args):
     argv = [sys.executable, str(Path(__file__).resolve()), "--inside",
             "--strato", str(strato.resolve()), "--firecracker", str(fc),
             "--vmlinux", env["VMLINUX"], "--rootfs", env["ROOTFS"],
-            "--rounds", str(args.rounds), "--conns", str(args.conns), "--mib", str(args.mib),
-            "--timeout", str(args.timeout)]
+            "--conns", str(args.conns), "--mib", str(args.mib),
+            "--timeout", str(args.timeout), "--step", args.step]
     for extra in args.guest_args or []:
         argv += ["--guest-args", extra]
     argv += ["--first", args.first]
@@ -236,10 +301,58 @@ def host(args):
         name, path = also.split("=", 1)
         argv += ["--also", f"{name}={bench.executable(path, '--also')}"]
     variants = max(1, len(args.guest_args or []))
-    lane_timeout = (args.rounds * variants * (2 + len(args.also or []))
-                    * (args.timeout + 30) + 300)
-    return subprocess.run([sys.executable, str(REPO / "tests/lane/lane.py"), "run",
-                           "--timeout", str(lane_timeout), "--"] + argv).returncode
+    # One round a lane VM: a lane VM that breaks (an emulator fault,
+    # docs/testing.md) costs that round, which is run again, not the rest.
+    lane_timeout = variants * (2 + len(args.also or [])) * (args.timeout + 30) + 300
+    lane = [sys.executable, str(REPO / "tests/lane/lane.py"), "run",
+            "--timeout", str(lane_timeout), "--quiet", str(args.timeout + 120), "--"]
+    failed, rounds = 0, []
+    for r in range(args.rounds):
+        for _ in range(1 + LANE_RETRIES):
+            rc, figures = lane_round(lane + argv + ["--rounds", "1", "--round-no", str(r)])
+            if rc != LANE_BROKE:
+                break
+            print(f"round {r + 1}: the lane VM broke; the round again", flush=True)
+        failed += rc != 0
+        if rc == 0:
+            rounds.append(figures)
+    summary(args, rounds)
+    return 1 if failed else 0
+
+
+FIGURE = re.compile(r"^(\S+(?: \[.*\])?): ([\d.]+) (?:MiB/s|requests/s) over ")
+
+
+def lane_round(cmd):
+    """Runs one round's lane VM, echoing its output; returns its status and
+    {boot label: figure} of the boots that gave one."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, errors="replace")
+    figures = {}
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if m := FIGURE.match(line):
+            figures[m.group(1)] = float(m.group(2))
+    return proc.wait(), figures
+
+
+def summary(args, rounds):
+    """Each boot label's min / median / max over the rounds whose lane VM
+    finished, and in how many of them each beat Firecracker."""
+    unit = STEPS[args.step][1]
+    labels = list(dict.fromkeys(k for r in rounds for k in r))
+    print(f"\n{args.step} ({unit}), {len(rounds)} of {args.rounds} rounds finished:", flush=True)
+    for label in labels:
+        vals = [r[label] for r in rounds if label in r]
+        line = (f"  {label}: {min(vals):.2f} / {statistics.median(vals):.2f} / "
+                f"{max(vals):.2f} (n={len(vals)})")
+        # Its rival in the round: Firecracker with the same guest arguments.
+        fc = "firecracker" + label[label.find(" ["):] if " [" in label else "firecracker"
+        pairs = [(r[label], r[fc]) for r in rounds if label in r and fc in r]
+        if not label.startswith("firecracker") and pairs:
+            ahead = sum(a > b for a, b in pairs)
+            line += f"; ahead of Firecracker in {ahead} of {len(pairs)} rounds"
+        print(line, flush=True)
 
 
 def main():
@@ -248,8 +361,10 @@ def main():
     ap.add_argument("--firecracker", default=os.environ.get("STRATO_BENCH_FIRECRACKER"))
     ap.add_argument("--strato")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--step", choices=tuple(STEPS), default="tx", help="the step timed")
     ap.add_argument("--conns", type=int, default=8, help="connections per boot")
-    ap.add_argument("--mib", type=int, default=16, help="MiB per connection")
+    ap.add_argument("--mib", type=int, default=16,
+                    help="MiB per connection, or of the disk steps")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per boot")
     ap.add_argument("--first", choices=("strato", "firecracker"), default="strato",
                     help="the VMM that boots first in round 1")
@@ -260,6 +375,7 @@ def main():
                     help="boot another strato build (or a script that runs one) in every "
                          "round too, under NAME (repeatable)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--round-no", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--vmlinux", help=argparse.SUPPRESS)
     ap.add_argument("--rootfs", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -21,9 +21,10 @@ binaries are static aarch64 executables cross-built on the host.
         builds the integration tests, strato and the guest images on the
         host, then runs every integration test binary in the lane with
         --include-ignored (the tests marked as needing hardware KVM too)
-    python3 tests/lane/lane.py run [--interactive] [--] COMMAND [ARG ...]
+    python3 tests/lane/lane.py run [--interactive] [--quiet S] [--] COMMAND [ARG ...]
         runs one command in the lane (a test binary, a benchmark; with
-        --interactive the lane console is this terminal)
+        --interactive the lane console is this terminal; with --quiet, a
+        console quiet for S seconds counts as the lane VM breaking)
     python3 tests/lane/lane.py check | install
         says what is missing | installs it with apt-get (as root)
     python3 tests/lane/lane.py --arch aarch64 test|run|check|install ...
@@ -33,9 +34,11 @@ The exit status is the command's; 124 if the lane hit --timeout (the lane
 VM is killed and the tail of its console printed); 125 if the lane itself
 could not run (a missing package is named in one line); 126 if the lane VM
 broke (its kernel reported a soft lockup or an RCU stall, its heartbeat
-stopped for 120 s, it died without the command's status, its kernel
-stopped answering the tests (see UNKILLABLE), or the command failed after
-a nested vCPU restarted at the reset vector). `test` runs
+stopped for 120 s, one of its CPUs stopped taking interrupts (see
+stuck_cpus), its console was quiet for run's --quiet seconds, it died
+without the command's status, its kernel stopped answering the tests (see
+UNKILLABLE), or the command failed after a nested vCPU restarted at the
+reset vector). `test` runs
 each test binary in a lane VM of its own, runs a binary whose lane VM broke
 again without the tests that passed, runs a failed test once more in a
 fresh lane VM (see lane_test), and exits 0 only if every binary passed;
@@ -538,6 +541,71 @@ class TestWatch:
 NO_REPORT = "(no report within"
 
 
+def emulator_view(outdir, cpus):
+    """The emulator's view of the lane VM's CPUs, from its monitor: where
+    each one is (RIP, flags, halted or not) and its local APIC (timer,
+    pending and in-service interrupts). For a lane VM that stopped: a CPU
+    halted with an interrupt pending that it never takes is the emulator's
+    fault, not the lane kernel's."""
+    import socket
+    out = []
+    try:
+        with socket.socket(socket.AF_UNIX) as mon:
+            mon.settimeout(2)
+            mon.connect(str(outdir / "monitor.sock"))
+            for cpu in range(cpus):
+                mon.sendall(f"cpu {cpu}\ninfo registers\ninfo lapic\n".encode())
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    data = mon.recv(65536)
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                out.append(data)
+    except OSError as e:
+        return f"(no view from the emulator's monitor: {e})"
+    text = b"".join(out).decode(errors="replace").replace("\r", "")
+    # Where each CPU is and its APIC; not the segment and FPU registers.
+    keep = re.compile(r"^(CPU#|RIP=|EFER=|CR0=|dumping|LVT|Timer|SPIV|ICR|ESR|ISR|IRR|APR|TPR)")
+    return "\n".join(line for line in text.splitlines() if keep.match(line))
+
+
+# A lane CPU seen this many times in a row, STUCK_POLL s apart, halted
+# with interrupts on and a deliverable interrupt pending in its APIC that
+# it does not take, is stuck for good (docs/testing.md): a healthy CPU
+# takes such an interrupt at once.
+STUCK_POLLS = 3
+STUCK_POLL = 10
+
+
+def stuck_cpus(view):
+    """The CPUs of an emulator_view that are halted with interrupts on
+    (RFLAGS.IF) and a pending interrupt above their priority (PPR), and
+    their APIC timer's initial count (which a CPU that takes its timer
+    programs anew)."""
+    stuck, cpu, state = {}, None, {}
+    for line in view.splitlines() + ["CPU#end"]:
+        if line.startswith("CPU#"):
+            if cpu is not None and state.get("halted") and state.get("irr", 0) > state.get("ppr", 0):
+                stuck[cpu] = state.get("timer")
+            cpu, state = line[4:], {}
+        elif line.startswith("RIP="):
+            m = re.search(r"RFL=([0-9a-f]+)\b.*HLT=(\d)", line)
+            state["halted"] = bool(m and int(m.group(1), 16) & 0x200 and m.group(2) == "1")
+        elif line.startswith("Timer"):
+            m = re.search(r"initial_count = (\d+)", line)
+            state["timer"] = m and m.group(1)
+        elif line.startswith("IRR"):
+            vectors = [int(v) for v in line.split()[1:] if v.isdigit()]
+            state["irr"] = (max(vectors) & 0xf0) if vectors else 0
+        elif line.startswith("APR"):
+            m = re.search(r"PPR 0x([0-9a-f]+)", line)
+            state["ppr"] = int(m.group(1), 16) & 0xf0 if m else 0
+    return stuck
+
+
 def lane_report(outdir, wait=60):
     """Asks the lane VM's heartbeat for its process report (see HEARTBEAT)
     and returns it, or why there is none."""
@@ -552,7 +620,7 @@ def lane_report(outdir, wait=60):
 
 
 def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tcg="multi",
-                arch="x86_64", results=None, watch=None):
+                arch="x86_64", results=None, watch=None, quiet=None):
     """Runs argv in the lane; returns its exit status. Interactive: the
     lane's console is this terminal (QEMU makes it raw), so a person can
     type into the command; nothing is captured. If the lane's kernel
@@ -565,7 +633,10 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
     broke part way. With a TestWatch as `watch` too, each finished test's
     time is noted there, and a test that runs for TEST_HANG seconds is
     taken as hung: the lane VM's processes are reported, the lane VM is
-    killed, the test is named in `watch.hung` and LANE_BROKE returned."""
+    killed, the test is named in `watch.hung` and LANE_BROKE returned.
+    With `quiet` seconds, a console that prints nothing for that long is a
+    lane VM that broke: its processes are reported, it is killed and
+    LANE_BROKE returned (for a command that prints at least that often)."""
     require(arch)
     arm = arch == "aarch64"
     ver, vmlinuz, modroot = lane_kernel(arch)
@@ -612,6 +683,9 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             "-m", f"{memory_mib}M",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", "stdio",
+            # The emulator's own view of a lane VM that stops (its CPUs'
+            # registers), for lane_monitor.
+            "-monitor", f"unix:{outdir}/monitor.sock,server=on,wait=off",
             "-kernel", str(vmlinuz),
             "-initrd", str(cpio),
             "-append",
@@ -637,6 +711,14 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             return int(rc_file.read_text().strip() or LANE_FAILED) if rc_file.exists() else LANE_FAILED
         tail = deque(maxlen=80)
         locked_up = threading.Event()
+
+        def kill_broken():
+            # What the emulator saw, then the lane VM is taken down.
+            sys.stdout.write("lane: the emulator's view of the lane CPUs:\n"
+                             + emulator_view(outdir, cpus) + "\n")
+            sys.stdout.flush()
+            os.killpg(proc.pid, signal.SIGKILL)
+
         reset_vector = threading.Event()
         proc = subprocess.Popen(
             qemu,
@@ -650,10 +732,13 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
         # "test NAME ... " comes without a newline until the test ends, so
         # the console is read as it comes, not by lines.
         running = [None, 0.0]
+        # When the console last printed.
+        spoke = [time.monotonic()]
 
         def pump():
             partial = ""
             for raw in iter(lambda: proc.stdout.read1(65536), b""):
+                spoke[0] = time.monotonic()
                 text = raw.decode("utf-8", "replace").replace("\r", "")
                 sys.stdout.write(text)
                 sys.stdout.flush()
@@ -665,10 +750,10 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                     if UNKILLABLE.search(line) and not locked_up.is_set():
                         sys.stdout.write("\nlane: the lane's kernel is stuck (see UNKILLABLE)\n")
                         locked_up.set()
-                        os.killpg(proc.pid, signal.SIGKILL)
+                        kill_broken()
                     if LOCKUP.search(line) and not locked_up.is_set():
                         locked_up.set()
-                        os.killpg(proc.pid, signal.SIGKILL)
+                        kill_broken()
                 for line in [*lines, partial]:
                     m = TEST_START.match(line)
                     ended = m is not None and m.group(1) != running[0] or (
@@ -699,9 +784,49 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                     sys.stdout.write(f"\nlane: no heartbeat from the lane VM for "
                                      f"{HEARTBEAT_SILENCE} s: it froze\n")
                     locked_up.set()
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_broken()
 
         threading.Thread(target=watch_heartbeat, daemon=True).start()
+
+        def watch_quiet():
+            # A lane CPU that takes no interrupt stops the command's own
+            # deadlines with it while the heartbeat goes on (docs/testing.md).
+            while proc.poll() is None and not locked_up.is_set():
+                time.sleep(5)
+                if time.monotonic() - spoke[0] < quiet or locked_up.is_set():
+                    continue
+                sys.stdout.write(f"\nlane: the console has been quiet for {quiet} s: the "
+                                 "lane VM broke; what its processes do:\n"
+                                 + lane_report(outdir) + "\n")
+                locked_up.set()
+                kill_broken()
+
+        if quiet:
+            threading.Thread(target=watch_quiet, daemon=True).start()
+
+        def watch_stuck():
+            # The emulator's fault that neither the heartbeat (the other CPU
+            # beats on) nor the lane kernel's stall reports (an idle CPU is
+            # quiescent to RCU) always catch: a lane CPU that takes no
+            # interrupt, its own timer included (docs/testing.md).
+            seen = []
+            while proc.poll() is None and not locked_up.is_set():
+                time.sleep(STUCK_POLL)
+                view = emulator_view(outdir, cpus)
+                seen = (seen + [stuck_cpus(view)])[-STUCK_POLLS:]
+                # The same CPU, with the same timer never taken, each time.
+                same = [c for c, t in seen[0].items()
+                        if all(c in got and got[c] == t for got in seen)]
+                if len(seen) < STUCK_POLLS or not same or locked_up.is_set():
+                    continue
+                sys.stdout.write(f"\nlane: lane CPU {', '.join(same)} has been halted for "
+                                 f"{STUCK_POLL * (STUCK_POLLS - 1)} s with an interrupt pending "
+                                 "that it does not take: the lane VM broke\n" + view + "\n")
+                locked_up.set()
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        if not arm:
+            threading.Thread(target=watch_stuck, daemon=True).start()
 
         def watch_test():
             # A test that runs for TEST_HANG seconds is hung (every wait in
@@ -728,7 +853,7 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
                 else:
                     watch.hung = name
                 locked_up.set()
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_broken()
                 return
 
         def finished():
@@ -997,6 +1122,9 @@ def main():
         if name == "run":
             s.add_argument("--interactive", action="store_true",
                            help="the lane console on this terminal, for typing into the command")
+            s.add_argument("--quiet", type=int, metavar="S",
+                           help="a console quiet for S seconds is a lane VM that broke "
+                                "(status 126), for a command that prints at least that often")
             s.add_argument("command", nargs=argparse.REMAINDER)
         else:
             s.add_argument("--release", action="store_true")
@@ -1034,8 +1162,10 @@ def main():
     for k in ("RUST_BACKTRACE", "RUST_LOG"):
         if k in os.environ:
             env.setdefault(k, os.environ[k])
+    if args.quiet is not None and args.quiet < 1:
+        die("--quiet must be at least 1 second", 2)
     return run_in_lane(command, env, args.timeout, args.cpus, args.memory, Path.cwd(),
-                       args.interactive, tcg=args.tcg, arch=args.arch)
+                       args.interactive, tcg=args.tcg, arch=args.arch, quiet=args.quiet)
 
 
 if __name__ == "__main__":
