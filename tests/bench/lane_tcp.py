@@ -19,7 +19,7 @@ write Firecracker's metrics), with the project kernel, 2 vCPUs, 256 MiB,
 the ext4 root, a scratch disk and a NIC on a tap in a network namespace;
 the guest's init (strato_bench=HOST:PORT:MIB:N) runs the lane benchmark's
 steps (tests/bench/lane.py), of which --step is timed, from its mark on the
-console to the next:
+console to the next, where the boot ends:
 
   tx, rx           N connections of MIB MiB guest -> host or host -> guest
                    (MiB/s; the scratch disk is 1 MiB, so the disk steps
@@ -217,6 +217,8 @@ def boot(key, path, args, peers, scratch, extra=""):
                     kvm = {k: v - kvm.get(k, 0) for k, v in kvm_stats(proc.pid).items()}
                     flush()
                     last = len(metric_lines())
+                    # The steps after it do not count: the next boot.
+                    deadline = 0
                 if b"STRATO_BENCH end" in line:
                     deadline = 0
     finally:
