@@ -230,7 +230,9 @@ def boot(key, path, args, peers, scratch, extra=""):
             # runs again (docs/testing.md); this lane VM is done for.
             print(f"{key}: did not end within 60 s of SIGKILL", flush=True)
             sys.exit(LANE_BROKE)
-    rates = " ".join(f"{r:.2f}" for peer in peers for r in peer.rates)
+    # The connections of the step: guest -> host drains, host -> guest sends.
+    step_peer = peers[0] if args.step == "tx" else peers[1]
+    rates = " ".join(f"{r:.2f}" for r in step_peer.rates)
     conns = f"; connections {rates}" if tcp else ""
     if took is None:
         print(f"{key}: no figure (the guest did not finish {args.step} in {args.timeout} s"
