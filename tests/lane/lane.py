@@ -53,6 +53,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -547,7 +548,6 @@ def emulator_view(outdir, cpus):
     pending and in-service interrupts). For a lane VM that stopped: a CPU
     halted with an interrupt pending that it never takes is the emulator's
     fault, not the lane kernel's."""
-    import socket
     out = []
     try:
         with socket.socket(socket.AF_UNIX) as mon:
@@ -683,8 +683,7 @@ def run_in_lane(argv, env, timeout, cpus, memory_mib, cwd, interactive=False, tc
             "-m", f"{memory_mib}M",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", "stdio",
-            # The emulator's own view of a lane VM that stops (its CPUs'
-            # registers), for lane_monitor.
+            # The emulator's own view of the lane CPUs (emulator_view).
             "-monitor", f"unix:{outdir}/monitor.sock,server=on,wait=off",
             "-kernel", str(vmlinuz),
             "-initrd", str(cpio),
