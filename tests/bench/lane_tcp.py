@@ -12,14 +12,13 @@ than the VMMs differ).
 
 Builds strato (release) and the guest images on the host, then runs itself
 inside the lane (tests/lane/lane.py run), one lane VM a round. There each
-round boots strato
-and Firecracker, which one first alternating from round to round (round 1:
---first, default strato), both through Firecracker's command line (so both
-write Firecracker's metrics), with the project kernel, 2 vCPUs, 256 MiB,
-the ext4 root, a scratch disk and a NIC on a tap in a network namespace;
-the guest's init (strato_bench=HOST:PORT:MIB:N) runs the lane benchmark's
-steps (tests/bench/lane.py), of which --step is timed, from its mark on the
-console to the next, where the boot ends:
+round boots strato and Firecracker, which one first alternating from round
+to round (round 1: --first, default strato), both through Firecracker's
+command line (so both write Firecracker's metrics), with the project
+kernel, 2 vCPUs, 256 MiB, the ext4 root, a scratch disk and a NIC on a tap
+in a network namespace; the guest's init (strato_bench=HOST:PORT:MIB:N)
+runs the lane benchmark's steps (tests/bench/lane.py), of which --step is
+timed, from its mark on the console to the next, where the boot ends:
 
   tx, rx           N connections of MIB MiB guest -> host or host -> guest
                    (MiB/s; the scratch disk is 1 MiB, so the disk steps
@@ -38,7 +37,9 @@ halts, injected interrupts) and the VMM's `net` or `block` metrics and
 interrupt). A round whose lane VM breaks is run again in a new one (twice
 at most); a lane VM counts as broken also when its console has been quiet
 for --timeout + 120 s, as a boot prints within --timeout (a lane CPU that
-takes no interrupt stops the boot's own deadline, docs/testing.md).
+takes no interrupt stops the boot's own deadline, docs/testing.md). At the
+end it prints each build's min / median / max over the rounds that
+finished, and in how many rounds it beat Firecracker.
 """
 
 import argparse
