@@ -58,6 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (the host benchmark's VMM launchers)
+import lane as lane_bench  # noqa: E402  (the lane benchmark's steps)
 
 REPO = Path(__file__).resolve().parents[2]
 # The lane runner's status for a lane VM that broke, and how often a round
@@ -109,9 +110,10 @@ class Peer:
         return self.size
 
 
-# Each step's units per MiB of --mib and what they are.
-STEPS = {"read1m": (1, "MiB/s"), "write1m": (1, "MiB/s"), "read4k": (64, "requests/s"),
-         "write4k": (64, "requests/s"), "tx": (1, "MiB/s"), "rx": (1, "MiB/s")}
+# Each step of the lane benchmark: its units per MiB of --mib (requests
+# for the 4 KiB steps, MiB for the others) and what they are.
+STEPS = {step: (scale, "requests/s" if scale > 1 else "MiB/s")
+         for step, _, scale in lane_bench.STEP_FIGURES}
 
 
 def kvm_stats(pid):
